@@ -1,0 +1,158 @@
+#pragma once
+// Gatehouse configuration: the whole TOML schema of SPEC.md as an immutable,
+// validated value. Nothing outside conf/ sees TOML. load_file() either returns a
+// Config whose every reference resolves, or the full list of errors, each with
+// file, line and key path.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gatehouse::conf {
+
+using Duration = std::chrono::milliseconds;
+
+struct Address {
+  std::string host;  // "0.0.0.0", "127.0.0.1", "::1" (no brackets), or a DNS name
+  std::uint16_t port = 0;
+  std::string to_string() const;  // "host:port" or "[v6]:port"
+  bool operator==(const Address&) const = default;
+};
+
+// One error or warning, always with the file it came from; line 0 when the
+// problem is not tied to one line (e.g. the file could not be read).
+struct Diagnostic {
+  std::string file;
+  int line = 0;
+  std::string key;      // key path, e.g. "listener[1].bind" or "pool.owa.servers"
+  std::string message;  // what is wrong and what to do
+  std::string to_string() const;  // "file:line: key: message"
+};
+
+enum class ListenerMode { l7, l4, passthrough };
+enum class TlsPolicy { modern, tls13 };
+enum class ClientCertificates { none, optional, require };
+enum class ProxyProtocol { none, v1, v2 };
+enum class Affinity { none, source_ip, cookie };
+enum class Balance { round_robin, least_conn, random_two, maglev };
+enum class BackendTls { verify, insecure, plain };
+enum class HealthKind { none, tcp, tls, http };
+
+struct ServerSettings {
+  int workers = 0;  // 0 = one per CPU core
+  std::optional<Address> admin = Address{"127.0.0.1", 9901};  // nullopt when admin = ""
+  std::string access_log = "-";               // "-" stdout, a path, or "" for none
+  std::filesystem::path ticket_keys;          // empty = random per process, rotated hourly
+  Duration drain_timeout = std::chrono::seconds(30);
+  std::uint64_t max_connections = 100000;
+};
+
+struct Certificate {
+  std::string name;
+  std::filesystem::path cert;  // absolute (relative paths resolved against the config's directory)
+  std::filesystem::path key;
+  int line = 0;                // where the [[certificate]] table starts, for messages
+};
+
+struct Listener {
+  std::string name;
+  Address bind;
+  ListenerMode mode = ListenerMode::l7;
+  std::vector<std::string> certificates;  // resolved: never empty (empty in TOML = all, in file order)
+  std::string default_certificate;        // resolved: "" in TOML = the first of certificates
+  bool strict_sni = false;
+  TlsPolicy tls = TlsPolicy::modern;
+  std::vector<std::string> alpn;          // resolved default: l7 {"h2","http/1.1"}, l4 {}
+  ClientCertificates client_certificates = ClientCertificates::none;
+  std::filesystem::path client_ca;
+  std::string pool;                       // l4/passthrough default pool, may be ""
+  ProxyProtocol proxy_protocol = ProxyProtocol::none;
+  Duration handshake_timeout = std::chrono::seconds(10);
+  Duration idle_timeout = std::chrono::minutes(5);
+  int line = 0;
+};
+
+struct Route {
+  std::string listener;
+  std::vector<std::string> hosts;  // normalised lower case, no trailing dot; may hold "*.parent"; empty = any
+  std::vector<std::string> paths = {"/"};
+  std::string pool;
+  Affinity affinity = Affinity::none;
+  std::optional<Duration> idle_timeout;  // overrides the listener's
+  int line = 0;
+};
+
+struct Server {
+  std::string name;
+  Address address;
+  std::string site;
+  int weight = 1;
+  std::string server_name;  // SNI and verified name; "" = the address host
+  std::string pin;          // as written: "sha256/BASE64" or 40 hex digits (SHA-1 thumbprint, spaces/colons allowed)
+  int line = 0;
+};
+
+struct Health {
+  HealthKind kind = HealthKind::none;
+  std::string path = "/";
+  int expect = 200;
+  Duration interval = std::chrono::seconds(5);
+  Duration timeout = std::chrono::seconds(2);
+  int rise = 2;
+  int fall = 3;
+};
+
+struct Pool {
+  std::string name;
+  std::vector<std::string> servers;
+  Balance balance = Balance::round_robin;
+  std::string hash_key = "source_ip";  // "source_ip" | "cookie" | "header:NAME"
+  std::string local_site;
+  std::string fallback;
+  BackendTls tls = BackendTls::verify;
+  std::filesystem::path ca;
+  Health health;
+  int line = 0;
+};
+
+struct Config {
+  std::filesystem::path file;  // the file it was loaded from
+  ServerSettings server;
+  std::vector<Certificate> certificates;
+  std::vector<Listener> listeners;
+  std::vector<Route> routes;
+  std::vector<Server> servers;
+  std::vector<Pool> pools;
+
+  const Certificate* find_certificate(std::string_view name) const;
+  const Listener* find_listener(std::string_view name) const;
+  const Server* find_server(std::string_view name) const;
+  const Pool* find_pool(std::string_view name) const;
+};
+
+struct LoadResult {
+  std::optional<Config> config;          // set only when errors is empty
+  std::vector<Diagnostic> errors;
+  std::vector<Diagnostic> warnings;      // e.g. tls = "insecure" pools
+  bool ok() const { return errors.empty(); }
+};
+
+// Reads and validates a config file. Never throws for bad input.
+LoadResult load_file(const std::filesystem::path& file);
+// Same, from text; `file` names it in messages and its directory anchors relative paths.
+LoadResult load_string(std::string_view text, const std::filesystem::path& file);
+
+// "500ms", "30s", "5m", "1h", "1h30m"; nullopt when malformed.
+std::optional<Duration> parse_duration(std::string_view text);
+// "host:port", "[v6]:port"; port 0 allowed (tests bind port 0); nullopt when malformed.
+std::optional<Address> parse_address(std::string_view text);
+
+std::string_view to_string(ListenerMode);
+std::string_view to_string(BackendTls);
+std::string_view to_string(Balance);
+
+}  // namespace gatehouse::conf

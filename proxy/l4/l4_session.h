@@ -1,0 +1,25 @@
+#pragma once
+// An l4 connection: terminate TLS (certificate chosen by SNI), pick a server
+// of the pool the SNI routes to, connect and re-encrypt per the pool's `tls`,
+// then copy bytes both ways with half-close passed through until both
+// directions end, an error, or the idle timeout.
+
+#include <boost/asio/awaitable.hpp>
+
+#include <memory>
+
+#include "proxy/runtime/generation.h"
+#include "proxy/runtime/server.h"
+#include "proxy/tls/tls_stream.h"
+
+namespace gatehouse::proxy {
+
+asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation,
+                               const ListenerRuntime& listener, tcp::socket socket);
+
+// Copies `from` to `to` until end of stream (then half-closes `to`) or an
+// error (then aborts both). Holds no buffer while `from` is idle.
+asio::awaitable<void> pump(TlsStream& from, TlsStream& to, std::chrono::steady_clock::time_point& last_activity,
+                           std::uint64_t& bytes);
+
+}  // namespace gatehouse::proxy

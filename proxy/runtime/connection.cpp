@@ -1,0 +1,167 @@
+#include "proxy/runtime/connection.h"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/write.hpp>
+
+#include <vector>
+
+#include "proxy/runtime/log.h"
+
+namespace gatehouse::proxy {
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+thread_local std::vector<char*> free_buffers;
+constexpr std::size_t kMaxFreeBuffers = 64;
+
+std::string proxy_header_v1(const tcp::endpoint& client, const tcp::endpoint& local) {
+  const bool v4 = client.address().is_v4() && local.address().is_v4();
+  return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + client.address().to_string() + " " +
+         local.address().to_string() + " " + std::to_string(client.port()) + " " + std::to_string(local.port()) +
+         "\r\n";
+}
+
+std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& local) {
+  std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
+  h += static_cast<char>(0x21);  // version 2, PROXY command
+  auto put16 = [&](uint16_t v) {
+    h += static_cast<char>(v >> 8);
+    h += static_cast<char>(v & 0xff);
+  };
+  if (client.address().is_v4() && local.address().is_v4()) {
+    h += static_cast<char>(0x11);  // TCP over IPv4
+    put16(12);
+    for (auto b : client.address().to_v4().to_bytes()) h += static_cast<char>(b);
+    for (auto b : local.address().to_v4().to_bytes()) h += static_cast<char>(b);
+  } else {
+    auto v6 = [](const tcp::endpoint& e) {
+      return e.address().is_v6() ? e.address().to_v6()
+                                 : asio::ip::make_address_v6(asio::ip::v4_mapped, e.address().to_v4());
+    };
+    h += static_cast<char>(0x21);  // TCP over IPv6
+    put16(36);
+    for (auto b : v6(client).to_bytes()) h += static_cast<char>(b);
+    for (auto b : v6(local).to_bytes()) h += static_cast<char>(b);
+  }
+  put16(client.port());
+  put16(local.port());
+  return h;
+}
+
+}  // namespace
+
+IoBuffer::IoBuffer() {
+  if (!free_buffers.empty()) {
+    data_ = free_buffers.back();
+    free_buffers.pop_back();
+  } else {
+    data_ = new char[size];
+  }
+}
+
+IoBuffer::~IoBuffer() {
+  if (free_buffers.size() < kMaxFreeBuffers) free_buffers.push_back(data_);
+  else delete[] data_;
+}
+
+std::string to_string(const tcp::endpoint& endpoint) {
+  if (endpoint.address().is_v6()) return "[" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
+  return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+}
+
+asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time_point& last_activity,
+                                    Clock::duration idle, const ConnectionHandle& handle) {
+  for (;;) {
+    timer.expires_at(last_activity + idle);
+    auto [ec] = co_await timer.async_wait(use_tuple);
+    if (handle.force_close) co_return;
+    if (ec) {
+      // Either the surrounding || finished (then stop) or a drain poked us.
+      auto state = co_await asio::this_coro::cancellation_state;
+      if (state.cancelled() != asio::cancellation_type::none) co_return;
+      continue;
+    }
+    if (Clock::now() >= last_activity + idle) co_return;
+  }
+}
+
+asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generation& generation, std::size_t worker,
+                                                                  const ConnectTarget& target) {
+  const PoolRuntime& pool = *target.pool;
+  WorkerPool& wp = generation.worker_pool(worker, &pool);
+  balancer::Tried tried;
+  auto executor = co_await asio::this_coro::executor;
+
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    for (std::size_t i = 0; i < pool.servers.size(); ++i)
+      wp.views[i].available = pool.servers[i]->available.load(std::memory_order_relaxed);
+    const auto picked = wp.selector->pick(wp.views, tried, target.hash_key);
+    if (!picked) break;
+    tried.add(*picked);
+    const ServerRuntime& server = *pool.servers[*picked];
+    const std::string& name = server.config->name;
+
+    tcp::socket socket(executor);
+    auto connected = co_await with_timeout(
+        asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
+    if (!connected || std::get<0>(*connected)) {
+      log::warning("backend_connect_failed",
+                   {{"pool", pool.config->name},
+                    {"server", name},
+                    {"address", server.config->address.to_string()},
+                    {"error", connected ? std::get<0>(*connected).message() : "connect timed out"}});
+      continue;
+    }
+
+    if (target.proxy_protocol != conf::ProxyProtocol::none) {
+      const std::string header = target.proxy_protocol == conf::ProxyProtocol::v1
+                                     ? proxy_header_v1(target.client, target.local)
+                                     : proxy_header_v2(target.client, target.local);
+      auto [ec, n] = co_await asio::async_write(socket, asio::buffer(header), use_tuple);
+      if (ec) {
+        log::warning("backend_connect_failed", {{"pool", pool.config->name}, {"server", name}, {"error", ec.message()}});
+        continue;
+      }
+    }
+
+    BackendConnection backend;
+    backend.server_index = *picked;
+    backend.server = &server;
+    backend.check = std::make_unique<BackendCheck>();
+    backend.check->server = server.config;
+    backend.check->pin = server.pin ? &*server.pin : nullptr;
+    backend.check->slot = &wp.sessions[*picked];
+    auto ssl = pool.tls->new_connection(backend.check.get());
+    backend.stream.emplace(std::move(socket), std::move(ssl));
+    auto handshake = co_await with_timeout(backend.stream->handshake(), target.timeout);
+    if (!handshake || *handshake) {
+      boost::json::object fields{{"pool", pool.config->name},
+                                 {"server", name},
+                                 {"address", server.config->address.to_string()},
+                                 {"error", handshake ? handshake->message() : "TLS handshake timed out"}};
+      if (!backend.check->failure.empty()) {
+        fields["reason"] = backend.check->failure;
+        fields["presented_thumbprint"] = backend.check->presented_thumbprint;
+        fields["presented_subject"] = backend.check->presented_subject;
+        if (server.pin) fields["expected_pin"] = server.config->pin;
+        log::error("backend_certificate_rejected", std::move(fields));
+      } else {
+        log::warning("backend_tls_failed", std::move(fields));
+      }
+      continue;
+    }
+    ++wp.views[*picked].active;
+    co_return std::optional<BackendConnection>(std::move(backend));
+  }
+  co_return std::nullopt;
+}
+
+void release_backend(const Generation& generation, std::size_t worker, const BackendConnection& backend,
+                     const PoolRuntime* pool) {
+  auto& views = generation.worker_pool(worker, pool).views;
+  if (views[backend.server_index].active > 0) --views[backend.server_index].active;
+}
+
+}  // namespace gatehouse::proxy

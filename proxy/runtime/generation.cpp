@@ -1,0 +1,141 @@
+#include "proxy/runtime/generation.h"
+
+#include <boost/asio/io_context.hpp>
+
+#include <map>
+#include <stdexcept>
+
+#include "proxy/tls/ticket_keys.h"
+#include "sni/certificate.h"
+#include "sni/hostname.h"
+
+namespace gatehouse::proxy {
+
+namespace {
+
+std::vector<boost::asio::ip::tcp::endpoint> resolve(const conf::Server& server) {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::resolver resolver(io);
+  boost::system::error_code ec;
+  auto results = resolver.resolve(server.address.host, std::to_string(server.address.port),
+                                  boost::asio::ip::tcp::resolver::numeric_service, ec);
+  if (ec)
+    throw std::runtime_error("server \"" + server.name + "\": cannot resolve address " + server.address.to_string() +
+                             ": " + ec.message());
+  std::vector<boost::asio::ip::tcp::endpoint> out;
+  for (const auto& r : results) out.push_back(r.endpoint());
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t workers,
+                                              std::shared_ptr<TicketKeys> ticket_keys, std::uint64_t number) {
+  std::shared_ptr<Generation> gen(new Generation());
+  gen->number_ = number;
+  gen->config_ = std::move(config);
+  gen->ticket_keys_ = std::move(ticket_keys);
+  const conf::Config& cfg = gen->config_;
+
+  std::map<std::string, std::shared_ptr<const sni::LoadedCertificate>, std::less<>> certificates;
+  for (const auto& c : cfg.certificates) {
+    try {
+      certificates[c.name] = sni::load_certificate(c.name, c.cert, c.key);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(cfg.file.string() + ":" + std::to_string(c.line) + ": certificate \"" + c.name +
+                               "\": " + e.what());
+    }
+  }
+
+  std::map<std::string, ServerRuntime*, std::less<>> servers;
+  for (const auto& s : cfg.servers) {
+    auto rt = std::make_unique<ServerRuntime>();
+    rt->config = &s;
+    if (!s.pin.empty()) {
+      rt->pin = sni::parse_pin(s.pin);
+      if (!rt->pin)
+        throw std::runtime_error(cfg.file.string() + ":" + std::to_string(s.line) + ": server \"" + s.name +
+                                 "\".pin: not a sha256/BASE64 pin nor a SHA-1 thumbprint");
+    }
+    rt->endpoints = resolve(s);
+    servers[s.name] = rt.get();
+    gen->servers_.push_back(std::move(rt));
+  }
+
+  gen->pools_.reserve(cfg.pools.size());
+  for (const auto& p : cfg.pools) {
+    PoolRuntime rt;
+    rt.config = &p;
+    for (const auto& name : p.servers) rt.servers.push_back(servers.at(name));
+    try {
+      rt.tls = std::make_unique<PoolTls>(p);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(cfg.file.string() + ":" + std::to_string(p.line) + ": pool \"" + p.name +
+                               "\": " + e.what());
+    }
+    gen->pools_.push_back(std::move(rt));
+  }
+
+  for (const auto& l : cfg.listeners) {
+    ListenerRuntime rt;
+    rt.config = &l;
+    if (l.mode != conf::ListenerMode::passthrough) {
+      std::vector<std::shared_ptr<const sni::LoadedCertificate>> certs;
+      for (const auto& name : l.certificates) certs.push_back(certificates.at(name));
+      rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_);
+    }
+    for (const auto& r : cfg.routes)
+      if (r.listener == l.name) rt.routes.push_back(&r);
+    if (!l.pool.empty()) rt.default_pool = gen->pool(l.pool);
+    gen->listeners_.push_back(std::move(rt));
+  }
+
+  gen->per_worker_.resize(workers);
+  for (auto& worker : gen->per_worker_) {
+    worker.resize(gen->pools_.size());
+    for (std::size_t i = 0; i < gen->pools_.size(); ++i) {
+      const PoolRuntime& pool = gen->pools_[i];
+      WorkerPool& wp = worker[i];
+      for (const ServerRuntime* s : pool.servers)
+        wp.views.push_back(balancer::ServerView{s->config->name, s->config->site, s->config->weight, true, 0});
+      wp.selector = balancer::make_selector(pool.config->balance, wp.views, pool.config->local_site);
+      wp.sessions.resize(pool.servers.size());
+    }
+  }
+  return gen;
+}
+
+const ListenerRuntime* Generation::listener(std::string_view name) const {
+  for (const auto& l : listeners_)
+    if (l.config->name == name) return &l;
+  return nullptr;
+}
+
+const PoolRuntime* Generation::pool(std::string_view name) const {
+  for (const auto& p : pools_)
+    if (p.config->name == name) return &p;
+  return nullptr;
+}
+
+const PoolRuntime* Generation::route_by_sni(const ListenerRuntime& listener, std::string_view sni_name) const {
+  const auto host = sni::normalize_host(sni_name);
+  const conf::Route* best = nullptr;
+  int best_score = 0;  // 3 exact, 2 wildcard, 1 any host
+  for (const conf::Route* r : listener.routes) {
+    int score = r->hosts.empty() ? 1 : 0;
+    if (host) {
+      for (const auto& pattern : r->hosts) {
+        if (pattern == *host) score = std::max(score, 3);
+        else if (sni::host_matches(pattern, *host)) score = std::max(score, 2);
+      }
+    }
+    if (score > best_score) {
+      best = r;
+      best_score = score;
+    }
+  }
+  if (best != nullptr) return pool(best->pool);
+  return listener.default_pool;
+}
+
+}  // namespace gatehouse::proxy

@@ -1,0 +1,88 @@
+#pragma once
+// One config generation: everything a connection needs, built off the hot path
+// (parse, validate, load certificates, build SNI indexes, TLS contexts and
+// pools), then published to the workers. A connection keeps the generation it
+// was accepted under, so a reload never changes what it is using.
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "balancer/balancer.h"
+#include "conf/config.h"
+#include "proxy/tls/backend_tls.h"
+#include "proxy/tls/listener_tls.h"
+#include "sni/pin.h"
+
+namespace gatehouse::proxy {
+
+class TicketKeys;
+
+struct ServerRuntime {
+  const conf::Server* config = nullptr;
+  std::optional<sni::Pin> pin;
+  std::vector<boost::asio::ip::tcp::endpoint> endpoints;  // resolved once per generation
+  std::atomic<bool> available{true};                      // healthy and not drained
+};
+
+struct PoolRuntime {
+  const conf::Pool* config = nullptr;
+  std::vector<ServerRuntime*> servers;  // in pool order
+  std::unique_ptr<PoolTls> tls;
+};
+
+struct ListenerRuntime {
+  const conf::Listener* config = nullptr;
+  std::unique_ptr<ListenerTls> tls;        // null for passthrough
+  std::vector<const conf::Route*> routes;  // routes of this listener, in file order
+  const PoolRuntime* default_pool = nullptr;
+};
+
+// State one worker keeps per pool: touched only by that worker's thread.
+struct WorkerPool {
+  std::vector<balancer::ServerView> views;
+  std::unique_ptr<balancer::Selector> selector;
+  std::vector<SessionSlot> sessions;  // per server, for backend TLS resumption
+};
+
+class Generation {
+ public:
+  // Throws std::runtime_error with every message naming the file, key or peer.
+  static std::shared_ptr<Generation> build(conf::Config config, std::size_t workers,
+                                           std::shared_ptr<TicketKeys> ticket_keys, std::uint64_t number);
+
+  std::uint64_t number() const { return number_; }
+  const conf::Config& config() const { return config_; }
+  const ListenerRuntime* listener(std::string_view name) const;
+  const PoolRuntime* pool(std::string_view name) const;
+  std::size_t pool_index(const PoolRuntime* pool) const { return static_cast<std::size_t>(pool - pools_.data()); }
+  const std::vector<ListenerRuntime>& listeners() const { return listeners_; }
+  const std::vector<PoolRuntime>& pools() const { return pools_; }
+
+  // The pool for a connection on an l4/passthrough listener, by SNI: the most
+  // specific route host (exact beats wildcard beats any), else the listener's pool.
+  const PoolRuntime* route_by_sni(const ListenerRuntime& listener, std::string_view sni) const;
+
+  WorkerPool& worker_pool(std::size_t worker, const PoolRuntime* pool) const {
+    return per_worker_[worker][pool_index(pool)];
+  }
+
+ private:
+  Generation() = default;
+
+  std::uint64_t number_ = 0;
+  conf::Config config_;
+  std::shared_ptr<TicketKeys> ticket_keys_;
+  std::vector<std::unique_ptr<ServerRuntime>> servers_;
+  std::vector<PoolRuntime> pools_;
+  std::vector<ListenerRuntime> listeners_;
+  mutable std::vector<std::vector<WorkerPool>> per_worker_;  // [worker][pool]
+};
+
+}  // namespace gatehouse::proxy

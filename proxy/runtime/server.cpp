@@ -1,0 +1,326 @@
+#include "proxy/runtime/server.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <set>
+#include <stdexcept>
+
+#include "proxy/l4/l4_session.h"
+#include "proxy/runtime/connection.h"
+#include "proxy/runtime/log.h"
+#include "proxy/runtime/metrics.h"
+#include "proxy/tls/ticket_keys.h"
+
+namespace gatehouse::proxy {
+
+namespace {
+
+using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+std::atomic<std::size_t> process_connections{0};
+
+std::size_t worker_count(const conf::Config& config) {
+  if (config.server.workers > 0) return static_cast<std::size_t>(config.server.workers);
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+std::shared_ptr<TicketKeys> make_ticket_keys(const conf::Config& config) {
+  if (config.server.ticket_keys.empty()) return TicketKeys::random_rotating();
+  return TicketKeys::from_file(config.server.ticket_keys);
+}
+
+tcp::endpoint resolve_bind(const conf::Listener& listener) {
+  error_code ec;
+  auto address = asio::ip::make_address(listener.bind.host, ec);
+  if (ec) {
+    asio::io_context io;
+    tcp::resolver resolver(io);
+    auto results = resolver.resolve(listener.bind.host, "0", ec);
+    if (ec || results.empty())
+      throw std::runtime_error("listener \"" + listener.name + "\": cannot resolve bind address \"" +
+                               listener.bind.host + "\"");
+    address = results.begin()->endpoint().address();
+  }
+  return {address, listener.bind.port};
+}
+
+asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generation> generation,
+                                       const ListenerRuntime* listener, tcp::socket socket) {
+  struct Count {
+    Count() { process_connections.fetch_add(1, std::memory_order_relaxed); }
+    ~Count() { process_connections.fetch_sub(1, std::memory_order_relaxed); }
+  } count;
+  metrics().connections_total.fetch_add(1, std::memory_order_relaxed);
+  switch (listener->config->mode) {
+    case conf::ListenerMode::l4:
+      co_await serve_l4(worker, std::move(generation), *listener, std::move(socket));
+      break;
+    default:
+      break;  // refused at start-up and reload
+  }
+}
+
+asio::awaitable<void> accept_loop(Worker& worker, std::string name, tcp::acceptor& acceptor) {
+  auto executor = co_await asio::this_coro::executor;
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      log::error("accept_failed", {{"listener", name}, {"error", ec.message()}});
+      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+        // Out of descriptors: back off instead of spinning on the same error.
+        asio::steady_timer pause(executor, std::chrono::milliseconds(50));
+        co_await pause.async_wait(use_tuple);
+      }
+      continue;
+    }
+    const auto& generation = worker.generation();
+    const ListenerRuntime* listener = generation ? generation->listener(name) : nullptr;
+    if (listener == nullptr) continue;  // closes the socket
+    if (process_connections.load(std::memory_order_relaxed) >= generation->config().server.max_connections) {
+      log::warning("max_connections", {{"listener", name}, {"limit", generation->config().server.max_connections}});
+      continue;
+    }
+    asio::co_spawn(executor, serve_connection(worker, generation, listener, std::move(socket)), asio::detached);
+  }
+}
+
+void check_supported(const conf::Config& config) {
+  for (const auto& l : config.listeners)
+    if (l.mode != conf::ListenerMode::l4)
+      throw std::runtime_error(config.file.string() + ":" + std::to_string(l.line) + ": listener \"" + l.name +
+                               "\".mode: \"" + std::string(conf::to_string(l.mode)) +
+                               "\" listeners are not served by this build yet; use mode = \"l4\"");
+}
+
+}  // namespace
+
+Server::Server(conf::Config config) : config_file_(config.file) {
+  check_supported(config);
+  ticket_keys_ = make_ticket_keys(config);
+  log::set_access_log(config.server.access_log);
+  const std::size_t workers = worker_count(config);
+  for (std::size_t i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>(i));
+  current_ = Generation::build(std::move(config), workers, ticket_keys_, next_generation_++);
+}
+
+Server::~Server() {
+  for (auto& w : workers_) {
+    w->io_.stop();
+    if (w->thread_.joinable()) w->thread_.join();
+  }
+}
+
+tcp::endpoint Server::bound(const std::string& listener) const {
+  auto it = bound_.find(listener);
+  return it == bound_.end() ? tcp::endpoint{} : it->second.endpoint;
+}
+
+void Server::open_listeners(const Generation& generation) {
+  // Bind everything first, so a bind error leaves the running set untouched.
+  std::map<std::string, std::vector<std::unique_ptr<tcp::acceptor>>> opened;
+  std::map<std::string, Bound> new_bound;
+  for (const auto& l : generation.listeners()) {
+    const conf::Listener& config = *l.config;
+    auto existing = bound_.find(config.name);
+    if (existing != bound_.end() && existing->second.configured == config.bind) {
+      new_bound[config.name] = existing->second;
+      continue;
+    }
+    tcp::endpoint endpoint = resolve_bind(config);
+    std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+    for (auto& worker : workers_) {
+      auto acceptor = std::make_unique<tcp::acceptor>(worker->io_);
+      error_code ec;
+      acceptor->open(endpoint.protocol(), ec);
+      if (!ec) acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
+      if (!ec) acceptor->set_option(reuse_port(true), ec);
+      if (!ec && endpoint.address().is_v6()) acceptor->set_option(asio::ip::v6_only(true), ec);
+      if (!ec) acceptor->bind(endpoint, ec);
+      if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+      if (ec)
+        throw std::runtime_error(generation.config().file.string() + ":" + std::to_string(config.line) +
+                                 ": listener \"" + config.name + "\".bind: cannot listen on " + to_string(endpoint) +
+                                 ": " + ec.message());
+      // Port 0: the first worker's socket picks the port, the others share it.
+      if (endpoint.port() == 0) endpoint = acceptor->local_endpoint();
+      acceptors.push_back(std::move(acceptor));
+    }
+    new_bound[config.name] = Bound{config.bind, endpoint};
+    opened[config.name] = std::move(acceptors);
+  }
+
+  std::set<std::string> removed;
+  for (const auto& [name, b] : bound_)
+    if (!new_bound.count(name) || opened.count(name)) removed.insert(name);
+  bound_ = std::move(new_bound);
+
+  for (std::size_t i = 0; i < workers_.size(); ++i) {
+    Worker& worker = *workers_[i];
+    std::map<std::string, std::unique_ptr<tcp::acceptor>> mine;
+    for (auto& [name, acceptors] : opened) mine[name] = std::move(acceptors[i]);
+    asio::post(worker.io_, [&worker, removed, mine = std::make_shared<decltype(mine)>(std::move(mine))]() mutable {
+      for (const auto& name : removed) {
+        auto it = worker.acceptors_.find(name);
+        if (it == worker.acceptors_.end()) continue;
+        error_code ignored;
+        it->second->close(ignored);
+        // Destroyed later: the accept loop still refers to it until it sees the close.
+        asio::post(worker.io_, [a = std::shared_ptr<tcp::acceptor>(std::move(it->second))] {});
+        worker.acceptors_.erase(it);
+      }
+      for (auto& [name, acceptor] : *mine) {
+        tcp::acceptor& ref = *acceptor;
+        worker.acceptors_[name] = std::move(acceptor);
+        asio::co_spawn(worker.io_, accept_loop(worker, name, ref), asio::detached);
+      }
+    });
+  }
+}
+
+void Server::publish(std::shared_ptr<Generation> generation) {
+  for (auto& w : workers_) {
+    asio::post(w->io_, [worker = w.get(), generation] { worker->generation_ = generation; });
+  }
+  current_ = std::move(generation);
+}
+
+void Server::retire(std::shared_ptr<Generation> old_generation) {
+  // Old connections may finish for drain_timeout, then they are closed.
+  auto timer = std::make_shared<asio::steady_timer>(main_io_, current_->config().server.drain_timeout);
+  timer->async_wait([this, timer, old = std::move(old_generation)](error_code ec) {
+    if (ec) return;
+    for (auto& w : workers_) {
+      asio::post(w->io_, [worker = w.get(), old] {
+        for (ConnectionHandle* c : worker->connections_) {
+          if (c->generation != old.get()) continue;
+          c->force_close = true;
+          c->watchdog->cancel();
+        }
+      });
+    }
+  });
+}
+
+bool Server::reload(std::string* errors) {
+  if (stopping_) return false;
+  auto fail = [&](const std::string& message) {
+    log::error("reload_failed", {{"config", config_file_.string()}, {"errors", message}});
+    if (errors) *errors = message;
+    return false;
+  };
+  conf::LoadResult loaded = conf::load_file(config_file_);
+  if (!loaded.ok()) {
+    std::string all;
+    for (const auto& d : loaded.errors) all += d.to_string() + "\n";
+    return fail(all);
+  }
+  std::shared_ptr<Generation> next;
+  try {
+    check_supported(*loaded.config);
+    if (loaded.config->server.ticket_keys != ticket_keys_->file())
+      ticket_keys_ = make_ticket_keys(*loaded.config);
+    log::set_access_log(loaded.config->server.access_log);
+    next = Generation::build(std::move(*loaded.config), workers_.size(), ticket_keys_, next_generation_);
+    open_listeners(*next);
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+  ++next_generation_;
+  auto old = current_;
+  publish(next);
+  retire(std::move(old));
+  log::info("reloaded", {{"config", config_file_.string()}, {"generation", next->number()}});
+  return true;
+}
+
+void Server::stop() {
+  asio::post(main_io_, [this] { drain_and_stop(); });
+}
+
+void Server::drain_and_stop() {
+  if (stopping_.exchange(true)) return;
+  log::info("draining", {{"connections", process_connections.load()},
+                         {"drain_timeout_ms", current_->config().server.drain_timeout.count()}});
+  for (auto& w : workers_) {
+    asio::post(w->io_, [worker = w.get()] {
+      for (auto& [name, acceptor] : worker->acceptors_) {
+        error_code ignored;
+        acceptor->close(ignored);
+      }
+    });
+  }
+  const auto deadline = Clock::now() + current_->config().server.drain_timeout;
+  auto timer = std::make_shared<asio::steady_timer>(main_io_);
+  auto poll = std::make_shared<std::function<void()>>();
+  *poll = [this, timer, poll, deadline, forced = false]() mutable {
+    std::size_t active = 0;
+    for (auto& w : workers_) active += w->active();
+    if (active == 0 || (forced && Clock::now() > deadline + std::chrono::seconds(1))) {
+      for (auto& w : workers_) w->io_.stop();
+      main_io_.stop();
+      *poll = nullptr;  // breaks the self-reference
+      return;
+    }
+    if (!forced && Clock::now() > deadline) {
+      forced = true;
+      log::warning("drain_timeout", {{"connections", active}});
+      for (auto& w : workers_) {
+        asio::post(w->io_, [worker = w.get()] {
+          for (ConnectionHandle* c : worker->connections_) {
+            c->force_close = true;
+            c->watchdog->cancel();
+          }
+        });
+      }
+    }
+    timer->expires_after(std::chrono::milliseconds(20));
+    timer->async_wait([poll](error_code) {
+      if (*poll) (*poll)();
+    });
+  };
+  (*poll)();
+}
+
+int Server::run(std::function<void(Server&)> on_ready) {
+  open_listeners(*current_);
+  for (auto& w : workers_) w->generation_ = current_;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  for (auto& w : workers_) {
+    guards.push_back(asio::make_work_guard(w->io_));
+    w->thread_ = std::thread([worker = w.get()] { worker->io_.run(); });
+  }
+
+  asio::signal_set signals(main_io_, SIGHUP, SIGTERM, SIGINT);
+  std::function<void(error_code, int)> on_signal = [&](error_code ec, int signal) {
+    if (ec) return;
+    if (signal == SIGHUP) {
+      reload();
+    } else {
+      drain_and_stop();
+    }
+    signals.async_wait(on_signal);
+  };
+  signals.async_wait(on_signal);
+
+  for (const auto& [name, b] : bound_)
+    log::info("listening", {{"listener", name}, {"address", to_string(b.endpoint)}});
+  log::info("ready", {{"generation", current_->number()}, {"workers", workers_.size()}});
+  if (on_ready) on_ready(*this);
+
+  main_io_.run();
+  guards.clear();
+  for (auto& w : workers_) {
+    w->io_.stop();
+    if (w->thread_.joinable()) w->thread_.join();
+  }
+  log::info("stopped");
+  return 0;
+}
+
+}  // namespace gatehouse::proxy

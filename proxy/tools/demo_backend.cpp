@@ -1,0 +1,71 @@
+#include "proxy/tools/demo_backend.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <stdexcept>
+
+#include "proxy/tls/listener_tls.h"
+#include "proxy/tls/tls_stream.h"
+#include "sni/certificate.h"
+
+namespace gatehouse::proxy {
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+asio::awaitable<void> serve_one(std::shared_ptr<SSL_CTX> ctx, std::string name, tcp::socket socket) {
+  TlsStream stream(std::move(socket), bssl::UniquePtr<SSL>(SSL_new(ctx.get())));
+  SSL_set_accept_state(stream.ssl());
+  if (co_await stream.handshake()) co_return;
+  std::string request;
+  char buf[4096];
+  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 65536) {
+    auto [ec, n] = co_await stream.read_some(buf, sizeof buf);
+    if (ec) co_return;
+    request.append(buf, n);
+  }
+  const auto line_end = request.find("\r\n");
+  const std::string line = request.substr(0, line_end);
+  const std::string body = "mailbox " + name + " answered: " + line + "\n";
+  const std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
+                               std::to_string(body.size()) + "\r\nX-Mailbox-Server: " + name +
+                               "\r\nConnection: close\r\n\r\n" + body;
+  if (co_await stream.write_all(response.data(), response.size())) co_return;
+  co_await stream.shutdown_send();
+}
+
+asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor, std::shared_ptr<SSL_CTX> ctx,
+                                  std::string name) {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor->async_accept(use_tuple);
+    if (ec) co_return;
+    asio::co_spawn(acceptor->get_executor(), serve_one(ctx, name, std::move(socket)), asio::detached);
+  }
+}
+
+}  // namespace
+
+DemoBackends::DemoBackends(std::vector<Backend> backends) : backends_(std::move(backends)) {
+  for (auto& b : backends_) {
+    auto cert = sni::load_certificate(b.name, b.cert, b.key);
+    std::shared_ptr<SSL_CTX> ctx(SSL_CTX_new(TLS_method()), SSL_CTX_free);
+    apply_tls_policy(ctx.get(), conf::TlsPolicy::modern);
+    if (SSL_CTX_use_certificate(ctx.get(), cert->leaf()) != 1 || SSL_CTX_use_PrivateKey(ctx.get(), cert->key.get()) != 1)
+      throw std::runtime_error(b.cert.string() + ": demo backend cannot use this certificate");
+    auto acceptor = std::make_shared<tcp::acceptor>(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    b.endpoint = acceptor->local_endpoint();
+    asio::co_spawn(io_, accept_loop(acceptor, ctx, b.name), asio::detached);
+  }
+  thread_ = std::thread([this] { io_.run(); });
+}
+
+DemoBackends::~DemoBackends() {
+  io_.stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace gatehouse::proxy
