@@ -2,7 +2,9 @@
 // Gatehouse configuration: the whole TOML schema of SPEC.md as an immutable,
 // validated value. Nothing outside conf/ sees TOML. load_file() either returns a
 // Config whose every reference resolves, or the full list of errors, each with
-// file, line and key path.
+// file, line and key path. SPEC.md names both the [server] settings table and
+// the [[server]] array "server", which plain TOML forbids in one file; load_*
+// accept the two together.
 
 #include <chrono>
 #include <cstdint>
@@ -28,7 +30,8 @@ struct Address {
 struct Diagnostic {
   std::string file;
   int line = 0;
-  std::string key;      // key path, e.g. "listener[1].bind" or "pool.owa.servers"
+  std::string key;      // key path: `listener "https".bind`, `pool "owa".servers[1]`, `route[0].hosts[2]`
+                        // (the name when the table has one, else its index in file order), "server.workers"
   std::string message;  // what is wrong and what to do
   std::string to_string() const;  // "file:line: key: message"
 };
@@ -62,11 +65,12 @@ struct Listener {
   std::string name;
   Address bind;
   ListenerMode mode = ListenerMode::l7;
-  std::vector<std::string> certificates;  // resolved: never empty (empty in TOML = all, in file order)
-  std::string default_certificate;        // resolved: "" in TOML = the first of certificates
+  std::vector<std::string> certificates;  // resolved: never empty for l7/l4 (empty in TOML = all, in file
+                                          // order); always empty for passthrough, which serves none
+  std::string default_certificate;        // resolved: "" in TOML = the first of certificates ("" for passthrough)
   bool strict_sni = false;
   TlsPolicy tls = TlsPolicy::modern;
-  std::vector<std::string> alpn;          // resolved default: l7 {"h2","http/1.1"}, l4 {}
+  std::vector<std::string> alpn;          // resolved default: l7 {"h2","http/1.1"}, l4 {}; passthrough always {}
   ClientCertificates client_certificates = ClientCertificates::none;
   std::filesystem::path client_ca;
   std::string pool;                       // l4/passthrough default pool, may be ""
@@ -79,7 +83,7 @@ struct Listener {
 struct Route {
   std::string listener;
   std::vector<std::string> hosts;  // normalised lower case, no trailing dot; may hold "*.parent"; empty = any
-  std::vector<std::string> paths = {"/"};
+  std::vector<std::string> paths = {"/"};  // lower-cased: matching is case-insensitive
   std::string pool;
   Affinity affinity = Affinity::none;
   std::optional<Duration> idle_timeout;  // overrides the listener's
@@ -91,7 +95,7 @@ struct Server {
   Address address;
   std::string site;
   int weight = 1;
-  std::string server_name;  // SNI and verified name; "" = the address host
+  std::string server_name;  // SNI and verified name, lower-cased; resolved: "" in TOML = the address host
   std::string pin;          // as written: "sha256/BASE64" or 40 hex digits (SHA-1 thumbprint, spaces/colons allowed)
   int line = 0;
 };

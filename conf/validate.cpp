@@ -1,0 +1,219 @@
+// Checks that need the whole file -- unique names, references between tables,
+// keys that only make sense in some modes -- and the defaults that depend on
+// other tables (a listener's certificates, its ALPN).
+
+#include <algorithm>
+#include <map>
+
+#include "conf/checks.h"
+#include "conf/loader.h"
+
+namespace gatehouse::conf::detail {
+namespace {
+
+template <class T>
+std::string reference_problem(std::string_view kind, std::string_view name, const std::vector<T>& items) {
+  std::string message = "no [[" + std::string(kind) + "]] named \"" + std::string(name) + "\"";
+  std::vector<std::string_view> names;
+  for (auto& item : items)
+    if (!item.name.empty()) names.push_back(item.name);
+  if (auto close = closest_match(name, names); !close.empty())
+    return message + "; did you mean \"" + std::string(close) + "\"?";
+  if (names.empty()) return message + "; there is none in this file";
+  std::string defined;
+  for (auto known : names) defined += (defined.empty() ? "\"" : ", \"") + std::string(known) + "\"";
+  return message + "; defined: " + defined;
+}
+
+template <class T>
+std::size_t index_of(const std::vector<T>& items, const T* item) {
+  return static_cast<std::size_t>(item - items.data());
+}
+
+}  // namespace
+
+void Loader::validate() {
+  check_names();
+  for (std::size_t i = 0; i < config_.listeners.size(); ++i) check_listener(config_.listeners[i], listener_origins_[i]);
+  for (std::size_t i = 0; i < config_.routes.size(); ++i) check_route(config_.routes[i], route_origins_[i]);
+  for (std::size_t i = 0; i < config_.pools.size(); ++i) check_pool(config_.pools[i], pool_origins_[i]);
+
+  if (config_.listeners.empty() && result_.errors.empty())
+    error(Origin{}, "listener", "the file has no [[listener]], so there is nothing to serve; add one");
+  for (std::size_t i = 0; i < config_.listeners.size(); ++i) {
+    const Listener& listener = config_.listeners[i];
+    const Origin& origin = listener_origins_[i];
+    bool routed = std::any_of(config_.routes.begin(), config_.routes.end(),
+                              [&](const Route& route) { return route.listener == listener.name; });
+    if (routed || listener.name.empty() || origin.invalid.contains("mode")) continue;
+    if (listener.mode == ListenerMode::l7)
+      warning(origin, "", "no [[route]] names this listener, so every request gets 404");
+    else if (listener.pool.empty())
+      error(origin, "pool",
+            "this " + std::string(to_string(listener.mode)) + " listener forwards nowhere: set pool = \"NAME\" " +
+                "or add a [[route]] with listener = \"" + listener.name + "\"");
+  }
+}
+
+void Loader::check_names() {
+  auto unique = [this](auto& items, const std::vector<Origin>& origins, std::string_view kind) {
+    std::map<std::string_view, std::size_t> first;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      if (items[i].name.empty()) continue;
+      auto [it, inserted] = first.emplace(items[i].name, i);
+      if (!inserted)
+        error(origins[i], "name",
+              "duplicate name: " + origins[it->second].label + " is already defined at line " +
+                  std::to_string(items[it->second].line) + "; give each [[" + std::string(kind) + "]] its own name");
+    }
+  };
+  unique(config_.certificates, certificate_origins_, "certificate");
+  unique(config_.listeners, listener_origins_, "listener");
+  unique(config_.servers, server_origins_, "server");
+  unique(config_.pools, pool_origins_, "pool");
+
+  // Port 0 asks the kernel for a fresh port each time, so it never collides.
+  std::map<std::string, std::size_t> binds;
+  for (std::size_t i = 0; i < config_.listeners.size(); ++i) {
+    const Listener& listener = config_.listeners[i];
+    if (!listener_origins_[i].valid("bind") || listener.bind.port == 0) continue;
+    auto [it, inserted] = binds.emplace(listener.bind.to_string(), i);
+    if (!inserted)
+      error(listener_origins_[i], "bind",
+            listener.bind.to_string() + " is already bound by " + listener_origins_[it->second].label + " (line " +
+                std::to_string(config_.listeners[it->second].line) + "); use another address or port");
+  }
+}
+
+void Loader::check_listener(Listener& listener, const Origin& origin) {
+  if (!listener.pool.empty() && !config_.find_pool(listener.pool))
+    error(origin, "pool", reference_problem("pool", listener.pool, config_.pools));
+  if (origin.invalid.contains("mode")) return;  // mode-specific checks would only guess
+
+  if (listener.mode == ListenerMode::passthrough) {
+    const std::pair<std::string_view, bool> tls_keys[] = {
+        {"certificates", !listener.certificates.empty()},
+        {"default_certificate", !listener.default_certificate.empty()},
+        {"strict_sni", listener.strict_sni},
+        {"tls", origin.has("tls")},  // no "off" value: any tls key is a misunderstanding here
+        {"alpn", !listener.alpn.empty()},
+        {"client_certificates", listener.client_certificates != ClientCertificates::none},
+        {"client_ca", !listener.client_ca.empty()},
+    };
+    for (auto [key, set] : tls_keys)
+      if (set && origin.valid(key))
+        error(origin, key, "a passthrough listener does not terminate TLS, so " + std::string(key) +
+                               " has no effect; remove it, or use mode = \"l4\" to terminate TLS here");
+    // A passthrough listener serves no certificate: these stay empty.
+    listener.certificates.clear();
+    listener.default_certificate.clear();
+    listener.alpn.clear();
+    return;
+  }
+
+  if (listener.mode == ListenerMode::l7) {
+    if (!listener.pool.empty())
+      error(origin, "pool", "pool is only for l4 and passthrough listeners; an l7 listener sends requests to "
+                            "pools through [[route]] tables, so move it to a route");
+    if (listener.proxy_protocol != ProxyProtocol::none)
+      error(origin, "proxy_protocol", "proxy_protocol is only for l4 and passthrough listeners; an l7 listener "
+                                      "passes the client address in X-Forwarded-For and Forwarded");
+  }
+
+  if (config_.certificates.empty()) {
+    error(origin, "mode", "an " + std::string(to_string(listener.mode)) +
+                              " listener terminates TLS, but the file has no [[certificate]]; add one "
+                              "(gatehouse cert new makes a self-signed one) or use mode = \"passthrough\"");
+  } else if (!origin.invalid.contains("certificates")) {
+    for (std::size_t i = 0; i < listener.certificates.size(); ++i)
+      if (!config_.find_certificate(listener.certificates[i]))
+        error(origin, "certificates[" + std::to_string(i) + "]",
+              reference_problem("certificate", listener.certificates[i], config_.certificates));
+    if (listener.certificates.empty())
+      for (auto& certificate : config_.certificates) listener.certificates.push_back(certificate.name);
+    auto& names = listener.certificates;
+    if (listener.default_certificate.empty())
+      listener.default_certificate = names.front();
+    else if (std::find(names.begin(), names.end(), listener.default_certificate) == names.end())
+      error(origin, "default_certificate",
+            "\"" + listener.default_certificate + "\" is not one of this listener's certificates; add it to "
+            "certificates or name one of them");
+  }
+
+  if (listener.client_certificates != ClientCertificates::none && listener.client_ca.empty() &&
+      !origin.invalid.contains("client_ca"))
+    error(origin, "client_certificates", "client certificates need client_ca = \"PEM bundle of the CAs that issue "
+                                         "them\"; add it, or set client_certificates = \"none\"");
+  if (listener.client_certificates == ClientCertificates::none && !listener.client_ca.empty())
+    warning(origin, "client_ca", "client_ca is unused because client_certificates = \"none\"");
+
+  if (!origin.has("alpn") && listener.mode == ListenerMode::l7) listener.alpn = {"h2", "http/1.1"};
+  if (listener.mode == ListenerMode::l7 && origin.valid("alpn"))
+    for (std::size_t i = 0; i < listener.alpn.size(); ++i)
+      if (listener.alpn[i] != "h2" && listener.alpn[i] != "http/1.1")
+        error(origin, "alpn[" + std::to_string(i) + "]",
+              "an l7 listener speaks only \"h2\" and \"http/1.1\"; use mode = \"l4\" to offer \"" + listener.alpn[i] +
+                  "\"");
+}
+
+void Loader::check_route(Route& route, const Origin& origin) {
+  if (!route.pool.empty() && !config_.find_pool(route.pool))
+    error(origin, "pool", reference_problem("pool", route.pool, config_.pools));
+  if (route.listener.empty()) return;
+  const Listener* listener = config_.find_listener(route.listener);
+  if (!listener) {
+    error(origin, "listener", reference_problem("listener", route.listener, config_.listeners));
+    return;
+  }
+  const Origin& listener_origin = listener_origins_[index_of(config_.listeners, listener)];
+  if (listener->mode == ListenerMode::l7 || listener_origin.invalid.contains("mode")) return;
+  std::string why = " only applies to routes on l7 listeners; " + listener_origin.label + " is " +
+                    std::string(to_string(listener->mode)) + ", which routes by SNI (hosts) only";
+  if (origin.valid("paths")) error(origin, "paths", "paths" + why + "; remove it");
+  if (route.affinity == Affinity::cookie)
+    error(origin, "affinity", "affinity = \"cookie\"" + why + "; use \"source_ip\"");
+}
+
+void Loader::check_pool(const Pool& pool, const Origin& origin) {
+  std::vector<const Server*> servers;
+  for (std::size_t i = 0; i < pool.servers.size(); ++i) {
+    const auto& name = pool.servers[i];
+    std::string key = "servers[" + std::to_string(i) + "]";
+    if (std::find(pool.servers.begin(), pool.servers.begin() + static_cast<std::ptrdiff_t>(i), name) !=
+        pool.servers.begin() + static_cast<std::ptrdiff_t>(i))
+      error(origin, key, "server \"" + name + "\" is listed twice; list it once (use weight to send it more)");
+    else if (const Server* server = config_.find_server(name))
+      servers.push_back(server);
+    else
+      error(origin, key, reference_problem("server", name, config_.servers));
+  }
+
+  if (!pool.fallback.empty()) {
+    if (pool.fallback == pool.name)
+      error(origin, "fallback", "a pool cannot fall back to itself; name another [[pool]] or remove fallback");
+    else if (!config_.find_pool(pool.fallback))
+      error(origin, "fallback", reference_problem("pool", pool.fallback, config_.pools));
+  }
+
+  if (origin.invalid.contains("tls")) return;
+  if (pool.tls == BackendTls::verify && pool.ca.empty() && !origin.invalid.contains("ca")) {
+    for (const Server* server : servers) {
+      if (!server->pin.empty() || server_origins_[index_of(config_.servers, server)].invalid.contains("pin")) continue;
+      error(origin, "servers",
+            "server \"" + server->name + "\" has no pin and pool \"" + pool.name +
+                "\" has no ca, so its certificate cannot be verified; set pin (gatehouse cert pin HOST:PORT prints "
+                "it) or ca, or tls = \"insecure\"");
+    }
+  }
+  if (pool.tls == BackendTls::insecure)
+    warning(origin, "tls", "tls = \"insecure\": backend certificates are not verified, so anyone on the path can "
+                           "impersonate the servers; set pin on each server or ca, and tls = \"verify\"");
+  if (pool.tls != BackendTls::verify && !pool.ca.empty())
+    warning(origin, "ca", "ca is unused with tls = \"" + std::string(to_string(pool.tls)) + "\"");
+  if (!pool.local_site.empty() &&
+      std::none_of(servers.begin(), servers.end(), [&](const Server* s) { return s->site == pool.local_site; }))
+    warning(origin, "local_site", "no server of this pool has site = \"" + pool.local_site +
+                                      "\", so local preference never applies");
+}
+
+}  // namespace gatehouse::conf::detail
