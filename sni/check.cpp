@@ -1,0 +1,297 @@
+// `gatehouse check`: conf's diagnostics, then what only X.509 knowledge can
+// tell: whether every certificate loads, whether every route host name is
+// covered by a certificate of its listener, and what will soon hurt (expiry,
+// SHA-1, a missing serverAuth EKU, wildcards that do not cover what the
+// operator believes they do).
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "conf/config.h"
+#include "sni/boringssl_util.h"
+#include "sni/hostname.h"
+#include "sni/index.h"
+#include "sni/tooling.h"
+
+namespace gatehouse::sni {
+namespace {
+
+constexpr auto expiry_warning = std::chrono::days(30);
+
+class Report {
+ public:
+  Report(std::ostream& out, std::ostream& err) : out_(out), err_(err) {}
+
+  void error(const conf::Diagnostic& diagnostic) {
+    ++errors_;
+    err_ << diagnostic.to_string() << '\n';
+  }
+  void warning(const conf::Diagnostic& diagnostic) {
+    ++warnings_;
+    out_ << "warning: " << diagnostic.to_string() << '\n';
+  }
+  std::ostream& out() { return out_; }
+  int errors() const { return errors_; }
+  int warnings() const { return warnings_; }
+
+ private:
+  std::ostream& out_;
+  std::ostream& err_;
+  int errors_ = 0;
+  int warnings_ = 0;
+};
+
+std::string plural(int count, std::string_view noun) {
+  return std::to_string(count) + " " + std::string(noun) + (count == 1 ? "" : "s");
+}
+
+std::string date(Clock::time_point time) { return detail::iso8601(time); }
+
+bool weak_signature(std::string_view algorithm) {
+  auto contains = [algorithm](std::string_view what) { return algorithm.find(what) != std::string_view::npos; };
+  return contains("sha1") || contains("SHA1") || contains("md5") || contains("MD5");
+}
+
+// conf's key-path spelling for a named table: `certificate "contoso-san"`.
+std::string certificate_key(const std::string& name) { return "certificate \"" + name + "\""; }
+
+using Loaded = std::map<std::string, std::shared_ptr<const LoadedCertificate>, std::less<>>;
+
+Loaded load_certificates(const conf::Config& config, Report& report) {
+  Loaded loaded;
+  for (const auto& certificate : config.certificates) {
+    try {
+      loaded[certificate.name] = load_certificate(certificate.name, certificate.cert, certificate.key);
+    } catch (const CertificateError& e) {
+      report.error({config.file.string(), certificate.line, certificate_key(certificate.name), e.what()});
+    }
+  }
+  return loaded;
+}
+
+void certificate_warnings(const conf::Config& config, const Loaded& loaded, Clock::time_point now, Report& report) {
+  for (const auto& certificate : config.certificates) {
+    const auto it = loaded.find(certificate.name);
+    if (it == loaded.end()) continue;
+    const LoadedCertificate& cert = *it->second;
+    const CertificateInfo& info = cert.info;
+    auto warn = [&](const std::string& message) {
+      report.warning({config.file.string(), certificate.line, certificate_key(certificate.name),
+                      cert.cert_file.string() + " (thumbprint " + info.thumbprint + ") " + message});
+    };
+    if (now > info.not_after) {
+      warn("expired on " + date(info.not_after) +
+           ": clients refuse it and it is served only for names no other certificate covers; renew it");
+    } else if (now < info.not_before) {
+      warn("is not valid before " + date(info.not_before) + ": check the clock of the machine that issued it");
+    } else if (info.not_after - now < expiry_warning) {
+      const auto days = std::chrono::duration_cast<std::chrono::days>(info.not_after - now).count();
+      warn("expires on " + date(info.not_after) + " (in " + plural(static_cast<int>(days), "day") + "): renew it");
+    }
+    for (std::size_t i = 0; i < cert.chain.size(); ++i) {
+      const CertificateInfo chain_info = i == 0 ? info : describe(cert.chain[i].get());
+      // A self-signed root's own signature is never checked by clients.
+      if (i > 0 && chain_info.self_signed) continue;
+      if (weak_signature(chain_info.signature_algorithm)) {
+        warn(std::string(i == 0 ? "is" : "has chain certificate " + std::to_string(i + 1) + " (" + chain_info.subject +
+                                              ")") +
+             " signed with " + chain_info.signature_algorithm +
+             ", which current clients reject: reissue it with SHA-256 (gatehouse cert new, or ask the CA)");
+      }
+    }
+    if (info.has_eku_extension) {
+      const auto& usages = info.extended_key_usage;
+      const bool server_auth = std::find(usages.begin(), usages.end(), "serverAuth") != usages.end() ||
+                               std::find(usages.begin(), usages.end(), "anyExtendedKeyUsage") != usages.end();
+      if (!server_auth) {
+        warn("has an Enhanced Key Usage extension without Server Authentication (1.3.6.1.5.5.7.3.1): TLS clients "
+             "will refuse it; reissue it with the Web Server / serverAuth template");
+      }
+    }
+    if (info.key_type == KeyType::rsa && info.key_bits < 2048) {
+      warn("has an RSA key of " + std::to_string(info.key_bits) + " bits: use at least 2048");
+    }
+  }
+}
+
+struct Row {
+  std::string host;
+  std::string certificate;
+  std::string match;
+};
+
+std::string describe_selection(const Selection& ecdsa, const Selection& rsa, Clock::time_point now) {
+  auto label = [now](const LoadedCertificate& cert) {
+    std::string text = cert.name;
+    if (cert.info.expired(now)) text += " (expired)";
+    return text;
+  };
+  if (ecdsa.certificate == rsa.certificate) return label(*ecdsa.certificate);
+  // RSA and ECDSA certificates share the name: clients' signature algorithms decide.
+  return label(*ecdsa.certificate) + " (ECDSA), " + label(*rsa.certificate) + " (RSA)";
+}
+
+// Why nothing covers `host`, when a certificate almost does.
+std::string near_miss(std::string_view host, const std::vector<std::shared_ptr<const LoadedCertificate>>& certs,
+                      const conf::Listener& listener, const Loaded& loaded) {
+  for (const auto& [name, cert] : loaded) {
+    if (std::find(listener.certificates.begin(), listener.certificates.end(), name) != listener.certificates.end()) {
+      continue;
+    }
+    const bool covering = std::any_of(cert->names.begin(), cert->names.end(), [host](const std::string& pattern) {
+      return pattern == host || host_matches(pattern, host);
+    });
+    if (covering) {
+      return "; certificate " + name + " covers it but is not in the listener's certificates: add it there";
+    }
+  }
+  for (const auto& cert : certs) {
+    for (const auto& name : cert->names) {
+      if (!is_wildcard(name)) continue;
+      const std::string_view parent = std::string_view(name).substr(2);
+      if (host == parent) {
+        return "; " + name + " (certificate " + cert->name + ") does not cover the bare " + std::string(host) +
+               ": add " + std::string(host) + " as a SAN";
+      }
+      if (host.size() > parent.size() + 1 && host.ends_with(parent) && host[host.size() - parent.size() - 1] == '.') {
+        const std::string_view below = host.substr(0, host.size() - parent.size() - 1);
+        // The one name at this depth the wildcard does cover: the label right above its parent.
+        const std::string_view extra = below.substr(below.rfind('.') + 1);
+        const std::string wider = is_wildcard(host) ? std::string(host)
+                                                    : std::string(host) + " or *." +
+                                                          std::string(host.substr(host.find('.') + 1));
+        return "; " + name + " (certificate " + cert->name + ") covers exactly one label (" + std::string(extra) +
+               "." + std::string(parent) + ", not " + std::string(host) + "): add " + wider + " to a certificate";
+      }
+    }
+  }
+  return "; add it as a SAN to one of the listener's certificates";
+}
+
+void check_listener(const conf::Config& config, const conf::Listener& listener, const Loaded& loaded,
+                    Clock::time_point now, Report& report) {
+  std::ostream& out = report.out();
+  const std::string mode(conf::to_string(listener.mode));
+  if (listener.mode == conf::ListenerMode::passthrough) {
+    out << "listener " << listener.name << " (" << mode << ", " << listener.bind.to_string()
+        << "): TLS passes through to the backends, no certificate here\n";
+    return;
+  }
+  std::vector<std::shared_ptr<const LoadedCertificate>> certs;
+  std::vector<std::string> missing;
+  for (const auto& name : listener.certificates) {
+    const auto it = loaded.find(name);
+    if (it != loaded.end()) {
+      certs.push_back(it->second);
+    } else {
+      missing.push_back(name);
+    }
+  }
+  const bool default_loaded = loaded.contains(listener.default_certificate);
+  const SniIndex index(certs, default_loaded ? listener.default_certificate : std::string(), listener.strict_sni);
+
+  std::vector<Row> rows;
+  std::set<std::string, std::less<>> seen;
+  const std::string fallback = listener.strict_sni ? std::string("the handshake is refused (strict_sni)")
+                               : index.default_certificate()
+                                   ? "clients get the default certificate " + index.default_certificate()->name +
+                                         " and a name mismatch"
+                                   : std::string("clients get no certificate");
+  for (std::size_t r = 0; r < config.routes.size(); ++r) {
+    const conf::Route& route = config.routes[r];
+    if (route.listener != listener.name) continue;
+    const std::string key = "route[" + std::to_string(r) + "].hosts";
+    if (route.hosts.empty() && seen.insert("*").second) {
+      rows.push_back({"(any host)", index.default_certificate() ? index.default_certificate()->name : "-",
+                      listener.strict_sni ? "known names only" : "default"});
+    }
+    for (const auto& host : route.hosts) {
+      if (!seen.insert(host).second) continue;
+      const Selection ecdsa = index.covering(host, true, now);
+      const Selection rsa = index.covering(host, false, now);
+      if (ecdsa.certificate) {
+        rows.push_back({host, describe_selection(ecdsa, rsa, now), std::string(to_string(ecdsa.kind))});
+        continue;
+      }
+      if (is_wildcard(host)) {
+        // Only some names below the wildcard are certified, each exactly.
+        const std::string_view parent = std::string_view(host).substr(2);
+        std::vector<std::string> exact;
+        std::set<std::string> holders;
+        for (const auto& cert : certs) {
+          for (const auto& name : cert->names) {
+            if (!is_wildcard(name) && wildcard_parent(name) == parent) {
+              exact.push_back(name);
+              holders.insert(cert->name);
+            }
+          }
+        }
+        if (!exact.empty()) {
+          std::string names;
+          for (const auto& name : exact) names += (names.empty() ? "" : ", ") + name;
+          std::string holder_names;
+          for (const auto& name : holders) holder_names += (holder_names.empty() ? "" : ", ") + name;
+          rows.push_back({host, holder_names, "exact names only"});
+          report.warning({config.file.string(), route.line, key,
+                          "route host " + host + " is served by a non-wildcard certificate (" + holder_names +
+                              ") that lists only " + names + "; for any other name " + fallback +
+                              ": add " + host + " to a certificate"});
+          continue;
+        }
+      }
+      rows.push_back({host, "-", "MISSING"});
+      report.error({config.file.string(), route.line, key,
+                    "no certificate of listener " + listener.name + " covers " + host + ": " + fallback +
+                        near_miss(host, certs, listener, loaded)});
+    }
+  }
+  out << "listener " << listener.name << " (" << mode << ", " << listener.bind.to_string() << "): ";
+  if (listener.strict_sni) {
+    out << "strict SNI, unknown names rejected";
+  } else if (index.default_certificate()) {
+    out << "default certificate " << index.default_certificate()->name;
+  } else {
+    out << "no default certificate";
+  }
+  for (const auto& name : missing) out << "; certificate " << name << " did not load";
+  out << '\n';
+  if (rows.empty()) {
+    out << "  (no routes)\n";
+    return;
+  }
+  std::size_t host_width = 4;
+  std::size_t cert_width = 11;
+  for (const auto& row : rows) {
+    host_width = std::max(host_width, row.host.size());
+    cert_width = std::max(cert_width, row.certificate.size());
+  }
+  auto print = [&](std::string_view host, std::string_view cert, std::string_view match) {
+    out << "  " << host << std::string(host_width - host.size() + 2, ' ') << cert
+        << std::string(cert_width - cert.size() + 2, ' ') << match << '\n';
+  };
+  print("HOST", "CERTIFICATE", "MATCH");
+  for (const auto& row : rows) print(row.host, row.certificate, row.match);
+}
+
+}  // namespace
+
+int run_check(const std::filesystem::path& config_file, bool strict, std::ostream& out, std::ostream& err) {
+  Report report(out, err);
+  const conf::LoadResult result = conf::load_file(config_file);
+  for (const auto& error : result.errors) report.error(error);
+  for (const auto& warning : result.warnings) report.warning(warning);
+  if (result.config) {
+    const conf::Config& config = *result.config;
+    const Clock::time_point now = Clock::now();
+    const Loaded loaded = load_certificates(config, report);
+    certificate_warnings(config, loaded, now, report);
+    for (const auto& listener : config.listeners) check_listener(config, listener, loaded, now, report);
+  }
+  out << "check: " << plural(report.errors(), "error") << ", " << plural(report.warnings(), "warning") << '\n';
+  if (report.errors() > 0) return 1;
+  if (strict && report.warnings() > 0) return 2;
+  return 0;
+}
+
+}  // namespace gatehouse::sni
