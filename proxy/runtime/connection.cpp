@@ -13,7 +13,14 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-thread_local std::vector<char*> free_buffers;
+// Freed with the thread, so nothing is left behind when a worker ends.
+struct FreeBuffers {
+  std::vector<char*> buffers;
+  ~FreeBuffers() {
+    for (char* b : buffers) delete[] b;
+  }
+};
+thread_local FreeBuffers free_list;
 constexpr std::size_t kMaxFreeBuffers = 64;
 
 std::string proxy_header_v1(const tcp::endpoint& client, const tcp::endpoint& local) {
@@ -53,6 +60,7 @@ std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& lo
 }  // namespace
 
 IoBuffer::IoBuffer() {
+  auto& free_buffers = free_list.buffers;
   if (!free_buffers.empty()) {
     data_ = free_buffers.back();
     free_buffers.pop_back();
@@ -62,6 +70,7 @@ IoBuffer::IoBuffer() {
 }
 
 IoBuffer::~IoBuffer() {
+  auto& free_buffers = free_list.buffers;
   if (free_buffers.size() < kMaxFreeBuffers) free_buffers.push_back(data_);
   else delete[] data_;
 }
