@@ -94,7 +94,7 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
                              {"tls_version", SSL_get_version(front.ssl())},
                              {"resumed", resumed}};
 
-  const PoolRuntime* pool = generation->route_by_sni(listener, info.sni);
+  const auto [route, pool] = generation->route_by_sni(listener, info.sni);
   if (pool == nullptr) {
     log::warning("no_route", {{"listener", config.name}, {"client", client}, {"sni", info.sni}});
     access["error"] = "no route";
@@ -107,6 +107,7 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
   target.pool = pool;
   const auto address_bytes = client_endpoint.address().to_string();
   target.hash_key = balancer::hash_key(address_bytes);
+  target.affinity = route != nullptr && route->affinity == conf::Affinity::source_ip;
   target.timeout = config.handshake_timeout;
   target.proxy_protocol = config.proxy_protocol;
   target.client = client_endpoint;
@@ -122,12 +123,14 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
   access["server"] = backend->server->config->name;
   access["backend_resumed"] = backend->stream->is_tls() && SSL_session_reused(backend->stream->ssl()) == 1;
 
+  const Clock::duration idle_timeout =
+      route != nullptr && route->idle_timeout ? Clock::duration(*route->idle_timeout) : Clock::duration(config.idle_timeout);
   Clock::time_point last_activity = Clock::now();
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   co_await ((pump(front, *backend->stream, last_activity, bytes_in) &&
              pump(*backend->stream, front, last_activity, bytes_out)) ||
-            idle_watchdog(watchdog_timer, last_activity, config.idle_timeout, handle));
+            idle_watchdog(watchdog_timer, last_activity, idle_timeout, handle));
   release_backend(*generation, worker.index(), *backend, pool);
 
   access["bytes_in"] = bytes_in;

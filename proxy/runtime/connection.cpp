@@ -106,7 +106,8 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
   for (int attempt = 0; attempt < 2; ++attempt) {
     for (std::size_t i = 0; i < pool.servers.size(); ++i)
       wp.views[i].available = pool.servers[i]->available.load(std::memory_order_relaxed);
-    const auto picked = wp.selector->pick(wp.views, tried, target.hash_key);
+    balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
+    const auto picked = selector.pick(wp.views, tried, target.hash_key);
     if (!picked) break;
     tried.add(*picked);
     const ServerRuntime& server = *pool.servers[*picked];

@@ -99,6 +99,9 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
       for (const ServerRuntime* s : pool.servers)
         wp.views.push_back(balancer::ServerView{s->config->name, s->config->site, s->config->weight, true, 0});
       wp.selector = balancer::make_selector(pool.config->balance, wp.views, pool.config->local_site);
+      wp.affinity = pool.config->balance == conf::Balance::maglev
+                        ? nullptr
+                        : balancer::make_selector(conf::Balance::maglev, wp.views, pool.config->local_site);
       wp.sessions.resize(pool.servers.size());
     }
   }
@@ -117,7 +120,7 @@ const PoolRuntime* Generation::pool(std::string_view name) const {
   return nullptr;
 }
 
-const PoolRuntime* Generation::route_by_sni(const ListenerRuntime& listener, std::string_view sni_name) const {
+Generation::RouteChoice Generation::route_by_sni(const ListenerRuntime& listener, std::string_view sni_name) const {
   const auto host = sni::normalize_host(sni_name);
   const conf::Route* best = nullptr;
   int best_score = 0;  // 3 exact, 2 wildcard, 1 any host
@@ -134,8 +137,8 @@ const PoolRuntime* Generation::route_by_sni(const ListenerRuntime& listener, std
       best_score = score;
     }
   }
-  if (best != nullptr) return pool(best->pool);
-  return listener.default_pool;
+  if (best != nullptr) return {best, pool(best->pool)};
+  return {nullptr, listener.default_pool};
 }
 
 }  // namespace gatehouse::proxy

@@ -48,6 +48,9 @@ struct ListenerRuntime {
 struct WorkerPool {
   std::vector<balancer::ServerView> views;
   std::unique_ptr<balancer::Selector> selector;
+  // Maglev over the same servers, for routes with affinity = "source_ip" on a
+  // pool balanced otherwise: every worker and instance maps an address alike.
+  std::unique_ptr<balancer::Selector> affinity;
   std::vector<SessionSlot> sessions;  // per server, for backend TLS resumption
 };
 
@@ -65,9 +68,14 @@ class Generation {
   const std::vector<ListenerRuntime>& listeners() const { return listeners_; }
   const std::vector<PoolRuntime>& pools() const { return pools_; }
 
-  // The pool for a connection on an l4/passthrough listener, by SNI: the most
-  // specific route host (exact beats wildcard beats any), else the listener's pool.
-  const PoolRuntime* route_by_sni(const ListenerRuntime& listener, std::string_view sni) const;
+  // Where a connection on an l4/passthrough listener goes, by SNI: the most
+  // specific route host (exact beats wildcard beats any), else the listener's
+  // pool (route == nullptr). pool == nullptr when neither exists.
+  struct RouteChoice {
+    const conf::Route* route = nullptr;
+    const PoolRuntime* pool = nullptr;
+  };
+  RouteChoice route_by_sni(const ListenerRuntime& listener, std::string_view sni) const;
 
   WorkerPool& worker_pool(std::size_t worker, const PoolRuntime* pool) const {
     return per_worker_[worker][pool_index(pool)];
