@@ -82,6 +82,11 @@ bool is_dns_name(std::string_view host) {
 
 }  // namespace
 
+int Config::line_of(std::string_view key_path, int fallback) const {
+  auto it = key_lines.find(key_path);
+  return it == key_lines.end() ? fallback : it->second;
+}
+
 const Certificate* Config::find_certificate(std::string_view name) const { return find_named(certificates, name); }
 const Listener* Config::find_listener(std::string_view name) const { return find_named(listeners, name); }
 const Server* Config::find_server(std::string_view name) const { return find_named(servers, name); }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -131,6 +132,12 @@ struct Config {
   std::vector<Route> routes;
   std::vector<Server> servers;
   std::vector<Pool> pools;
+
+  // Line of every key that was written, by conf's key path (e.g.
+  // `pool "owa".ca`, `route[0].hosts`), so later checks (certificate
+  // contents, coverage) can point at the key itself; `fallback` when absent.
+  std::map<std::string, int, std::less<>> key_lines;
+  int line_of(std::string_view key_path, int fallback = 0) const;
 
   const Certificate* find_certificate(std::string_view name) const;
   const Listener* find_listener(std::string_view name) const;

@@ -410,7 +410,16 @@ LoadResult Loader::load(std::string_view text) {
   auto by_line = [](const Diagnostic& a, const Diagnostic& b) { return a.line < b.line; };
   std::stable_sort(result_.errors.begin(), result_.errors.end(), by_line);
   std::stable_sort(result_.warnings.begin(), result_.warnings.end(), by_line);
-  if (result_.errors.empty()) result_.config = std::move(config_);
+  if (result_.errors.empty()) {
+    auto record = [this](const Origin& origin) {
+      for (const auto& [key, line] : origin.present) config_.key_lines[origin.path(key)] = line;
+    };
+    record(settings_origin_);
+    for (const auto* origins :
+         {&certificate_origins_, &listener_origins_, &route_origins_, &server_origins_, &pool_origins_})
+      for (const auto& origin : *origins) record(origin);
+    result_.config = std::move(config_);
+  }
   return std::move(result_);
 }
 
@@ -476,7 +485,16 @@ void Loader::read(const toml::table& table, Origin& origin, ServerSettings& out)
   std::string admin;
   if (r.string("admin", admin)) out.admin = admin.empty() ? std::nullopt : r.address("admin", admin);
   r.string("access_log", out.access_log);
-  r.file("ticket_keys", out.ticket_keys);
+  if (r.file("ticket_keys", out.ticket_keys) && !out.ticket_keys.empty()) {
+    // Same format as nginx's ssl_session_ticket_key: keys of 80 (or 48) bytes.
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(out.ticket_keys, ec);
+    if (!ec && (size == 0 || (size % 80 != 0 && size % 48 != 0)))
+      error(origin, "ticket_keys",
+            out.ticket_keys.string() + " holds " + std::to_string(size) +
+                " bytes; a ticket key file holds keys of 80 bytes (or 48): create one with openssl rand 80 > " +
+                out.ticket_keys.string());
+  }
   r.duration("drain_timeout", out.drain_timeout);
   r.integer("max_connections", 1, INT64_MAX, out.max_connections);
 }

@@ -233,7 +233,7 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
           std::string holder_names;
           for (const auto& name : holders) holder_names += (holder_names.empty() ? "" : ", ") + name;
           rows.push_back({host, holder_names, "exact names only"});
-          report.warning({config.file.string(), route.line, key,
+          report.warning({config.file.string(), config.line_of(key, route.line), key,
                           "route host " + host + " is served by a non-wildcard certificate (" + holder_names +
                               ") that lists only " + names + "; for any other name " + fallback +
                               ": add " + host + " to a certificate"});
@@ -241,7 +241,7 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
         }
       }
       rows.push_back({host, "-", "MISSING"});
-      report.error({config.file.string(), route.line, key,
+      report.error({config.file.string(), config.line_of(key, route.line), key,
                     "no certificate of listener " + listener.name + " covers " + host + ": " + fallback +
                         near_miss(host, certs, listener, loaded)});
     }
@@ -274,6 +274,21 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
   for (const auto& row : rows) print(row.host, row.certificate, row.match);
 }
 
+// Trust-anchor bundles must hold certificates, as the proxy will load them.
+void check_trust_bundles(const conf::Config& config, Report& report) {
+  auto check = [&](const std::filesystem::path& file, const std::string& key, int table_line) {
+    if (file.empty()) return;
+    try {
+      read_certificates(file);
+    } catch (const CertificateError& e) {
+      report.error({config.file.string(), config.line_of(key, table_line), key, e.what()});
+    }
+  };
+  for (const auto& pool : config.pools) check(pool.ca, "pool \"" + pool.name + "\".ca", pool.line);
+  for (const auto& listener : config.listeners)
+    check(listener.client_ca, "listener \"" + listener.name + "\".client_ca", listener.line);
+}
+
 }  // namespace
 
 int run_check(const std::filesystem::path& config_file, bool strict, std::ostream& out, std::ostream& err) {
@@ -286,6 +301,7 @@ int run_check(const std::filesystem::path& config_file, bool strict, std::ostrea
     const Clock::time_point now = Clock::now();
     const Loaded loaded = load_certificates(config, report);
     certificate_warnings(config, loaded, now, report);
+    check_trust_bundles(config, report);
     for (const auto& listener : config.listeners) check_listener(config, listener, loaded, now, report);
   }
   out << "check: " << plural(report.errors(), "error") << ", " << plural(report.warnings(), "warning") << '\n';

@@ -30,8 +30,9 @@ class Files {
     fs::create_directories(dir_ / "certs");
     fs::create_directories(dir_ / "adir");
     for (const char* name : {"cert.pem", "key.pem", "certs/mail.crt", "certs/mail.key", "ecdsa.crt", "ecdsa.key",
-                             "clients.pem", "backend-ca.pem", "tickets.bin"})
+                             "clients.pem", "backend-ca.pem"})
       std::ofstream(dir_ / name) << "x\n";
+    std::ofstream(dir_ / "tickets.bin") << std::string(80, 'k');  // one key, as the format requires
   }
   ~Files() {
     std::error_code ignored;
