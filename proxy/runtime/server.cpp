@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <csignal>
 #include <set>
 #include <stdexcept>
 
@@ -288,6 +289,9 @@ void Server::drain_and_stop() {
 }
 
 int Server::run(std::function<void(Server&)> on_ready) {
+  // BoringSSL writes to the socket with write(2): a peer that already reset
+  // the connection must give EPIPE, not kill the process.
+  ::signal(SIGPIPE, SIG_IGN);
   open_listeners(*current_);
   for (auto& w : workers_) w->generation_ = current_;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;

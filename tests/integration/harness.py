@@ -273,6 +273,9 @@ class EchoBackend:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self._stop:
+                conn.close()
+                return
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
@@ -303,7 +306,18 @@ class EchoBackend:
             conn.close()
 
     def stop(self):
+        # Wake the accept thread (shutdown makes a blocked accept() fail) and
+        # let it end BEFORE closing: closing first frees the descriptor
+        # number while that thread may still be about to call accept() with
+        # it, and it then accepts (and serves, TLS or not) connections meant
+        # for the next backend that reuses the number.
         self._stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self.thread is not threading.current_thread():
+            self.thread.join(5)
         self.sock.close()
 
 

@@ -1,8 +1,9 @@
 """TLS policy of listeners: protocol versions and cipher suites ("modern",
-"tls13"), session resumption (tickets, shared ticket_keys across instances)
-and refusal of renegotiation. Every refusal is checked against a control
-server that accepts the same client, so a client that cannot even offer the
-refused thing does not make the test pass."""
+"tls13"), session resumption (tickets, shared ticket_keys across instances,
+never across certificates), refusal of renegotiation, and surviving a client
+that closes first. Every refusal is checked against a control server that
+accepts the same client, so a client that cannot even offer the refused
+thing does not make the test pass."""
 
 import os
 import queue
