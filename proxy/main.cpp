@@ -7,6 +7,7 @@
 
 #include <iostream>
 
+#include "bench/handshake_bench.h"
 #include "conf/config.h"
 #include "proxy/runtime/server.h"
 #include "proxy/tools/cert_pin.h"
@@ -41,7 +42,7 @@ std::optional<sni::Clock::time_point> parse_date(const std::string& text) {
 int main(int argc, char** argv) {
   CLI::App app{"Gatehouse: TLS-terminating reverse proxy and load balancer for mail namespaces"};
   app.set_version_flag("--version", std::string("gatehouse ") + GATEHOUSE_VERSION);
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
 
   std::string config_file;
   auto* run = app.add_subcommand("run", "Serve with a config; SIGHUP reloads, SIGTERM/SIGINT drain then exit");
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
   check->add_flag("--strict", strict, "Exit 2 when there are warnings");
 
   auto* cert = app.add_subcommand("cert", "Certificate tools");
-  cert->require_subcommand(1);
+  cert->require_subcommand(0, 1);
   sni::NewCertificateOptions new_options;
   std::string out_prefix;
   std::string not_before;
@@ -83,6 +84,41 @@ int main(int argc, char** argv) {
   cert_pin->add_option("target", pin_target, "HOST:PORT")->required();
   cert_pin->add_option("--sni", pin_sni, "Server name to send (default: HOST)");
 
+  bench::HandshakeOptions bench_options;
+  auto* bench_cmd = app.add_subcommand("bench", "Benchmarks");
+  bench_cmd->require_subcommand(0, 1);
+  auto* bench_handshake = bench_cmd->add_subcommand(
+      "handshake", "TLS handshake load generator against any TLS server (no HTTP): full or resumed handshakes, "
+                   "handshakes/s, latency, errors, and the server's CPU per handshake");
+  bench_handshake->add_option("--target", bench_options.target, "HOST:PORT of the TLS server")->required();
+  bench_handshake->add_option("--sni", bench_options.sni, "Server names to send, rotated (default: HOST unless an IP)")
+      ->delimiter(',');
+  bench_handshake->add_option("--concurrency", bench_options.concurrency, "Connections in flight")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  bench_handshake->add_option("--threads", bench_options.threads, "Client threads (each runs its share of the loops)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  auto* bench_duration = bench_handshake->add_option("--duration", bench_options.duration, "How long to run, e.g. 10s")
+                             ->capture_default_str();
+  auto* bench_count = bench_handshake->add_option("--count", bench_options.count, "Number of connections instead of a duration")
+                          ->check(CLI::PositiveNumber);
+  bench_duration->excludes(bench_count);
+  bench_handshake->add_option("--resume", bench_options.resume, "never: full handshakes only; always: resumed only")
+      ->check(CLI::IsMember({"never", "always"}))
+      ->capture_default_str();
+  bench_handshake->add_option("--tls", bench_options.tls, "Pin the TLS version (default: 1.2 or 1.3, server's choice)")
+      ->check(CLI::IsMember({"1.2", "1.3"}));
+  bench_handshake->add_option("--sig", bench_options.sig, "Signature algorithms offered, so the certificate type served")
+      ->check(CLI::IsMember({"ecdsa", "rsa", "any"}))
+      ->capture_default_str();
+  bench_handshake->add_option("--server-pid", bench_options.server_pids,
+                              "Server process(es) whose CPU time per handshake to report (from /proc/PID/stat)")
+      ->delimiter(',');
+  bench_handshake->add_option("--json", bench_options.json_file, "Also write the results as JSON to FILE");
+  bench_handshake->add_option("--timeout", bench_options.timeout, "Per connection, connect through handshake")
+      ->capture_default_str();
+
   std::string help_topic;
   auto* help = app.add_subcommand("help", "Show help for a command");
   help->add_option("command", help_topic, "Command");
@@ -93,10 +129,19 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
 
+  // A bare `gatehouse` or `gatehouse cert` shows what there is to run.
+  for (CLI::App* level : {&app, cert, bench_cmd}) {
+    if ((level == &app || level->parsed()) && level->get_subcommands().empty()) {
+      std::cerr << app.get_formatter()->make_help(level, level == &app ? "" : level->get_name(),
+                                                  CLI::AppFormatMode::Normal);
+      return 1;
+    }
+  }
+
   try {
     if (*help) {
       if (help_topic.empty()) {
-        std::cout << app.help();
+        std::cout << app.get_formatter()->make_help(&app, "", CLI::AppFormatMode::Normal);
       } else {
         CLI::App* sub = nullptr;
         try {
@@ -104,7 +149,7 @@ int main(int argc, char** argv) {
         } catch (const CLI::OptionNotFound&) {
         }
         if (sub == nullptr) {
-          std::cerr << "gatehouse help: unknown command \"" << help_topic << "\"; commands: run, demo, check, cert\n";
+          std::cerr << "gatehouse help: unknown command \"" << help_topic << "\"; commands: run, demo, check, cert, bench\n";
           return 1;
         }
         std::cout << sub->help();
@@ -136,6 +181,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*cert_pin) return proxy::cert_pin(pin_target, pin_sni, std::cout, std::cerr);
+    if (*bench_handshake) return bench::run_handshake_bench(bench_options, std::cout, std::cerr);
   } catch (const std::exception& e) {
     std::cerr << "gatehouse: " << e.what() << "\n";
     return 1;

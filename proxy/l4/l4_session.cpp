@@ -82,6 +82,10 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
               {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", reason}});
     co_return;
   }
+  if (auto ec = co_await front.flush()) {
+    log::info("handshake_failed", {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
+    co_return;
+  }
   const bool resumed = SSL_session_reused(front.ssl()) == 1;
   metrics().handshake_done(resumed);
   metrics().sni(info.match);

@@ -147,6 +147,20 @@ asio::awaitable<error_code> TlsStream::write_all(const void* data, std::size_t s
   co_return error_code{};
 }
 
+asio::awaitable<error_code> TlsStream::flush() {
+  if (!ssl_) co_return error_code{};
+  for (;;) {
+    if (aborted_) co_return asio::error::operation_aborted;
+    ERR_clear_error();
+    errno = 0;
+    const int ret = SSL_write(ssl_.get(), "", 0);
+    if (ret >= 0) co_return error_code{};
+    const int err = SSL_get_error(ssl_.get(), ret);
+    if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) co_return ssl_failure(ret, err);
+    if (auto ec = co_await wait_for(err)) co_return ec;
+  }
+}
+
 asio::awaitable<void> TlsStream::shutdown_send() {
   if (aborted_) co_return;
   if (ssl_) {

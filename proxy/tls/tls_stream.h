@@ -45,6 +45,10 @@ class TlsStream {
   // and only after would_block (readiness is edge-triggered).
   std::pair<error_code, std::size_t> try_read_some(void* data, std::size_t size);
   asio::awaitable<error_code> wait_readable();
+  // Sends what BoringSSL holds back until the first write: a TLS 1.3 server
+  // sends its NewSessionTickets then, so a client that only handshakes (or
+  // speaks first, as IMAP/SMTP clients do not) would otherwise never get one.
+  asio::awaitable<error_code> flush();
   // Half-close: close_notify (TLS) then FIN; the other direction stays open.
   asio::awaitable<void> shutdown_send();
   // Wakes any pending operation with operation_aborted and refuses new ones;
