@@ -73,22 +73,8 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
 
   HandshakeInfo info;
   TlsStream front(std::move(socket), listener.tls->new_connection(&info));
-  auto handshake = co_await with_timeout(front.handshake(), config.handshake_timeout);
-  if (!handshake || *handshake) {
-    const std::string reason = handshake ? handshake->message() : "handshake timed out";
-    metrics().handshake_failed(info.rejected ? "unrecognized_name" : reason);
-    if (info.rejected) metrics().sni(sni::MatchKind::rejected);
-    log::info("handshake_failed",
-              {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", reason}});
-    co_return;
-  }
-  if (auto ec = co_await front.flush()) {
-    log::info("handshake_failed", {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
-    co_return;
-  }
+  if (!co_await accept_handshake(front, info, config, client)) co_return;
   const bool resumed = SSL_session_reused(front.ssl()) == 1;
-  metrics().handshake_done(resumed);
-  metrics().sni(info.match);
 
   boost::json::object access{{"client", client},
                              {"listener", config.name},

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "proxy/runtime/log.h"
+#include "proxy/runtime/metrics.h"
 
 namespace gatehouse::proxy {
 
@@ -57,6 +58,32 @@ std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& lo
   return h;
 }
 
+// Keep-alive connections older than this are closed rather than reused: a
+// backend (IIS 120 s, nginx 75 s) may be closing them just then.
+constexpr auto kIdleReuseLimit = std::chrono::seconds(30);
+constexpr std::size_t kMaxIdlePerServer = 64;
+
+// The most recently used idle connection to `server` that is still open and
+// quiet, or nullopt. Stale ones are dropped on the way.
+std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server) {
+  if (wp.idle.size() <= server) return std::nullopt;
+  auto& list = wp.idle[server];
+  const auto now = Clock::now();
+  while (!list.empty()) {
+    IdleBackend entry = std::move(list.back());
+    list.pop_back();
+    if (now - entry.since > kIdleReuseLimit) continue;
+    char probe;
+    auto [ec, n] = entry.connection.stream->try_read_some(&probe, 1);
+    // Alive means nothing to read: a byte or an end here is a closed or
+    // confused connection.
+    if (ec != asio::error::would_block) continue;
+    entry.connection.reused = true;
+    return std::optional<BackendConnection>(std::move(entry.connection));
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 IoBuffer::IoBuffer() {
@@ -96,6 +123,27 @@ asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time
   }
 }
 
+asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& info, const conf::Listener& config,
+                                       const std::string& client) {
+  auto handshake = co_await with_timeout(front.handshake(), config.handshake_timeout);
+  if (!handshake || *handshake) {
+    const std::string reason = handshake ? handshake->message() : "handshake timed out";
+    metrics().handshake_failed(info.rejected ? "unrecognized_name" : reason);
+    if (info.rejected) metrics().sni(sni::MatchKind::rejected);
+    log::info("handshake_failed",
+              {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", reason}});
+    co_return false;
+  }
+  // TLS 1.3 tickets go out now, not with the first response byte.
+  if (auto ec = co_await front.flush()) {
+    log::info("handshake_failed", {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
+    co_return false;
+  }
+  metrics().handshake_done(SSL_session_reused(front.ssl()) == 1);
+  metrics().sni(info.match);
+  co_return true;
+}
+
 asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generation& generation, std::size_t worker,
                                                                   const ConnectTarget& target) {
   const PoolRuntime& pool = *target.pool;
@@ -112,6 +160,12 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     tried.add(*picked);
     const ServerRuntime& server = *pool.servers[*picked];
     const std::string& name = server.config->name;
+    if (target.reuse) {
+      if (auto idle = take_idle(wp, *picked)) {
+        ++wp.views[*picked].active;
+        co_return idle;
+      }
+    }
 
     tcp::socket socket(executor);
     auto connected = co_await with_timeout(
@@ -172,6 +226,18 @@ void release_backend(const Generation& generation, std::size_t worker, const Bac
                      const PoolRuntime* pool) {
   auto& views = generation.worker_pool(worker, pool).views;
   if (views[backend.server_index].active > 0) --views[backend.server_index].active;
+}
+
+void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend,
+                  const PoolRuntime* pool, bool current) {
+  release_backend(generation, worker, backend, pool);
+  if (!current || !backend.stream || backend.stream->aborted()) return;
+  WorkerPool& wp = generation.worker_pool(worker, pool);
+  if (wp.idle.size() < pool->servers.size()) wp.idle.resize(pool->servers.size());
+  auto& list = wp.idle[backend.server_index];
+  if (list.size() >= kMaxIdlePerServer) list.erase(list.begin());
+  backend.reused = false;
+  list.push_back(IdleBackend{std::move(backend), Clock::now()});
 }
 
 }  // namespace gatehouse::proxy

@@ -37,13 +37,11 @@ asio::awaitable<std::optional<T>> with_timeout(asio::awaitable<T> op, Clock::dur
   co_return std::nullopt;
 }
 
-// A connected, verified backend.
-struct BackendConnection {
-  std::optional<TlsStream> stream;
-  std::size_t server_index = 0;  // in the pool
-  const ServerRuntime* server = nullptr;
-  std::unique_ptr<BackendCheck> check;  // must outlive stream's SSL
-};
+// Completes a client's TLS handshake within the listener's
+// handshake_timeout and counts it (metrics: full/resumed/failed, SNI match);
+// a failure is logged with the client and SNI. false when it failed.
+asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& info, const conf::Listener& config,
+                                       const std::string& client);
 
 struct ConnectTarget {
   const PoolRuntime* pool = nullptr;
@@ -53,6 +51,7 @@ struct ConnectTarget {
   conf::ProxyProtocol proxy_protocol = conf::ProxyProtocol::none;
   tcp::endpoint client;  // for the PROXY header
   tcp::endpoint local;
+  bool reuse = false;    // l7: take an idle keep-alive connection to the picked server when one is alive
 };
 
 // Picks a server of the pool, connects, sends the PROXY header if asked, and
@@ -64,6 +63,10 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
 // Releases the server's active count taken by connect_backend.
 void release_backend(const Generation& generation, std::size_t worker, const BackendConnection& backend,
                      const PoolRuntime* pool);
+// Releases it and keeps the connection for the next request (l7 keep-alive),
+// unless `generation` is no longer the worker's current one.
+void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend,
+                  const PoolRuntime* pool, bool current);
 
 // 16 KiB I/O buffers recycled per thread, so idle connections hold none.
 class IoBuffer {

@@ -103,9 +103,55 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
                         ? nullptr
                         : balancer::make_selector(conf::Balance::maglev, wp.views, pool.config->local_site);
       wp.sessions.resize(pool.servers.size());
+      wp.idle.resize(pool.servers.size());
     }
   }
   return gen;
+}
+
+namespace {
+
+// Length of `prefix` when it matches the start of `path` at a segment
+// boundary (case-insensitive), else -1.
+long path_match(std::string_view prefix, std::string_view path) {
+  if (path.size() < prefix.size()) return -1;
+  for (std::size_t i = 0; i < prefix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(path[i])) != prefix[i]) return -1;
+  if (prefix.empty() || prefix.back() == '/' || path.size() == prefix.size()) return static_cast<long>(prefix.size());
+  const char next = path[prefix.size()];
+  if (next == '/' || next == '?' || next == ';') return static_cast<long>(prefix.size());
+  return -1;
+}
+
+}  // namespace
+
+Generation::RouteChoice Generation::route_http(const ListenerRuntime& listener, std::string_view host,
+                                               std::string_view path) const {
+  const conf::Route* best = nullptr;
+  int best_host = 0;  // 3 exact, 2 wildcard, 1 any host
+  long best_path = -1;
+  for (const conf::Route* r : listener.routes) {
+    int host_score = r->hosts.empty() ? 1 : 0;
+    for (const auto& pattern : r->hosts) {
+      if (pattern == host) host_score = std::max(host_score, 3);
+      else if (sni::host_matches(pattern, host)) host_score = std::max(host_score, 2);
+    }
+    if (host_score == 0 || host_score < best_host) continue;
+    long path_score = -1;
+    for (const auto& prefix : r->paths) path_score = std::max(path_score, path_match(prefix, path));
+    if (path_score < 0) continue;
+    if (host_score > best_host || path_score > best_path) {
+      best = r;
+      best_host = host_score;
+      best_path = path_score;
+    }
+  }
+  if (best == nullptr) return {};
+  return {best, pool(best->pool)};
+}
+
+void Generation::close_idle(std::size_t worker) const {
+  for (auto& wp : per_worker_[worker]) wp.idle.clear();
 }
 
 const ListenerRuntime* Generation::listener(std::string_view name) const {

@@ -7,6 +7,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "conf/config.h"
 #include "proxy/tls/backend_tls.h"
 #include "proxy/tls/listener_tls.h"
+#include "proxy/tls/tls_stream.h"
 #include "sni/pin.h"
 
 namespace gatehouse::proxy {
@@ -44,6 +46,21 @@ struct ListenerRuntime {
   const PoolRuntime* default_pool = nullptr;
 };
 
+// A connected, verified backend.
+struct BackendConnection {
+  std::optional<TlsStream> stream;
+  std::size_t server_index = 0;  // in the pool
+  const ServerRuntime* server = nullptr;
+  std::unique_ptr<BackendCheck> check;  // must outlive stream's SSL
+  bool reused = false;                  // taken from the keep-alive pool
+};
+
+// A keep-alive backend connection waiting for its next request.
+struct IdleBackend {
+  BackendConnection connection;
+  std::chrono::steady_clock::time_point since;
+};
+
 // State one worker keeps per pool: touched only by that worker's thread.
 struct WorkerPool {
   std::vector<balancer::ServerView> views;
@@ -52,6 +69,8 @@ struct WorkerPool {
   // pool balanced otherwise: every worker and instance maps an address alike.
   std::unique_ptr<balancer::Selector> affinity;
   std::vector<SessionSlot> sessions;  // per server, for backend TLS resumption
+  // Idle keep-alive HTTP/1.1 backend connections, per server (l7).
+  std::vector<std::vector<IdleBackend>> idle;
 };
 
 class Generation {
@@ -76,6 +95,15 @@ class Generation {
     const PoolRuntime* pool = nullptr;
   };
   RouteChoice route_by_sni(const ListenerRuntime& listener, std::string_view sni) const;
+  // Where a request on an l7 listener goes: the route whose host matches
+  // best (exact beats wildcard beats a route without hosts), then whose path
+  // prefix is longest (case-insensitive, as IIS is; "/owa" matches "/owa",
+  // "/owa/..." and "/owa?...", not "/owax"). `host` is normalised (lower
+  // case, no port, no trailing dot). route == nullptr when none matches.
+  RouteChoice route_http(const ListenerRuntime& listener, std::string_view host, std::string_view path) const;
+
+  // Drops this worker's idle keep-alive backend connections (on its thread).
+  void close_idle(std::size_t worker) const;
 
   WorkerPool& worker_pool(std::size_t worker, const PoolRuntime* pool) const {
     return per_worker_[worker][pool_index(pool)];

@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "proxy/l4/l4_session.h"
+#include "proxy/l7/l7_session.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
@@ -61,6 +62,9 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
     case conf::ListenerMode::l4:
       co_await serve_l4(worker, std::move(generation), *listener, std::move(socket));
       break;
+    case conf::ListenerMode::l7:
+      co_await serve_l7(worker, std::move(generation), *listener, std::move(socket));
+      break;
     default:
       break;  // refused at start-up and reload
   }
@@ -93,10 +97,10 @@ asio::awaitable<void> accept_loop(Worker& worker, std::string name, tcp::accepto
 
 void check_supported(const conf::Config& config) {
   for (const auto& l : config.listeners)
-    if (l.mode != conf::ListenerMode::l4)
+    if (l.mode == conf::ListenerMode::passthrough)
       throw std::runtime_error(config.file.string() + ":" + std::to_string(l.line) + ": listener \"" + l.name +
                                "\".mode: \"" + std::string(conf::to_string(l.mode)) +
-                               "\" listeners are not served by this build yet; use mode = \"l4\"");
+                               "\" listeners are not served by this build yet; use mode = \"l4\" or \"l7\"");
 }
 
 }  // namespace
@@ -186,7 +190,11 @@ void Server::open_listeners(const Generation& generation) {
 
 void Server::publish(std::shared_ptr<Generation> generation) {
   for (auto& w : workers_) {
-    asio::post(w->io_, [worker = w.get(), generation] { worker->generation_ = generation; });
+    asio::post(w->io_, [worker = w.get(), generation] {
+      // Kept-alive backend connections belong to the old generation's pools.
+      if (worker->generation_) worker->generation_->close_idle(worker->index_);
+      worker->generation_ = generation;
+    });
   }
   current_ = std::move(generation);
 }

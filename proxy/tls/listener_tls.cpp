@@ -1,5 +1,7 @@
 #include "proxy/tls/listener_tls.h"
 
+#include <cstring>
+
 #include <openssl/bytestring.h>
 #include <openssl/err.h>
 
@@ -94,6 +96,7 @@ ListenerTls::ListenerTls(const conf::Listener& listener,
                          std::vector<std::shared_ptr<const sni::LoadedCertificate>> certificates,
                          TicketKeys& ticket_keys)
     : index_(certificates, listener.default_certificate, listener.strict_sni) {
+  for (const auto& protocol : listener.alpn) alpn_.push_back(protocol);
   auto new_ctx = [&]() {
     bssl::UniquePtr<SSL_CTX> ctx(SSL_CTX_new(TLS_method()));
     if (!ctx) throw std::runtime_error("listener \"" + listener.name + "\": cannot create a TLS context");
@@ -104,6 +107,7 @@ ListenerTls::ListenerTls(const conf::Listener& listener,
     SSL_CTX_set_timeout(ctx.get(), 2 * 3600);
     SSL_CTX_set_session_psk_dhe_timeout(ctx.get(), 2 * 3600);
     ticket_keys.install(ctx.get());
+    if (!alpn_.empty()) SSL_CTX_set_alpn_select_cb(ctx.get(), &ListenerTls::select_alpn, this);
     return ctx;
   };
 
@@ -133,6 +137,26 @@ ListenerTls::ListenerTls(const conf::Listener& listener,
 }
 
 ListenerTls::~ListenerTls() = default;
+
+int ListenerTls::select_alpn(SSL*, const uint8_t** out, uint8_t* out_len, const uint8_t* in, unsigned in_len,
+                             void* arg) {
+  // The listener's order wins (h2 before http/1.1 by default), as servers
+  // usually prefer.
+  const auto* self = static_cast<const ListenerTls*>(arg);
+  for (const auto& mine : self->alpn_) {
+    for (unsigned i = 0; i < in_len;) {
+      const unsigned len = in[i];
+      if (i + 1 + len > in_len) break;
+      if (len == mine.size() && std::memcmp(in + i + 1, mine.data(), len) == 0) {
+        *out = in + i + 1;
+        *out_len = static_cast<uint8_t>(len);
+        return SSL_TLSEXT_ERR_OK;
+      }
+      i += 1 + len;
+    }
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
 
 bssl::UniquePtr<SSL> ListenerTls::new_connection(HandshakeInfo* info) const {
   bssl::UniquePtr<SSL> ssl(SSL_new(front_.get()));

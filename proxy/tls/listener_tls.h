@@ -45,8 +45,11 @@ class ListenerTls {
  private:
   static ssl_select_cert_result_t select_certificate(const SSL_CLIENT_HELLO* hello);
   static int check_server_name(SSL* ssl, int* alert, void* arg);
+  static int select_alpn(SSL* ssl, const uint8_t** out, uint8_t* out_len, const uint8_t* in, unsigned in_len,
+                         void* arg);
 
   sni::SniIndex index_;
+  std::vector<std::string> alpn_;  // the listener's `alpn`, in preference order
   bssl::UniquePtr<SSL_CTX> front_;
   std::unordered_map<const sni::LoadedCertificate*, bssl::UniquePtr<SSL_CTX>> contexts_;
 };

@@ -50,6 +50,7 @@ int run_demo(const DemoOptions& options) {
   };
   const std::string pin1 = sni::thumbprint(pin_of("mbx01").get());  // Exchange-style thumbprint
   const std::string pin2 = sni::spki_pin(pin_of("mbx02").get());    // SPKI pin
+  const int l7_port = options.port;
   const int l4_port = options.port == 0 ? 0 : options.port + 1;
 
   const auto config_file = dir / "gatehouse.toml";
@@ -59,6 +60,13 @@ int run_demo(const DemoOptions& options) {
          << "[server]\nworkers = 0\nadmin = \"\"\naccess_log = \"-\"\ndrain_timeout = \"2s\"\n\n"
          << "[[certificate]]\nname = \"contoso-ecdsa\"\ncert = \"contoso-ecdsa.crt\"\nkey = \"contoso-ecdsa.key\"\n\n"
          << "[[certificate]]\nname = \"contoso-rsa\"\ncert = \"contoso-rsa.crt\"\nkey = \"contoso-rsa.key\"\n\n"
+         << "[[listener]]\nname = \"mail\"\nbind = \"127.0.0.1:" << l7_port << "\"\nmode = \"l7\"\n\n"
+         << "[[route]]\nlistener = \"mail\"\nhosts = [\"mail.contoso.test\"]\npaths = [\"/owa\", \"/ecp\"]\n"
+         << "pool = \"owa\"\n\n"
+         << "[[route]]\nlistener = \"mail\"\nhosts = [\"mail.contoso.test\"]\npaths = [\"/mapi\", \"/EWS\", "
+         << "\"/Microsoft-Server-ActiveSync\", \"/rpc\", \"/OAB\"]\npool = \"mapi\"\nidle_timeout = \"65m\"\n\n"
+         << "[[route]]\nlistener = \"mail\"\nhosts = [\"autodiscover.contoso.test\", \"*.contoso.test\"]\n"
+         << "pool = \"mailbox\"\n\n"
          << "[[listener]]\nname = \"mail-l4\"\nbind = \"127.0.0.1:" << l4_port << "\"\nmode = \"l4\"\n"
          << "pool = \"mailbox\"\n\n"
          << "[[server]]\nname = \"mbx01\"\naddress = \"" << backends.backends()[0].endpoint.address().to_string() << ":"
@@ -67,7 +75,9 @@ int run_demo(const DemoOptions& options) {
          << "[[server]]\nname = \"mbx02\"\naddress = \"" << backends.backends()[1].endpoint.address().to_string() << ":"
          << backends.backends()[1].endpoint.port() << "\"\nsite = \"dc1\"\nserver_name = \"mbx02.contoso.test\"\n"
          << "pin = \"" << pin2 << "\"\n\n"
-         << "[[pool]]\nname = \"mailbox\"\nservers = [\"mbx01\", \"mbx02\"]\nbalance = \"round_robin\"\ntls = \"verify\"\n";
+         << "[[pool]]\nname = \"mailbox\"\nservers = [\"mbx01\", \"mbx02\"]\nbalance = \"round_robin\"\ntls = \"verify\"\n\n"
+         << "[[pool]]\nname = \"owa\"\nservers = [\"mbx01\"]\ntls = \"verify\"\n\n"
+         << "[[pool]]\nname = \"mapi\"\nservers = [\"mbx02\"]\ntls = \"verify\"\n";
   }
   conf::LoadResult loaded = conf::load_file(config_file);
   if (!loaded.ok()) {
@@ -78,7 +88,14 @@ int run_demo(const DemoOptions& options) {
   return server.run([&](Server& s) {
     const auto l4 = s.bound("mail-l4");
     const std::string port = std::to_string(l4.port());
+    const std::string web = std::to_string(s.bound("mail").port());
+    const std::string ca = (dir / "contoso-ecdsa.crt").string();
     std::cout << "\nGatehouse demo is serving. Files and config: " << config_file.string() << "\n\n"
+              << "  L7 (HTTP/1.1 and HTTP/2; /owa goes to MBX01, /mapi to MBX02):\n"
+              << "    curl --http1.1 --resolve mail.contoso.test:" << web << ":127.0.0.1 --cacert " << ca
+              << " https://mail.contoso.test:" << web << "/owa/\n"
+              << "    curl --http2 --resolve mail.contoso.test:" << web << ":127.0.0.1 --cacert " << ca
+              << " https://mail.contoso.test:" << web << "/mapi/emsmdb/\n\n"
               << "  L4 (TLS terminated, re-encrypted to pinned self-signed mailbox servers):\n"
               << "    curl --resolve mail.contoso.test:" << port << ":127.0.0.1 --cacert "
               << (dir / "contoso-ecdsa.crt").string() << " https://mail.contoso.test:" << port << "/owa/\n"

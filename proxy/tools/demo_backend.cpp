@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 
+#include "proxy/l7/http_message.h"
 #include "proxy/tls/listener_tls.h"
 #include "proxy/tls/tls_stream.h"
 #include "sni/certificate.h"
@@ -17,24 +18,39 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
+// Keep-alive HTTP/1.1: each request is answered with the server's name and
+// the request line, so a user sees which mailbox server took it.
 asio::awaitable<void> serve_one(std::shared_ptr<SSL_CTX> ctx, std::string name, tcp::socket socket) {
   TlsStream stream(std::move(socket), bssl::UniquePtr<SSL>(SSL_new(ctx.get())));
   SSL_set_accept_state(stream.ssl());
   if (co_await stream.handshake()) co_return;
-  std::string request;
-  char buf[4096];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 65536) {
-    auto [ec, n] = co_await stream.read_some(buf, sizeof buf);
-    if (ec) co_return;
-    request.append(buf, n);
+  std::string in;
+  char buf[16384];
+  for (;;) {
+    l7::RequestParser parser;
+    while (!parser.is_done()) {
+      if (!in.empty()) {
+        l7::error_code ec;
+        const std::size_t used = parser.feed(in, ec);
+        in.erase(0, used);
+        parser.body().clear();
+        if (ec) co_return;
+        if (parser.is_done()) break;
+        if (used > 0 && !in.empty()) continue;
+      }
+      auto [ec, n] = co_await stream.read_some(buf, sizeof buf);
+      if (ec) co_return;
+      in.append(buf, n);
+    }
+    const l7::RequestHead& head = parser.head();
+    const std::string body = "mailbox " + name + " answered: " + head.method + " " + head.target + "\n";
+    const std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
+                                 std::to_string(body.size()) + "\r\nX-Mailbox-Server: " + name + "\r\n" +
+                                 (head.keep_alive ? "" : "Connection: close\r\n") + "\r\n" +
+                                 (head.method == "HEAD" ? "" : body);
+    if (co_await stream.write_all(response.data(), response.size())) co_return;
+    if (!head.keep_alive) break;
   }
-  const auto line_end = request.find("\r\n");
-  const std::string line = request.substr(0, line_end);
-  const std::string body = "mailbox " + name + " answered: " + line + "\n";
-  const std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
-                               std::to_string(body.size()) + "\r\nX-Mailbox-Server: " + name +
-                               "\r\nConnection: close\r\n\r\n" + body;
-  if (co_await stream.write_all(response.data(), response.size())) co_return;
   co_await stream.shutdown_send();
 }
 

@@ -68,8 +68,8 @@ class Demo(unittest.TestCase):
                           "\n".join(self.stdout + self.stderr))
             if line.strip().startswith("curl "):
                 commands.append(line.strip())
-            elif commands:
-                # The commands are printed together; the first other line ends them.
+            elif "Press Ctrl-C" in line:
+                # The last line of what the demo prints.
                 return commands, at - self.started
 
     def curl(self, command):
@@ -94,15 +94,32 @@ class Demo(unittest.TestCase):
         commands, elapsed = self.wait_commands()
         limit = 10 if harness.SANITIZED else 2
         print(f"\ndemo printed its commands {elapsed:.3f} s after spawn (limit {limit} s)")
-        self.assertGreaterEqual(len(commands), 2, commands)
+        self.assertGreaterEqual(len(commands), 4, commands)
         self.assertLess(elapsed, limit, "demo took too long to start")
         self.assertTrue(all("127.0.0.1" in c for c in commands), commands)
 
-        code, body = self.curl(commands[0])
-        self.assertEqual(code, "200", f"{commands[0]}\n{body}")
+        # L7: /owa goes to MBX01 over HTTP/1.1, /mapi to MBX02 over HTTP/2.
+        l7 = [c for c in commands if "--http1.1" in c or "--http2" in c]
+        self.assertEqual(len(l7), 2, commands)
+        code, body = self.curl(l7[0])
+        self.assertEqual(code, "200", f"{l7[0]}\n{body}")
+        self.assertRegex(body, r"^mailbox MBX01 answered: GET /owa/")
+        code, body = self.curl(l7[1])
+        self.assertEqual(code, "200", f"{l7[1]}\n{body}")
+        self.assertRegex(body, r"^mailbox MBX02 answered: GET /mapi/")
+        deadline = time.monotonic() + 10 * harness.SLOW
+        while time.monotonic() < deadline and len(self.access_lines(listener="mail")) < 2:
+            time.sleep(0.05)
+        protocols = sorted(a["protocol"] for a in self.access_lines(listener="mail"))
+        self.assertEqual(protocols, ["HTTP/1.1", "HTTP/2"], "\n".join(self.stdout))
+
+        # L4: TLS terminated and re-encrypted, whatever the bytes.
+        l4 = [c for c in commands if c not in l7]
+        code, body = self.curl(l4[0])
+        self.assertEqual(code, "200", f"{l4[0]}\n{body}")
         self.assertRegex(body, r"^mailbox MBX0[12] answered: GET ")
-        code, body = self.curl(commands[1])
-        self.assertEqual(code, "200", f"{commands[1]}\n{body}")
+        code, body = self.curl(l4[1])
+        self.assertEqual(code, "200", f"{l4[1]}\n{body}")
         self.assertRegex(body, r"^mailbox MBX0[12] answered: GET ")
 
         # The access log (stdout) shows both connections, with the

@@ -1,0 +1,391 @@
+#include "proxy/l7/exchange.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+
+#include "balancer/balancer.h"
+#include "proxy/runtime/connection.h"
+#include "proxy/runtime/log.h"
+
+namespace gatehouse::proxy::l7 {
+
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+std::string describe_duration(Clock::duration d) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + " s";
+  return std::to_string(ms) + " ms";
+}
+
+// One exchange on one backend connection. Its coroutines are members so
+// that they never outlive what they refer to.
+class Exchange {
+ public:
+  Exchange(RequestContext& context, const RequestHead& head, Downstream& down, BackendConnection& backend,
+           ExchangeResult& result, Clock::duration idle)
+      : context_(context),
+        head_(head),
+        down_(down),
+        backend_(*backend.stream),
+        result_(result),
+        idle_(idle),
+        body_cancel_(context.watchdog.get_executor()) {}
+
+  enum class Outcome { done, failed_before_response, failed_after_head, timed_out, retry };
+
+  asio::awaitable<Outcome> run(bool may_retry) {
+    may_retry_ = may_retry;
+    last_activity_ = Clock::now();
+    body_cancel_.expires_at(Clock::time_point::max());
+    std::size_t which = 0;
+    try {
+      which = (co_await ((send_body_or_cancel() && receive_response()) ||
+                         idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
+                  .index();
+    } catch (const boost::system::system_error&) {
+      // Cancelled from outside (the HTTP/2 stream was reset): Asio reports
+      // that by throwing from the next wait.
+      backend_.abort();
+      result_.error = "cancelled";
+      co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
+    }
+    if (which == 1) {
+      backend_.abort();
+      if (context_.handle.force_close) {
+        result_.error = "closed by drain";
+        co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
+      }
+      result_.error = "backend sent nothing for " + describe_duration(idle_);
+      co_return head_delivered_ ? Outcome::failed_after_head : Outcome::timed_out;
+    }
+    if (retry_) co_return Outcome::retry;
+    if (response_failed_) co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
+    co_return Outcome::done;
+  }
+
+  bool reusable() const {
+    return result_.response_done && !result_.backend_closes && !close_delimited_ && body_sent_ && !extra_bytes_ &&
+           !backend_.aborted();
+  }
+
+ private:
+  asio::awaitable<void> send_body_or_cancel() {
+    co_await (send_body() || wait_cancel());
+  }
+
+  asio::awaitable<void> wait_cancel() {
+    co_await body_cancel_.async_wait(use_tuple);
+  }
+
+  asio::awaitable<void> send_body() {
+    const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
+    if (!has_body) {
+      body_sent_ = true;
+      co_return;
+    }
+    std::string piece;
+    std::string framed;
+    for (;;) {
+      piece.clear();
+      bool done = false;
+      if (auto ec = co_await down_.read_body(piece, done)) {
+        result_.client_failed = true;
+        result_.error = "client: " + ec.message();
+        response_failed_ = true;
+        backend_.abort();
+        co_return;
+      }
+      last_activity_ = Clock::now();
+      result_.bytes_in += piece.size();
+      std::string_view out = piece;
+      if (head_.chunked) {
+        framed.clear();
+        append_chunk(framed, piece);
+        if (done) append_last_chunk(framed, down_.request_trailers());
+        out = framed;
+      }
+      if (!out.empty()) {
+        if (auto ec = co_await backend_.write_all(out.data(), out.size())) {
+          // The backend stopped reading (it may have answered early, as IIS
+          // does with 401 to a POST): its response, if any, still counts.
+          result_.request_body_done = done;
+          co_return;
+        }
+        last_activity_ = Clock::now();
+      }
+      if (done) {
+        result_.request_body_done = true;
+        body_sent_ = true;
+        co_return;
+      }
+    }
+  }
+
+  void fail_response(std::string why) {
+    if (!response_failed_) {
+      response_failed_ = true;
+      if (result_.error.empty()) result_.error = std::move(why);
+    }
+    backend_.abort();
+    body_cancel_.cancel();
+  }
+
+  asio::awaitable<void> receive_response() {
+    const bool head_request = head_.method == "HEAD";
+    std::optional<ResponseParser> parser;
+    parser.emplace();
+    if (head_request) parser->skip(true);
+    std::string carry;
+    bool any_byte = false;
+    for (;;) {
+      IoBuffer buffer;
+      auto [ec, n] = backend_.try_read_some(buffer.data(), IoBuffer::size);
+      if (ec == asio::error::would_block || ec == asio::error::in_progress)
+        std::tie(ec, n) = co_await backend_.read_some(buffer.data(), IoBuffer::size);
+      if (ec == asio::error::eof && parser->is_header_done() && parser->need_eof()) {
+        error_code eof_ec;
+        parser->feed_eof(eof_ec);
+        down_.end({});
+        result_.response_done = true;
+        if (auto fec = co_await down_.flush()) {
+          result_.client_failed = true;
+          fail_response("client: " + fec.message());
+        }
+        co_return;
+      }
+      if (ec) {
+        if (!any_byte && may_retry_ && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
+          // A kept-alive connection the backend closed just as it was
+          // reused: nothing was processed, so it is safe to go again.
+          retry_ = true;
+          backend_.abort();
+          body_cancel_.cancel();
+          co_return;
+        }
+        if (result_.client_failed) co_return;
+        fail_response(ec == asio::error::eof ? "backend closed the connection before the response ended"
+                                             : "backend: " + ec.message());
+        co_return;
+      }
+      any_byte = true;
+      last_activity_ = Clock::now();
+      std::string_view data(buffer.data(), n);
+      if (!carry.empty()) {
+        carry.append(data);
+        data = carry;
+      }
+      bool done = false;
+      while (!data.empty()) {
+        error_code perr;
+        const std::size_t used = parser->feed(data, perr);
+        if (perr) {
+          fail_response("backend sent a malformed response: " + parser->violation());
+          co_return;
+        }
+        data.remove_prefix(used);
+        if (parser->is_header_done() && !head_delivered_) {
+          ResponseHead& rh = parser->head();
+          if (rh.status / 100 == 1) {
+            if (rh.status == 101) {
+              fail_response("backend switched protocols, which is not proxied");
+              co_return;
+            }
+            down_.interim(rh);
+            parser.emplace();
+            if (head_request) parser->skip(true);
+            continue;
+          }
+          const bool has_body = !head_request && rh.status != 204 && rh.status != 304;
+          close_delimited_ = rh.close_delimited;
+          result_.backend_closes = !rh.keep_alive;
+          result_.status = rh.status;
+          down_.head(rh, has_body);
+          head_delivered_ = true;
+        }
+        if (!parser->body().empty()) {
+          result_.bytes_out += parser->body().size();
+          down_.body(parser->body());
+          parser->body().clear();
+        }
+        if (parser->is_done()) {
+          down_.end(parser->trailers());
+          done = true;
+          extra_bytes_ = !data.empty();
+          break;
+        }
+        if (used == 0) break;
+      }
+      carry = std::string(data);
+      if (auto fec = co_await down_.flush()) {
+        result_.client_failed = true;
+        fail_response("client: " + fec.message());
+        co_return;
+      }
+      if (done) {
+        result_.response_done = true;
+        co_return;
+      }
+      if (carry.size() > kMaxHeaderBytes + IoBuffer::size) {
+        fail_response("backend response head over 64 KiB");
+        co_return;
+      }
+    }
+  }
+
+  RequestContext& context_;
+  const RequestHead& head_;
+  Downstream& down_;
+  TlsStream& backend_;
+  ExchangeResult& result_;
+  Clock::duration idle_;
+  asio::steady_timer body_cancel_;
+  Clock::time_point last_activity_;
+  bool may_retry_ = false;
+  bool retry_ = false;
+  bool response_failed_ = false;
+  bool head_delivered_ = false;
+  bool close_delimited_ = false;
+  bool body_sent_ = false;
+  bool extra_bytes_ = false;
+};
+
+}  // namespace
+
+void send_error(Downstream& down, int status, std::string_view detail, bool head_request) {
+  std::string body = std::to_string(status) + " " + std::string(reason_phrase(status));
+  if (!detail.empty()) body += ": " + std::string(detail);
+  body += "\n";
+  ResponseHead head;
+  head.status = status;
+  head.fields.push_back({"Content-Type", "text/plain; charset=utf-8"});
+  head.fields.push_back({"Cache-Control", "no-store"});
+  head.content_length = body.size();
+  down.head(head, !head_request);
+  if (!head_request) down.body(body);
+  down.end({});
+}
+
+asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
+                                        const PoolRuntime& pool, Downstream& down) {
+  ExchangeResult result;
+  const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
+  result.request_body_done = !has_body;
+  const bool head_request = head.method == "HEAD";
+  const std::string request_head =
+      serialize_request(head, ForwardedFor{context.client_address, head.host, "https"}, has_body);
+  const Clock::duration idle =
+      route.idle_timeout ? Clock::duration(*route.idle_timeout) : Clock::duration(context.listener.config->idle_timeout);
+
+  ConnectTarget target;
+  target.pool = &pool;
+  target.hash_key = balancer::hash_key(context.client_address);
+  target.affinity = route.affinity == conf::Affinity::source_ip;
+  target.timeout = context.listener.config->handshake_timeout;
+  target.reuse = true;
+
+  auto finish_with_error = [&](int status, std::string detail) {
+    result.error = detail;
+    result.status = status;
+    send_error(down, status, detail, head_request);
+  };
+
+  // Gives the server's active count back however this ends.
+  struct Lease {
+    const Generation& generation;
+    std::size_t worker;
+    const PoolRuntime* pool;
+    std::optional<BackendConnection> backend;
+    ~Lease() { release(); }
+    void release() {
+      if (backend) release_backend(generation, worker, *backend, pool);
+      backend.reset();
+    }
+  };
+
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    // (Not co_await inside the braces: GCC 12 mis-handles co_await in
+    // aggregate initialisers.)
+    auto connected = co_await connect_backend(context.generation, context.worker.index(), target);
+    Lease lease{context.generation, context.worker.index(), &pool, std::move(connected)};
+    auto& backend = lease.backend;
+    if (!backend) {
+      const bool any_available = std::any_of(pool.servers.begin(), pool.servers.end(), [](const ServerRuntime* s) {
+        return s->available.load(std::memory_order_relaxed);
+      });
+      if (any_available) finish_with_error(502, "no server of pool \"" + pool.config->name + "\" could be reached");
+      else finish_with_error(503, "no server of pool \"" + pool.config->name + "\" is available");
+      co_return result;
+    }
+    result.server = backend->server->config->name;
+    result.backend_reused = backend->reused;
+    const bool may_retry = backend->reused && attempt == 0 && !has_body;
+
+    if (auto ec = co_await backend->stream->write_all(request_head.data(), request_head.size())) {
+      lease.release();
+      if (may_retry) {
+        target.reuse = false;
+        continue;
+      }
+      finish_with_error(502, "backend \"" + result.server + "\": " + ec.message());
+      co_return result;
+    }
+
+    Exchange exchange(context, head, down, *backend, result, idle);
+    const auto outcome = co_await exchange.run(may_retry);
+    if (outcome == Exchange::Outcome::retry) {
+      lease.release();
+      result = ExchangeResult{};
+      result.request_body_done = !has_body;
+      target.reuse = false;
+      continue;
+    }
+    if (outcome == Exchange::Outcome::done && exchange.reusable()) {
+      const bool current = context.worker.generation().get() == &context.generation;
+      keep_backend(context.generation, context.worker.index(), std::move(*backend), &pool, current);
+      backend.reset();
+    } else {
+      lease.release();
+    }
+    switch (outcome) {
+      case Exchange::Outcome::failed_before_response:
+        if (!result.client_failed) {
+          const std::string why = result.error;
+          finish_with_error(502, "backend \"" + result.server + "\" failed before answering");
+          result.error = why;
+          co_await down.flush();
+        }
+        break;
+      case Exchange::Outcome::timed_out: {
+        const std::string why = result.error;
+        finish_with_error(504, "backend \"" + result.server + "\" did not answer in time");
+        result.error = why;
+        co_await down.flush();
+        break;
+      }
+      case Exchange::Outcome::failed_after_head:
+        down.abort();
+        break;
+      default:
+        break;
+    }
+    if (!result.error.empty())
+      log::warning("request_failed", {{"listener", context.listener.config->name},
+                                      {"client", context.client_address},
+                                      {"pool", pool.config->name},
+                                      {"server", result.server},
+                                      {"status", result.status},
+                                      {"error", result.error}});
+    co_return result;
+  }
+  finish_with_error(502, "no server of pool \"" + pool.config->name + "\" answered");
+  co_return result;
+}
+
+}  // namespace gatehouse::proxy::l7

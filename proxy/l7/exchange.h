@@ -1,0 +1,75 @@
+#pragma once
+// One request forwarded to an HTTP/1.1 backend: pick a server of the route's
+// pool (a kept-alive connection when one is idle, else connect, verify and
+// resume TLS), send the head, then stream the request body and the response
+// at once, each with back-pressure, so neither body is ever held whole. The
+// HTTP/1.1 and HTTP/2 front ends differ only in their Downstream.
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "proxy/l7/http_message.h"
+#include "proxy/runtime/generation.h"
+#include "proxy/runtime/server.h"
+
+namespace gatehouse::proxy::l7 {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+// The client side of one request.
+class Downstream {
+ public:
+  virtual ~Downstream() = default;
+  // Appends the next piece of request body payload to `out`; sets `done`
+  // at its end (request_trailers() then holds any trailers).
+  virtual asio::awaitable<error_code> read_body(std::string& out, bool& done) = 0;
+  virtual const Fields& request_trailers() const = 0;
+  // Queue response parts; flush() sends them and waits while the client is
+  // slower than the backend.
+  virtual void interim(const ResponseHead& head) = 0;  // 1xx
+  virtual void head(const ResponseHead& head, bool has_body) = 0;
+  virtual void body(std::string_view data) = 0;
+  virtual void end(const Fields& trailers) = 0;
+  virtual asio::awaitable<error_code> flush() = 0;
+  // The response broke after its head went out: the client must not take
+  // it for complete (HTTP/1.1: close; HTTP/2: RST_STREAM).
+  virtual void abort() = 0;
+};
+
+struct RequestContext {
+  Worker& worker;
+  const Generation& generation;
+  const ListenerRuntime& listener;
+  tcp::endpoint client;
+  std::string client_address;  // IP only, for X-Forwarded-For
+  const ConnectionHandle& handle;
+  asio::steady_timer& watchdog;  // the connection's (HTTP/1.1) or the stream's (HTTP/2)
+};
+
+struct ExchangeResult {
+  int status = 0;  // what the client was sent (0 when nothing)
+  std::uint64_t bytes_in = 0;   // request body bytes
+  std::uint64_t bytes_out = 0;  // response body bytes
+  std::string server;
+  bool backend_reused = false;
+  std::string error;            // "" when the exchange completed
+  bool request_body_done = true;   // the whole request body was read from the client
+  bool response_done = false;      // the whole response reached the downstream
+  bool client_failed = false;      // the client went away or broke; do not reuse its connection
+  bool backend_closes = false;     // the response asked to close (HTTP/1.1 clients get the same)
+};
+
+// Sends a short text/plain error through `down` (nothing must have been sent yet).
+void send_error(Downstream& down, int status, std::string_view detail, bool head_request);
+
+// `head` has Host, method and target; `route` is the l7 route it matched.
+asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
+                                        const PoolRuntime& pool, Downstream& down);
+
+}  // namespace gatehouse::proxy::l7

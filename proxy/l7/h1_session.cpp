@@ -1,0 +1,200 @@
+// HTTP/1.1 front end: one request at a time per connection (a pipelined
+// request waits, unread, until the previous response is out), keep-alive,
+// and 400 + close on any framing the proxy and a backend might read two ways.
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
+#include "proxy/l7/l7_session.h"
+#include "proxy/runtime/connection.h"
+#include "proxy/runtime/log.h"
+
+namespace gatehouse::proxy::l7 {
+
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+// Reads once from the client and appends to `in`.
+asio::awaitable<error_code> read_more(TlsStream& stream, std::string& in) {
+  IoBuffer buffer;
+  auto [ec, n] = stream.try_read_some(buffer.data(), IoBuffer::size);
+  if (ec == asio::error::would_block || ec == asio::error::in_progress)
+    std::tie(ec, n) = co_await stream.read_some(buffer.data(), IoBuffer::size);
+  if (!ec) in.append(buffer.data(), n);
+  co_return ec;
+}
+
+class Http1Downstream final : public Downstream {
+ public:
+  Http1Downstream(TlsStream& stream, RequestParser& parser, std::string& in, const RequestHead& request)
+      : stream_(stream), parser_(parser), in_(in), request_(request) {
+    close_ = !request.keep_alive;
+  }
+
+  asio::awaitable<error_code> read_body(std::string& out, bool& done) override {
+    for (;;) {
+      if (!parser_.body().empty()) {
+        out.append(parser_.body());
+        parser_.body().clear();
+        done = parser_.is_done();
+        co_return error_code{};
+      }
+      if (parser_.is_done()) {
+        done = true;
+        co_return error_code{};
+      }
+      if (!in_.empty()) {
+        error_code ec;
+        const std::size_t used = parser_.feed(in_, ec);
+        in_.erase(0, used);
+        if (ec) {
+          body_error_ = parser_.violation();
+          co_return asio::error::invalid_argument;
+        }
+        if (used > 0) continue;
+      }
+      if (auto ec = co_await read_more(stream_, in_)) {
+        co_return ec == asio::error::eof ? error_code(asio::error::connection_reset) : ec;
+      }
+    }
+  }
+
+  const Fields& request_trailers() const override { return parser_.trailers(); }
+
+  void interim(const ResponseHead& head) override {
+    if (request_.version < 11) return;
+    out_ += "HTTP/1.1 " + std::to_string(head.status) + " " + std::string(reason_phrase(head.status)) + "\r\n";
+    for (const auto& f : head.fields) out_ += f.name + ": " + f.value + "\r\n";
+    out_ += "\r\n";
+  }
+
+  void head(const ResponseHead& head, bool has_body) override {
+    chunked_ = has_body && !head.content_length && request_.version >= 11;
+    if (has_body && !head.content_length && !chunked_) close_ = true;  // HTTP/1.0: the end is the close
+    out_ += serialize_response(head, chunked_, close_, request_.version);
+  }
+
+  void body(std::string_view data) override {
+    if (chunked_) append_chunk(out_, data);
+    else out_ += data;
+  }
+
+  void end(const Fields& trailers) override {
+    if (chunked_) append_last_chunk(out_, trailers);
+  }
+
+  asio::awaitable<error_code> flush() override {
+    if (out_.empty()) co_return error_code{};
+    auto ec = co_await stream_.write_all(out_.data(), out_.size());
+    out_.clear();
+    if (out_.capacity() > 64 * 1024) out_.shrink_to_fit();
+    co_return ec;
+  }
+
+  void abort() override {
+    aborted_ = true;
+    stream_.abort();
+  }
+
+  bool close() const { return close_ || aborted_; }
+  const std::string& body_error() const { return body_error_; }
+
+ private:
+  TlsStream& stream_;
+  RequestParser& parser_;
+  std::string& in_;
+  const RequestHead& request_;
+  std::string out_;
+  std::string body_error_;
+  bool chunked_ = false;
+  bool close_ = false;
+  bool aborted_ = false;
+};
+
+}  // namespace
+
+asio::awaitable<void> serve_http1(ClientConnection& connection) {
+  TlsStream& stream = connection.stream;
+  const conf::Listener& config = *connection.listener.config;
+  std::string in;
+  Clock::time_point last_activity = Clock::now();
+
+  for (;;) {
+    // The head of the next request, within the listener's idle_timeout.
+    std::optional<RequestParser> parser;
+    parser.emplace();
+    error_code parse_error;
+    bool closed = false;
+    while (!parser->is_header_done()) {
+      if (!in.empty()) {
+        const std::size_t used = parser->feed(in, parse_error);
+        in.erase(0, used);
+        if (parse_error || parser->is_header_done()) break;
+      }
+      if (in.size() > kMaxHeaderBytes) {
+        parse_error = boost::beast::http::error::header_limit;
+        break;
+      }
+      auto result = co_await (read_more(stream, in) ||
+                              idle_watchdog(connection.watchdog, last_activity, config.idle_timeout, connection.handle));
+      if (result.index() == 1 || std::get<0>(result)) {
+        closed = true;
+        break;
+      }
+      last_activity = Clock::now();
+    }
+    if (closed) {
+      if (!in.empty() || parser->got_some())
+        log::info("request_incomplete", {{"listener", config.name}, {"client", connection.client_text}});
+      break;
+    }
+    const auto started = Clock::now();
+    if (parse_error) {
+      std::string why = parser->violation().empty() ? parse_error.message() : parser->violation();
+      if (parse_error == boost::beast::http::error::header_limit) why = "request line or header block over 64 KiB";
+      log::warning("bad_request", {{"listener", config.name}, {"client", connection.client_text}, {"reason", why}});
+      const std::string response = error_response(400, why, true);
+      co_await stream.write_all(response.data(), response.size());
+      RequestHead partial = parser->head();
+      ExchangeResult result;
+      result.status = 400;
+      result.error = why;
+      log_access(access_fields(connection, "HTTP/1.1", partial), result, Routed{}, started);
+      break;
+    }
+
+    const RequestHead& head = parser->head();
+    const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
+    const Routed routed = route_request(connection, head.host, head.target);
+    Http1Downstream down(stream, *parser, in, head);
+    ExchangeResult result;
+    if (routed.status != 0) {
+      result.status = routed.status;
+      result.request_body_done = !has_body;
+      send_error(down, routed.status, routed.detail, head.method == "HEAD");
+    } else {
+      RequestHead forwarded = head;
+      forwarded.host = head.host.empty() ? routed.host : head.host;
+      RequestContext context{connection.worker,         connection.generation, connection.listener,
+                             connection.client,         connection.client_address, connection.handle,
+                             connection.watchdog};
+      result = co_await forward(context, forwarded, *routed.route, *routed.pool, down);
+      if (!down.body_error().empty()) {
+        log::warning("bad_request", {{"listener", config.name},
+                                     {"client", connection.client_text},
+                                     {"reason", down.body_error()}});
+      }
+    }
+    const bool flushed = !co_await down.flush();
+    log_access(access_fields(connection, "HTTP/1.1", head), result, routed, started);
+    last_activity = Clock::now();
+    // The next request can be read only where this one's body ended.
+    if (!flushed || down.close() || result.client_failed || !result.request_body_done || !parser->is_done() ||
+        connection.handle.force_close)
+      break;
+    parser.reset();
+  }
+  co_await stream.shutdown_send();
+}
+
+}  // namespace gatehouse::proxy::l7

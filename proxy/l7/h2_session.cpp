@@ -1,0 +1,611 @@
+// HTTP/2 front end on nghttp2: one coroutine reads frames, one writes what
+// nghttp2 has queued, and each request stream is its own coroutine that
+// forwards over an HTTP/1.1 backend connection. Flow control is manual: a
+// request body's window is given back only once the backend has taken the
+// bytes, and a response's data waits in a small per-stream buffer that the
+// writer drains as the client's window allows.
+//
+// Debian's nghttp2 1.52 predates the upstream fixes for Rapid Reset
+// (CVE-2023-44487) and the CONTINUATION flood (CVE-2024-28182), so both are
+// bounded here: client stream resets draw from a token bucket, and a header
+// block may span only so many CONTINUATION frames and bytes. A connection
+// over either limit gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
+
+#include <nghttp2/nghttp2.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/string.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "proxy/l7/l7_session.h"
+#include "proxy/runtime/connection.h"
+#include "proxy/runtime/log.h"
+
+namespace gatehouse::proxy::l7 {
+
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+constexpr std::uint32_t kMaxConcurrentStreams = 100;
+constexpr std::uint32_t kStreamWindow = 128 * 1024;
+constexpr std::int32_t kConnectionWindow = 1024 * 1024;
+constexpr std::size_t kMaxHeaderList = 64 * 1024;     // counted as RFC 9113 6.5.2: name + value + 32
+constexpr std::size_t kResponseHighWater = 64 * 1024;  // per stream, waiting for the client's window
+constexpr int kMaxContinuations = 32;                  // per header block
+constexpr std::size_t kMaxHeaderBlock = 256 * 1024;    // encoded bytes of one header block
+constexpr double kResetBurst = 200;                    // client resets allowed at once
+constexpr double kResetRate = 100;                     // and per second after that
+
+void wait_forever(asio::steady_timer& timer) { timer.expires_at(Clock::time_point::max()); }
+
+class Http2Session;
+
+class Stream final : public Downstream {
+ public:
+  Stream(Http2Session& session, std::int32_t id, asio::any_io_executor executor)
+      : session_(session), id_(id), signal_(executor), closed_signal_(executor), watchdog_(executor) {}
+
+  asio::awaitable<error_code> read_body(std::string& out, bool& done) override;
+  const Fields& request_trailers() const override { return trailers_in_; }
+  void interim(const ResponseHead& head) override;
+  void head(const ResponseHead& head, bool has_body) override;
+  void body(std::string_view data) override;
+  void end(const Fields& trailers) override;
+  asio::awaitable<error_code> flush() override;
+  void abort() override;
+
+  asio::awaitable<void> wait_closed() {
+    while (!closed_) {
+      wait_forever(closed_signal_);
+      co_await closed_signal_.async_wait(use_tuple);
+    }
+  }
+  void close() {
+    closed_ = true;
+    signal_.cancel();
+    closed_signal_.cancel();
+  }
+  void wake() { signal_.cancel(); }
+
+  static ssize_t read_data(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length,
+                           std::uint32_t* flags, nghttp2_data_source* source, void*);
+
+  Http2Session& session_;
+  std::int32_t id_;
+  asio::steady_timer signal_;         // body arrived, window drained, or closed
+  asio::steady_timer closed_signal_;  // closed
+  asio::steady_timer watchdog_;       // the exchange's idle timer
+
+  RequestHead head_;
+  std::string authority_, path_, scheme_;
+  std::size_t header_bytes_ = 0;
+  std::size_t field_count_ = 0;
+  bool headers_done_ = false;
+  bool bad_ = false;
+
+  std::string body_in_;
+  bool body_end_ = false;
+  Fields trailers_in_;
+
+  std::string out_;
+  std::size_t out_offset_ = 0;
+  bool out_end_ = false;
+  Fields out_trailers_;
+  bool deferred_ = false;
+  bool response_started_ = false;
+  bool closed_ = false;
+};
+
+class Http2Session {
+ public:
+  explicit Http2Session(ClientConnection& connection)
+      : connection_(connection), write_signal_(connection.stream.socket().get_executor()),
+        done_signal_(connection.stream.socket().get_executor()), idle_timer_(connection.stream.socket().get_executor()) {}
+  ~Http2Session() {
+    if (session_ != nullptr) nghttp2_session_del(session_);
+  }
+
+  asio::awaitable<void> run();
+
+  nghttp2_session* session() const { return session_; }
+  void want_write() { write_signal_.cancel(); }
+  void touch() { last_activity_ = Clock::now(); }
+
+ private:
+  friend class Stream;
+
+  bool start();
+  asio::awaitable<void> reader();
+  asio::awaitable<void> writer();
+  asio::awaitable<void> idle_guard();
+  asio::awaitable<void> serve_stream(std::shared_ptr<Stream> stream);
+  asio::awaitable<void> run_stream(std::shared_ptr<Stream> stream);
+  void abuse(std::string reason);
+  Stream* find(std::int32_t id) {
+    auto it = streams_.find(id);
+    return it == streams_.end() ? nullptr : it->second.get();
+  }
+
+  static int on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* user);
+  static int on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* user);
+  static int on_header(nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
+                       const std::uint8_t* value, std::size_t valuelen, std::uint8_t flags, void* user);
+  static int on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, void* user);
+  static int on_data_chunk(nghttp2_session*, std::uint8_t flags, std::int32_t stream_id, const std::uint8_t* data,
+                           std::size_t len, void* user);
+  static int on_stream_close(nghttp2_session*, std::int32_t stream_id, std::uint32_t error_code, void* user);
+
+  ClientConnection& connection_;
+  nghttp2_session* session_ = nullptr;
+  std::map<std::int32_t, std::shared_ptr<Stream>> streams_;
+  asio::steady_timer write_signal_;
+  asio::steady_timer done_signal_;
+  asio::steady_timer idle_timer_;
+  Clock::time_point last_activity_ = Clock::now();
+  std::size_t running_ = 0;
+  bool reading_done_ = false;
+  bool terminated_ = false;
+  // CONTINUATION accounting of the header block being received.
+  int continuations_ = 0;
+  std::size_t block_bytes_ = 0;
+  // Rapid Reset: a token bucket of client stream resets.
+  double reset_tokens_ = kResetBurst;
+  Clock::time_point reset_refill_ = Clock::now();
+};
+
+// --- Stream -------------------------------------------------------------
+
+asio::awaitable<error_code> Stream::read_body(std::string& out, bool& done) {
+  for (;;) {
+    if (!body_in_.empty()) {
+      out.append(body_in_);
+      if (!closed_) {
+        nghttp2_session_consume(session_.session(), id_, body_in_.size());
+        session_.want_write();  // WINDOW_UPDATE
+      }
+      body_in_.clear();
+      done = body_end_;
+      co_return error_code{};
+    }
+    if (body_end_) {
+      done = true;
+      co_return error_code{};
+    }
+    if (closed_) co_return asio::error::connection_reset;
+    wait_forever(signal_);
+    co_await signal_.async_wait(use_tuple);
+  }
+}
+
+void Stream::interim(const ResponseHead& head) {
+  if (closed_ || head.status != 100) return;
+  const std::string status = "100";
+  nghttp2_nv nv{reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
+                reinterpret_cast<std::uint8_t*>(const_cast<char*>(status.data())), 7, status.size(),
+                NGHTTP2_NV_FLAG_NONE};
+  nghttp2_submit_headers(session_.session(), NGHTTP2_FLAG_NONE, id_, nullptr, &nv, 1, nullptr);
+  session_.want_write();
+}
+
+namespace {
+
+std::vector<nghttp2_nv> make_nv(std::vector<std::pair<std::string, std::string>>& storage) {
+  std::vector<nghttp2_nv> nva;
+  nva.reserve(storage.size());
+  for (auto& [name, value] : storage)
+    nva.push_back({reinterpret_cast<std::uint8_t*>(name.data()), reinterpret_cast<std::uint8_t*>(value.data()),
+                   name.size(), value.size(), NGHTTP2_NV_FLAG_NONE});
+  return nva;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> h2_fields(const Fields& fields) {
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(fields.size() + 2);
+  for (const auto& f : fields) out.emplace_back(lower(f.name), f.value);
+  return out;
+}
+
+}  // namespace
+
+void Stream::head(const ResponseHead& head, bool has_body) {
+  if (closed_) return;
+  std::vector<std::pair<std::string, std::string>> storage;
+  storage.emplace_back(":status", std::to_string(head.status));
+  for (auto& f : h2_fields(head.fields)) storage.push_back(std::move(f));
+  if (head.content_length) storage.emplace_back("content-length", std::to_string(*head.content_length));
+  auto nva = make_nv(storage);
+  response_started_ = true;
+  nghttp2_data_provider provider{};
+  provider.source.ptr = this;
+  provider.read_callback = &Stream::read_data;
+  nghttp2_submit_response(session_.session(), id_, nva.data(), nva.size(), has_body ? &provider : nullptr);
+  session_.want_write();
+}
+
+void Stream::body(std::string_view data) {
+  if (closed_) return;
+  out_.append(data);
+  if (deferred_) {
+    deferred_ = false;
+    nghttp2_session_resume_data(session_.session(), id_);
+  }
+}
+
+void Stream::end(const Fields& trailers) {
+  if (closed_) return;
+  out_end_ = true;
+  out_trailers_ = trailers;
+  if (deferred_) {
+    deferred_ = false;
+    nghttp2_session_resume_data(session_.session(), id_);
+  }
+  session_.want_write();
+}
+
+asio::awaitable<error_code> Stream::flush() {
+  session_.want_write();
+  while (!closed_ && out_.size() - out_offset_ > kResponseHighWater) {
+    wait_forever(signal_);
+    co_await signal_.async_wait(use_tuple);
+  }
+  co_return closed_ && !out_end_ ? error_code(asio::error::connection_reset) : error_code{};
+}
+
+void Stream::abort() {
+  if (closed_) return;
+  nghttp2_submit_rst_stream(session_.session(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_INTERNAL_ERROR);
+  session_.want_write();
+}
+
+ssize_t Stream::read_data(nghttp2_session* session, std::int32_t id, std::uint8_t* buf, std::size_t length,
+                          std::uint32_t* flags, nghttp2_data_source* source, void*) {
+  auto* self = static_cast<Stream*>(source->ptr);
+  const std::size_t available = self->out_.size() - self->out_offset_;
+  const std::size_t n = std::min(available, length);
+  if (n > 0) {
+    std::memcpy(buf, self->out_.data() + self->out_offset_, n);
+    self->out_offset_ += n;
+    if (self->out_offset_ == self->out_.size()) {
+      self->out_.clear();
+      self->out_offset_ = 0;
+    }
+    self->wake();  // room for more
+  }
+  if (self->out_offset_ == 0 && self->out_.empty() && self->out_end_) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (!self->out_trailers_.empty()) {
+      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      auto storage = h2_fields(self->out_trailers_);
+      auto nva = make_nv(storage);
+      nghttp2_submit_trailer(session, id, nva.data(), nva.size());
+    }
+    return static_cast<ssize_t>(n);
+  }
+  if (n == 0) {
+    self->deferred_ = true;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  return static_cast<ssize_t>(n);
+}
+
+// --- Session ------------------------------------------------------------
+
+bool Http2Session::start() {
+  nghttp2_session_callbacks* callbacks = nullptr;
+  nghttp2_session_callbacks_new(&callbacks);
+  nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, &Http2Session::on_begin_frame);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, &Http2Session::on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(callbacks, &Http2Session::on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, &Http2Session::on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, &Http2Session::on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, &Http2Session::on_stream_close);
+  nghttp2_option* option = nullptr;
+  nghttp2_option_new(&option);
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  nghttp2_option_set_max_outbound_ack(option, 1000);
+  nghttp2_option_set_max_settings(option, 32);
+  const int rv = nghttp2_session_server_new2(&session_, callbacks, this, option);
+  nghttp2_option_del(option);
+  nghttp2_session_callbacks_del(callbacks);
+  if (rv != 0) return false;
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<std::uint32_t>(kMaxHeaderList)},
+  };
+  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
+  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
+  return true;
+}
+
+void Http2Session::abuse(std::string reason) {
+  if (terminated_) return;
+  terminated_ = true;
+  log::warning("h2_abuse", {{"listener", connection_.listener.config->name},
+                            {"client", connection_.client_text},
+                            {"reason", reason}});
+  nghttp2_session_terminate_session(session_, NGHTTP2_ENHANCE_YOUR_CALM);
+  want_write();
+}
+
+int Http2Session::on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* user) {
+  auto* self = static_cast<Http2Session*>(user);
+  if (hd->type == NGHTTP2_HEADERS) {
+    self->continuations_ = 0;
+    self->block_bytes_ = hd->length;
+  } else if (hd->type == NGHTTP2_CONTINUATION) {
+    ++self->continuations_;
+    self->block_bytes_ += hd->length;
+    if (self->continuations_ > kMaxContinuations || self->block_bytes_ > kMaxHeaderBlock) {
+      self->abuse("continuation_flood: a header block ran over " + std::to_string(kMaxContinuations) +
+                  " CONTINUATION frames or " + std::to_string(kMaxHeaderBlock / 1024) + " KiB");
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+  }
+  return 0;
+}
+
+int Http2Session::on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* user) {
+  auto* self = static_cast<Http2Session*>(user);
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto stream = std::make_shared<Stream>(*self, frame->hd.stream_id, self->connection_.stream.socket().get_executor());
+  self->streams_[frame->hd.stream_id] = std::move(stream);
+  return 0;
+}
+
+int Http2Session::on_header(nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name_data,
+                            std::size_t namelen, const std::uint8_t* value_data, std::size_t valuelen, std::uint8_t,
+                            void* user) {
+  auto* self = static_cast<Http2Session*>(user);
+  Stream* s = self->find(frame->hd.stream_id);
+  if (s == nullptr) return 0;
+  s->header_bytes_ += namelen + valuelen + 32;
+  if (s->header_bytes_ > kMaxHeaderList || ++s->field_count_ > kMaxHeaderFields) {
+    s->bad_ = true;
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // RST_STREAM; the backend never sees it
+  }
+  const std::string_view name(reinterpret_cast<const char*>(name_data), namelen);
+  const std::string_view value(reinterpret_cast<const char*>(value_data), valuelen);
+  if (s->headers_done_) {  // trailers
+    if (!name.starts_with(':')) s->trailers_in_.push_back({std::string(name), std::string(value)});
+    return 0;
+  }
+  if (name == ":method") s->head_.method = value;
+  else if (name == ":path") s->path_ = value;
+  else if (name == ":authority") s->authority_ = value;
+  else if (name == ":scheme") s->scheme_ = value;
+  else if (name.starts_with(':')) return 0;
+  else if (name == "host") {
+    if (s->head_.host.empty()) s->head_.host = value;
+  } else if (name == "content-length") {
+    std::uint64_t length = 0;
+    for (char c : value) {
+      if (c < '0' || c > '9') return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+      length = length * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    s->head_.content_length = length;
+  } else if (name == "cookie") {
+    // HTTP/2 splits cookies across fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+    for (auto& f : s->head_.fields) {
+      if (f.name == "cookie") {
+        f.value += "; ";
+        f.value += value;
+        return 0;
+      }
+    }
+    s->head_.fields.push_back({"cookie", std::string(value)});
+  } else if (!is_hop_by_hop(name) && name != "x-forwarded-for" && name != "x-forwarded-proto" &&
+             name != "x-forwarded-host" && name != "forwarded") {
+    s->head_.fields.push_back({std::string(name), std::string(value)});
+  }
+  return 0;
+}
+
+int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, void* user) {
+  auto* self = static_cast<Http2Session*>(user);
+  self->touch();
+  switch (frame->hd.type) {
+    case NGHTTP2_HEADERS: {
+      auto it = self->streams_.find(frame->hd.stream_id);
+      if (it == self->streams_.end()) break;
+      Stream& s = *it->second;
+      const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+      if (!s.headers_done_) {
+        s.headers_done_ = true;
+        s.body_end_ = end_stream;
+        asio::co_spawn(self->connection_.stream.socket().get_executor(), self->run_stream(it->second), asio::detached);
+      } else if (end_stream) {
+        s.body_end_ = true;
+        s.wake();
+      }
+      break;
+    }
+    case NGHTTP2_DATA:
+      if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
+        if (Stream* s = self->find(frame->hd.stream_id)) {
+          s->body_end_ = true;
+          s->wake();
+        }
+      }
+      break;
+    case NGHTTP2_RST_STREAM: {
+      const auto now = Clock::now();
+      self->reset_tokens_ = std::min(
+          kResetBurst, self->reset_tokens_ + std::chrono::duration<double>(now - self->reset_refill_).count() * kResetRate);
+      self->reset_refill_ = now;
+      self->reset_tokens_ -= 1;
+      if (self->reset_tokens_ < 0) {
+        self->abuse("rapid_reset: the client reset streams faster than " + std::to_string(int(kResetRate)) +
+                    "/s after a burst of " + std::to_string(int(kResetBurst)));
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  return 0;
+}
+
+int Http2Session::on_data_chunk(nghttp2_session* session, std::uint8_t, std::int32_t stream_id,
+                                const std::uint8_t* data, std::size_t len, void* user) {
+  auto* self = static_cast<Http2Session*>(user);
+  Stream* s = self->find(stream_id);
+  if (s == nullptr || s->closed_) {
+    nghttp2_session_consume(session, stream_id, len);
+    return 0;
+  }
+  s->body_in_.append(reinterpret_cast<const char*>(data), len);
+  s->wake();
+  return 0;
+}
+
+int Http2Session::on_stream_close(nghttp2_session*, std::int32_t stream_id, std::uint32_t, void* user) {
+  auto* self = static_cast<Http2Session*>(user);
+  auto it = self->streams_.find(stream_id);
+  if (it == self->streams_.end()) return 0;
+  it->second->close();
+  self->streams_.erase(it);
+  return 0;
+}
+
+asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream) {
+  Stream& s = *stream;
+  const auto started = Clock::now();
+  RequestHead& head = s.head_;
+  head.target = s.path_;
+  head.version = 20;
+  if (!s.authority_.empty()) head.host = s.authority_;
+  if (!head.content_length && !s.body_end_) head.chunked = true;
+  if (s.body_end_ && !head.content_length && head.method != "GET" && head.method != "HEAD")
+    head.content_length = 0;
+
+  const Routed routed = route_request(connection_, head.host, head.target);
+  ExchangeResult result;
+  if (routed.status != 0) {
+    result.status = routed.status;
+    send_error(s, routed.status, routed.detail, head.method == "HEAD");
+    co_await s.flush();
+  } else {
+    RequestContext context{connection_.worker, connection_.generation, connection_.listener, connection_.client,
+                           connection_.client_address, connection_.handle, s.watchdog_};
+    result = co_await forward(context, head, *routed.route, *routed.pool, s);
+    if (result.response_done && !s.body_end_ && !s.closed_) {
+      // Answered before the request body ended: stop the upload (RFC 9113 8.1).
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_NO_ERROR);
+      want_write();
+    }
+  }
+  log_access(access_fields(connection_, "HTTP/2", head), result, routed, started);
+}
+
+asio::awaitable<void> Http2Session::run_stream(std::shared_ptr<Stream> stream) {
+  ++running_;
+  // A stream the client resets (or a connection that ends) cancels its
+  // exchange at once, backend request included.
+  co_await (serve_stream(stream) || stream->wait_closed());
+  if (--running_ == 0) done_signal_.cancel();
+}
+
+asio::awaitable<void> Http2Session::reader() {
+  TlsStream& tls = connection_.stream;
+  while (!terminated_) {
+    IoBuffer buffer;
+    auto [ec, n] = tls.try_read_some(buffer.data(), IoBuffer::size);
+    if (ec == asio::error::would_block || ec == asio::error::in_progress)
+      std::tie(ec, n) = co_await tls.read_some(buffer.data(), IoBuffer::size);
+    if (ec) break;
+    touch();
+    const ssize_t rv = nghttp2_session_mem_recv(session_, reinterpret_cast<const std::uint8_t*>(buffer.data()), n);
+    if (rv < 0) {
+      if (!terminated_)
+        log::info("h2_protocol_error", {{"listener", connection_.listener.config->name},
+                                        {"client", connection_.client_text},
+                                        {"error", nghttp2_strerror(static_cast<int>(rv))}});
+      break;
+    }
+    want_write();
+    if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0) break;
+  }
+  reading_done_ = true;
+  want_write();
+}
+
+asio::awaitable<void> Http2Session::writer() {
+  TlsStream& tls = connection_.stream;
+  std::string out;
+  for (;;) {
+    out.clear();
+    for (;;) {
+      const std::uint8_t* data = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(session_, &data);
+      if (n <= 0) break;
+      out.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
+      if (out.size() >= 64 * 1024) break;
+    }
+    if (!out.empty()) {
+      if (co_await tls.write_all(out.data(), out.size())) break;
+      touch();
+      continue;
+    }
+    if (reading_done_ || terminated_) break;
+    if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0) break;
+    wait_forever(write_signal_);
+    co_await write_signal_.async_wait(use_tuple);
+  }
+  // Ends the reader too.
+  tls.abort();
+}
+
+asio::awaitable<void> Http2Session::idle_guard() {
+  const Clock::duration idle = connection_.listener.config->idle_timeout;
+  for (;;) {
+    idle_timer_.expires_at(last_activity_ + idle);
+    connection_.handle.watchdog = &idle_timer_;
+    co_await idle_timer_.async_wait(use_tuple);
+    if (connection_.handle.force_close) co_return;
+    auto state = co_await asio::this_coro::cancellation_state;
+    if (state.cancelled() != asio::cancellation_type::none) co_return;
+    // Streams have their own (route) idle timeouts; the connection's
+    // counts only while none is open.
+    if (running_ == 0 && Clock::now() >= last_activity_ + idle) co_return;
+    if (running_ > 0) touch();
+  }
+}
+
+asio::awaitable<void> Http2Session::run() {
+  if (!start()) co_return;
+  co_await ((reader() && writer()) || idle_guard());
+  connection_.handle.watchdog = &connection_.watchdog;
+  for (auto& [id, stream] : streams_) stream->close();
+  streams_.clear();
+  while (running_ > 0) {
+    wait_forever(done_signal_);
+    co_await done_signal_.async_wait(use_tuple);
+  }
+}
+
+}  // namespace
+
+asio::awaitable<void> serve_http2(ClientConnection& connection) {
+  Http2Session session(connection);
+  co_await session.run();
+}
+
+}  // namespace gatehouse::proxy::l7

@@ -1,0 +1,323 @@
+#include "proxy/l7/http_message.h"
+
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/error.hpp>
+
+#include <algorithm>
+#include <array>
+
+namespace gatehouse::proxy::l7 {
+
+namespace http = boost::beast::http;
+using boost::beast::iequals;
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// Names listed in Connection: also hop-by-hop for this message.
+bool listed_in_connection(const Fields& raw, std::string_view name) {
+  for (const auto& f : raw) {
+    if (!iequals(f.name, "connection")) continue;
+    std::string_view rest = f.value;
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      const auto token = trim(rest.substr(0, comma));
+      if (iequals(token, name)) return true;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return false;
+}
+
+bool is_forwarding_field(std::string_view name) {
+  return iequals(name, "host") || iequals(name, "x-forwarded-for") || iequals(name, "x-forwarded-proto") ||
+         iequals(name, "x-forwarded-host") || iequals(name, "forwarded");
+}
+
+std::string describe(const error_code& ec) {
+  if (ec == http::error::header_limit) return "request line or header block over 64 KiB";
+  if (ec == http::error::bad_content_length) return "invalid Content-Length, or Content-Length with Transfer-Encoding";
+  if (ec == http::error::multiple_content_length) return "several differing Content-Length fields";
+  if (ec == http::error::bad_transfer_encoding) return "Transfer-Encoding with Content-Length, or repeated";
+  if (ec == http::error::bad_field) return "invalid character in a header field name";
+  if (ec == http::error::bad_value) return "invalid character in a header field value";
+  if (ec == http::error::bad_method) return "malformed method";
+  if (ec == http::error::bad_target) return "malformed request target";
+  if (ec == http::error::bad_version) return "malformed HTTP version";
+  if (ec == http::error::bad_line_ending) return "malformed line ending";
+  if (ec == http::error::bad_status || ec == http::error::bad_reason) return "malformed status line";
+  if (ec == http::error::bad_chunk || ec == http::error::bad_chunk_extension) return "malformed chunked body";
+  if (ec == http::error::body_limit) return "body too large";
+  if (ec == http::error::partial_message) return "message ended early";
+  return ec.message();
+}
+
+// Quoted when it is not a token (RFC 7239 section 4).
+std::string forwarded_value(std::string_view value) {
+  const bool token = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+  });
+  if (token) return std::string(value);
+  std::string out = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+void append_fields(std::string& out, const Fields& fields) {
+  for (const auto& f : fields) {
+    out += f.name;
+    out += ": ";
+    out += f.value;
+    out += "\r\n";
+  }
+}
+
+}  // namespace
+
+const std::string* find_field(const Fields& fields, std::string_view name) {
+  for (const auto& f : fields)
+    if (iequals(f.name, name)) return &f.value;
+  return nullptr;
+}
+
+bool is_hop_by_hop(std::string_view name) {
+  static constexpr std::array<std::string_view, 7> names{"connection", "keep-alive", "proxy-connection", "te",
+                                                         "transfer-encoding", "upgrade", "content-length"};
+  for (auto n : names)
+    if (iequals(n, name)) return true;
+  return false;
+}
+
+template <bool isRequest>
+Parser<isRequest>::Parser() {
+  this->header_limit(kMaxHeaderBytes);
+  this->body_limit(boost::none);
+  this->eager(true);
+}
+
+template <bool isRequest>
+void Parser<isRequest>::fail(error_code& ec, std::string why) {
+  violation_ = std::move(why);
+  ec = http::error::bad_field;
+}
+
+template <bool isRequest>
+std::size_t Parser<isRequest>::feed(std::string_view data, error_code& ec) {
+  if (!this->is_header_done() && !checked_fold_) {
+    // Beast unfolds obs-fold silently; a proxy must refuse it (RFC 9112
+    // section 5.2) so that it and the backend cannot read different fields.
+    const auto end = data.find("\r\n\r\n");
+    const auto scan = data.substr(0, end == std::string_view::npos ? data.size() : end + 2);
+    if (scan.find("\n ") != std::string_view::npos || scan.find("\n\t") != std::string_view::npos) {
+      fail(ec, "obs-fold (a header line continued on the next line)");
+      return 0;
+    }
+    if (end != std::string_view::npos) checked_fold_ = true;
+  }
+  std::size_t used = this->put(boost::asio::buffer(data.data(), data.size()), ec);
+  if (ec == http::error::need_more) ec = {};
+  if (ec && violation_.empty()) violation_ = describe(ec);
+  return used;
+}
+
+template <bool isRequest>
+void Parser<isRequest>::feed_eof(error_code& ec) {
+  this->put_eof(ec);
+  if (ec && violation_.empty()) violation_ = describe(ec);
+}
+
+template <bool isRequest>
+void Parser<isRequest>::on_request_impl(http::verb, boost::beast::string_view method, boost::beast::string_view target,
+                                        int version, error_code&) {
+  if constexpr (isRequest) {
+    head_.method.assign(method.data(), method.size());
+    head_.target.assign(target.data(), target.size());
+    head_.version = version;
+  }
+}
+
+template <bool isRequest>
+void Parser<isRequest>::on_response_impl(int status, boost::beast::string_view reason, int version, error_code&) {
+  if constexpr (!isRequest) {
+    head_.status = status;
+    head_.reason.assign(reason.data(), reason.size());
+    head_.version = version;
+  }
+}
+
+template <bool isRequest>
+void Parser<isRequest>::on_field_impl(http::field, boost::beast::string_view name, boost::beast::string_view value,
+                                      error_code& ec) {
+  if (++field_count_ > kMaxHeaderFields) return fail(ec, "more than 100 header fields");
+  Field f{std::string(name.data(), name.size()), std::string(value.data(), value.size())};
+  if (in_trailers_) {
+    if (!is_hop_by_hop(f.name) && !is_forwarding_field(f.name)) trailers_.push_back(std::move(f));
+    return;
+  }
+  if constexpr (isRequest) {
+    if (iequals(f.name, "host")) {
+      if (find_field(raw_, "host") != nullptr) return fail(ec, "more than one Host field");
+      head_.host = f.value;
+    }
+  }
+  raw_.push_back(std::move(f));
+}
+
+template <bool isRequest>
+void Parser<isRequest>::on_header_impl(error_code& ec) {
+  const std::string* te = find_field(raw_, "transfer-encoding");
+  if constexpr (isRequest) {
+    // A request body whose length the proxy cannot tell is refused, never
+    // guessed (RFC 9112 section 6.3 rule 4).
+    if (te != nullptr && !this->chunked()) return fail(ec, "Transfer-Encoding whose final coding is not chunked");
+    if (te != nullptr && find_field(raw_, "content-length") != nullptr)
+      return fail(ec, "Content-Length with Transfer-Encoding");
+    if (head_.version >= 11 && find_field(raw_, "host") == nullptr) return fail(ec, "HTTP/1.1 request without Host");
+    if (const std::string* expect = find_field(raw_, "expect"))
+      head_.expect_continue = iequals(trim(*expect), "100-continue");
+  } else {
+    head_.close_delimited = this->need_eof() && !this->chunked() && !this->content_length();
+  }
+  for (auto& f : raw_) {
+    if (is_hop_by_hop(f.name) || listed_in_connection(raw_, f.name)) continue;
+    if constexpr (isRequest) {
+      if (is_forwarding_field(f.name)) continue;
+    }
+    head_.fields.push_back(std::move(f));
+  }
+  raw_.clear();
+  if (auto length = this->content_length()) head_.content_length = *length;
+  head_.chunked = this->chunked();
+  head_.keep_alive = this->keep_alive();
+}
+
+template <bool isRequest>
+std::size_t Parser<isRequest>::on_body_impl(boost::beast::string_view body, error_code&) {
+  body_.append(body.data(), body.size());
+  return body.size();
+}
+
+template <bool isRequest>
+void Parser<isRequest>::on_chunk_header_impl(std::uint64_t size, boost::beast::string_view, error_code&) {
+  if (size == 0) in_trailers_ = true;
+}
+
+template <bool isRequest>
+std::size_t Parser<isRequest>::on_chunk_body_impl(std::uint64_t, boost::beast::string_view body, error_code&) {
+  body_.append(body.data(), body.size());
+  return body.size();
+}
+
+template class Parser<true>;
+template class Parser<false>;
+
+std::string serialize_request(const RequestHead& head, const ForwardedFor& forwarded, bool has_body) {
+  std::string out;
+  out.reserve(256 + head.target.size() + head.fields.size() * 48);
+  out += head.method;
+  out += ' ';
+  out += head.target;
+  out += " HTTP/1.1\r\n";
+  if (!head.host.empty()) {
+    out += "Host: ";
+    out += head.host;
+    out += "\r\n";
+  }
+  append_fields(out, head.fields);
+  out += "X-Forwarded-For: " + forwarded.client_address + "\r\n";
+  out += "X-Forwarded-Proto: " + forwarded.proto + "\r\n";
+  if (!forwarded.host.empty()) out += "X-Forwarded-Host: " + forwarded.host + "\r\n";
+  const bool v6 = forwarded.client_address.find(':') != std::string::npos;
+  out += "Forwarded: for=" + (v6 ? "\"[" + forwarded.client_address + "]\"" : forwarded.client_address) +
+         ";proto=" + forwarded.proto;
+  if (!forwarded.host.empty()) out += ";host=" + forwarded_value(forwarded.host);
+  out += "\r\n";
+  if (head.content_length) {
+    out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
+  } else if (has_body) {
+    out += "Transfer-Encoding: chunked\r\n";
+  }
+  out += "\r\n";
+  return out;
+}
+
+std::string serialize_response(const ResponseHead& head, bool chunked, bool close, int) {
+  std::string out;
+  out.reserve(128 + head.fields.size() * 48);
+  out += "HTTP/1.1 ";
+  out += std::to_string(head.status);
+  out += ' ';
+  out += head.reason.empty() ? std::string(reason_phrase(head.status)) : head.reason;
+  out += "\r\n";
+  append_fields(out, head.fields);
+  if (head.content_length) out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
+  else if (chunked) out += "Transfer-Encoding: chunked\r\n";
+  if (close) out += "Connection: close\r\n";
+  out += "\r\n";
+  return out;
+}
+
+std::string_view reason_phrase(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 421: return "Misdirected Request";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+  }
+}
+
+std::string error_response(int status, std::string_view detail, bool close, bool head_only) {
+  std::string body = std::to_string(status) + " " + std::string(reason_phrase(status));
+  if (!detail.empty()) body += ": " + std::string(detail);
+  body += "\n";
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason_phrase(status)) +
+                    "\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: " +
+                    std::to_string(body.size()) + "\r\n";
+  if (close) out += "Connection: close\r\n";
+  out += "\r\n";
+  if (!head_only) out += body;
+  return out;
+}
+
+void append_chunk(std::string& out, std::string_view data) {
+  if (data.empty()) return;
+  char size[20];
+  const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+  out.append(size, static_cast<std::size_t>(n));
+  out += data;
+  out += "\r\n";
+}
+
+void append_last_chunk(std::string& out, const Fields& trailers) {
+  out += "0\r\n";
+  append_fields(out, trailers);
+  out += "\r\n";
+}
+
+}  // namespace gatehouse::proxy::l7

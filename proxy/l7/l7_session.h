@@ -1,0 +1,63 @@
+#pragma once
+// An l7 connection: terminate TLS (certificate by SNI), then speak HTTP/2
+// when ALPN chose "h2", else HTTP/1.1; every request is routed by Host (or
+// :authority) and path to a pool and forwarded over a kept-alive,
+// re-encrypted HTTP/1.1 backend connection.
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/json/object.hpp>
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "proxy/l7/exchange.h"
+#include "proxy/runtime/generation.h"
+#include "proxy/runtime/server.h"
+#include "proxy/tls/tls_stream.h"
+
+namespace gatehouse::proxy {
+
+asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> generation,
+                               const ListenerRuntime& listener, tcp::socket socket);
+
+namespace l7 {
+
+// What every request of one client connection shares.
+struct ClientConnection {
+  Worker& worker;
+  const Generation& generation;
+  const ListenerRuntime& listener;
+  TlsStream& stream;
+  const HandshakeInfo& info;
+  tcp::endpoint client;
+  std::string client_text;     // "ip:port", for logs
+  std::string client_address;  // "ip", for X-Forwarded-For
+  bool resumed = false;
+  ConnectionHandle& handle;
+  asio::steady_timer& watchdog;
+};
+
+// Where a request goes, or the error status it gets instead.
+struct Routed {
+  int status = 0;       // 0 = forward; else 400, 421, 404 or 503
+  std::string detail;   // for the error body and the log
+  std::string host;     // normalised Host (no port)
+  const conf::Route* route = nullptr;
+  const PoolRuntime* pool = nullptr;
+};
+Routed route_request(const ClientConnection& connection, std::string_view host, std::string_view target);
+
+// The access-log line of one request, without its outcome.
+boost::json::object access_fields(const ClientConnection& connection, std::string_view protocol,
+                                  const RequestHead& head);
+// Adds the outcome and writes the line.
+void log_access(boost::json::object fields, const ExchangeResult& result, const Routed& routed,
+                std::chrono::steady_clock::time_point started);
+
+asio::awaitable<void> serve_http1(ClientConnection& connection);
+asio::awaitable<void> serve_http2(ClientConnection& connection);
+
+}  // namespace l7
+}  // namespace gatehouse::proxy
