@@ -136,7 +136,8 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
         break;
       }
       auto result = co_await (read_more(stream, in) ||
-                              idle_watchdog(connection.watchdog, last_activity, config.idle_timeout, connection.handle));
+                              idle_watchdog(connection.watchdog, last_activity, config.idle_timeout, connection.handle,
+                                            in.empty() && !parser->got_some()));
       if (result.index() == 1 || std::get<0>(result)) {
         closed = true;
         break;
@@ -190,7 +191,7 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
     last_activity = Clock::now();
     // The next request can be read only where this one's body ended.
     if (!flushed || down.close() || result.client_failed || !result.request_body_done || !parser->is_done() ||
-        connection.handle.force_close)
+        connection.handle.force_close || connection.handle.draining)
       break;
     parser.reset();
   }

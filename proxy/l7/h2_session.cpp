@@ -128,6 +128,14 @@ class Http2Session {
   asio::awaitable<void> reader();
   asio::awaitable<void> writer();
   asio::awaitable<void> idle_guard();
+  // Lets the writer send what is queued (a GOAWAY) before the session ends.
+  asio::awaitable<void> flush_pending() {
+    for (int i = 0; i < 20 && nghttp2_session_want_write(session_) != 0; ++i) {
+      want_write();
+      idle_timer_.expires_after(std::chrono::milliseconds(5));
+      co_await idle_timer_.async_wait(use_tuple);
+    }
+  }
   asio::awaitable<void> serve_stream(std::shared_ptr<Stream> stream);
   asio::awaitable<void> run_stream(std::shared_ptr<Stream> stream);
   void abuse(std::string reason);
@@ -155,6 +163,7 @@ class Http2Session {
   std::size_t running_ = 0;
   bool reading_done_ = false;
   bool terminated_ = false;
+  bool goaway_sent_ = false;
   // CONTINUATION accounting of the header block being received.
   int continuations_ = 0;
   std::size_t block_bytes_ = 0;
@@ -575,16 +584,31 @@ asio::awaitable<void> Http2Session::writer() {
 
 asio::awaitable<void> Http2Session::idle_guard() {
   const Clock::duration idle = connection_.listener.config->idle_timeout;
+  connection_.handle.watchdog = &idle_timer_;
   for (;;) {
-    idle_timer_.expires_at(last_activity_ + idle);
-    connection_.handle.watchdog = &idle_timer_;
+    if (connection_.handle.draining) {
+      if (!goaway_sent_) {
+        // Graceful: streams already open finish, no new ones start.
+        goaway_sent_ = true;
+        nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
+                              NGHTTP2_NO_ERROR, nullptr, 0);
+        want_write();
+      }
+      if (running_ == 0) {
+        co_await flush_pending();
+        co_return;
+      }
+      idle_timer_.expires_after(std::chrono::milliseconds(50));
+    } else {
+      idle_timer_.expires_at(last_activity_ + idle);
+    }
     co_await idle_timer_.async_wait(use_tuple);
     if (connection_.handle.force_close) co_return;
     auto state = co_await asio::this_coro::cancellation_state;
     if (state.cancelled() != asio::cancellation_type::none) co_return;
     // Streams have their own (route) idle timeouts; the connection's
     // counts only while none is open.
-    if (running_ == 0 && Clock::now() >= last_activity_ + idle) co_return;
+    if (running_ == 0 && !connection_.handle.draining && Clock::now() >= last_activity_ + idle) co_return;
     if (running_ > 0) touch();
   }
 }

@@ -108,11 +108,12 @@ std::string to_string(const tcp::endpoint& endpoint) {
 }
 
 asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time_point& last_activity,
-                                    Clock::duration idle, const ConnectionHandle& handle) {
+                                    Clock::duration idle, const ConnectionHandle& handle, bool between_requests) {
   for (;;) {
+    if (handle.force_close || (between_requests && handle.draining)) co_return;
     timer.expires_at(last_activity + idle);
     auto [ec] = co_await timer.async_wait(use_tuple);
-    if (handle.force_close) co_return;
+    if (handle.force_close || (between_requests && handle.draining)) co_return;
     if (ec) {
       // Either the surrounding || finished (then stop) or a drain poked us.
       auto state = co_await asio::this_coro::cancellation_state;

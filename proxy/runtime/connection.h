@@ -23,9 +23,11 @@ namespace gatehouse::proxy {
 using Clock = std::chrono::steady_clock;
 
 // Ends when the connection has been idle for `idle` since `last_activity`, or
-// when a drain force-closes it. Cancelled (by the || it runs in) otherwise.
+// when a drain force-closes it, or (with `between_requests`) as soon as a
+// drain begins. Cancelled (by the || it runs in) otherwise.
 asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time_point& last_activity,
-                                    Clock::duration idle, const ConnectionHandle& handle);
+                                    Clock::duration idle, const ConnectionHandle& handle,
+                                    bool between_requests = false);
 
 // Runs `op` against a deadline; nullopt on timeout (op is then cancelled).
 template <typename T>

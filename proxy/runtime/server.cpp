@@ -118,7 +118,12 @@ Server::~Server() {
   for (auto& w : workers_) {
     w->io_.stop();
     if (w->thread_.joinable()) w->thread_.join();
+    // Kept-alive backend sockets belong to this worker's io_context, which
+    // is destroyed before the generation that holds them.
+    if (w->generation_) w->generation_->close_idle(w->index_);
   }
+  if (current_)
+    for (auto& w : workers_) current_->close_idle(w->index_);
 }
 
 tcp::endpoint Server::bound(const std::string& listener) const {
@@ -200,7 +205,17 @@ void Server::publish(std::shared_ptr<Generation> generation) {
 }
 
 void Server::retire(std::shared_ptr<Generation> old_generation) {
-  // Old connections may finish for drain_timeout, then they are closed.
+  // Idle keep-alive connections of the old generation end now; busy ones
+  // may finish for drain_timeout, then they are closed.
+  for (auto& w : workers_) {
+    asio::post(w->io_, [worker = w.get(), old = old_generation.get()] {
+      for (ConnectionHandle* c : worker->connections_) {
+        if (c->generation != old) continue;
+        c->draining = true;
+        c->watchdog->cancel();
+      }
+    });
+  }
   auto timer = std::make_shared<asio::steady_timer>(main_io_, current_->config().server.drain_timeout);
   timer->async_wait([this, timer, old = std::move(old_generation)](error_code ec) {
     if (ec) return;
@@ -261,6 +276,10 @@ void Server::drain_and_stop() {
       for (auto& [name, acceptor] : worker->acceptors_) {
         error_code ignored;
         acceptor->close(ignored);
+      }
+      for (ConnectionHandle* c : worker->connections_) {
+        c->draining = true;
+        c->watchdog->cancel();
       }
     });
   }

@@ -30,6 +30,10 @@ struct ConnectionHandle {
   const Generation* generation = nullptr;
   boost::asio::steady_timer* watchdog = nullptr;  // cancelled to make the connection re-check its deadline
   bool force_close = false;
+  // Set when a reload or stop begins: a connection between requests (HTTP
+  // keep-alive, an HTTP/2 connection without streams) ends now instead of
+  // waiting for drain_timeout.
+  bool draining = false;
 };
 
 class Worker {
