@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
 
   std::uint16_t demo_port = 8443;
   auto* demo = app.add_subcommand("demo", "Serve the embedded demo on loopback with self-signed certificates");
-  demo->add_option("--port", demo_port, "First port (the l4 listener uses PORT+1 when PORT is not 0)");
+  demo->add_option("--port", demo_port, "First port: l7 on PORT, l4 on PORT+1, admin on PORT+2 (0: any free ports)");
 
   bool strict = false;
   auto* check = app.add_subcommand("check", "Validate config and certificates; report certificate coverage");

@@ -46,9 +46,18 @@ class Exchange {
     body_cancel_.expires_at(Clock::time_point::max());
     std::size_t which = 0;
     try {
-      which = (co_await ((send_body_or_cancel() && receive_response()) ||
-                         idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
-                  .index();
+      const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
+      if (has_body) {
+        which = (co_await ((send_body_or_cancel() && receive_response()) ||
+                           idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
+                    .index();
+      } else {
+        // Most requests (GET) have no body: one coroutine fewer per request.
+        body_sent_ = true;
+        which = (co_await (receive_response() ||
+                           idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
+                    .index();
+      }
     } catch (const boost::system::system_error&) {
       // Cancelled from outside (the HTTP/2 stream was reset): Asio reports
       // that by throwing from the next wait.
@@ -316,10 +325,7 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     Lease lease{context.generation, context.worker.index(), &pool, std::move(connected)};
     auto& backend = lease.backend;
     if (!backend) {
-      const bool any_available = std::any_of(pool.servers.begin(), pool.servers.end(), [](const ServerRuntime* s) {
-        return s->available.load(std::memory_order_relaxed);
-      });
-      if (any_available) finish_with_error(502, "no server of pool \"" + pool.config->name + "\" could be reached");
+      if (context.generation.effective_pool(&pool)->any_available()) finish_with_error(502, "no server of pool \"" + pool.config->name + "\" could be reached");
       else finish_with_error(503, "no server of pool \"" + pool.config->name + "\" is available");
       co_return result;
     }

@@ -125,13 +125,15 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
     parser.emplace();
     error_code parse_error;
     bool closed = false;
+    std::size_t head_bytes = 0;  // of this head already parsed (Beast takes whole fields as they come)
     while (!parser->is_header_done()) {
       if (!in.empty()) {
         const std::size_t used = parser->feed(in, parse_error);
         in.erase(0, used);
+        head_bytes += used;
         if (parse_error || parser->is_header_done()) break;
       }
-      if (in.size() > kMaxHeaderBytes) {
+      if (head_bytes + in.size() > kMaxHeaderBytes) {
         parse_error = boost::beast::http::error::header_limit;
         break;
       }
@@ -144,6 +146,7 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
       }
       last_activity = Clock::now();
     }
+    if (!parse_error && head_bytes > kMaxHeaderBytes) parse_error = boost::beast::http::error::header_limit;
     if (closed) {
       if (!in.empty() || parser->got_some())
         log::info("request_incomplete", {{"listener", config.name}, {"client", connection.client_text}});
@@ -160,7 +163,7 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
       ExchangeResult result;
       result.status = 400;
       result.error = why;
-      log_access(access_fields(connection, "HTTP/1.1", partial), result, Routed{}, started);
+      finish_request(connection, "HTTP/1.1", partial, result, Routed{}, started);
       break;
     }
 
@@ -187,7 +190,7 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
       }
     }
     const bool flushed = !co_await down.flush();
-    log_access(access_fields(connection, "HTTP/1.1", head), result, routed, started);
+    finish_request(connection, "HTTP/1.1", head, result, routed, started);
     last_activity = Clock::now();
     // The next request can be read only where this one's body ended.
     if (!flushed || down.close() || result.client_failed || !result.request_body_done || !parser->is_done() ||

@@ -41,7 +41,10 @@ constexpr std::uint32_t kStreamWindow = 128 * 1024;
 constexpr std::int32_t kConnectionWindow = 1024 * 1024;
 constexpr std::size_t kMaxHeaderList = 64 * 1024;     // counted as RFC 9113 6.5.2: name + value + 32
 constexpr std::size_t kResponseHighWater = 64 * 1024;  // per stream, waiting for the client's window
-constexpr int kMaxContinuations = 32;                  // per header block
+// Per header block; below nghttp2's own limit (8 in Debian's patched 1.52),
+// so the abuser is told why (GOAWAY ENHANCE_YOUR_CALM) before nghttp2 drops
+// the connection without a word.
+constexpr int kMaxContinuations = 6;
 constexpr std::size_t kMaxHeaderBlock = 256 * 1024;    // encoded bytes of one header block
 constexpr double kResetBurst = 200;                    // client resets allowed at once
 constexpr double kResetRate = 100;                     // and per second after that
@@ -521,7 +524,7 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
       want_write();
     }
   }
-  log_access(access_fields(connection_, "HTTP/2", head), result, routed, started);
+  finish_request(connection_, "HTTP/2", head, result, routed, started);
 }
 
 asio::awaitable<void> Http2Session::run_stream(std::shared_ptr<Stream> stream) {

@@ -102,7 +102,9 @@ template <bool isRequest>
 Parser<isRequest>::Parser() {
   this->header_limit(kMaxHeaderBytes);
   this->body_limit(boost::none);
-  this->eager(true);
+  // Not eager until the head is done, so that feed() returns exactly at the
+  // end of the head and the caller can count its size.
+  this->eager(false);
 }
 
 template <bool isRequest>
@@ -126,6 +128,7 @@ std::size_t Parser<isRequest>::feed(std::string_view data, error_code& ec) {
   }
   std::size_t used = this->put(boost::asio::buffer(data.data(), data.size()), ec);
   if (ec == http::error::need_more) ec = {};
+  if (!ec && this->is_header_done() && !this->eager()) this->eager(true);
   if (ec && violation_.empty()) violation_ = describe(ec);
   return used;
 }

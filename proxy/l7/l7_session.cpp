@@ -7,6 +7,7 @@
 
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
+#include "proxy/runtime/metrics.h"
 #include "sni/hostname.h"
 #include "sni/index.h"
 
@@ -98,9 +99,13 @@ Routed route_request(const ClientConnection& connection, std::string_view host_f
   return out;
 }
 
-boost::json::object access_fields(const ClientConnection& connection, std::string_view protocol,
-                                  const RequestHead& head) {
-  return boost::json::object{{"client", connection.client_text},
+void finish_request(const ClientConnection& connection, std::string_view protocol, const RequestHead& head,
+                    const ExchangeResult& result, const Routed& routed, std::chrono::steady_clock::time_point started) {
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  metrics().request(connection.listener.config->name, routed.pool ? routed.pool->config->name : std::string(),
+                    result.status, seconds);
+  if (!log::access_enabled()) return;
+  boost::json::object fields{{"client", connection.client_text},
                              {"listener", connection.listener.config->name},
                              {"mode", "l7"},
                              {"protocol", protocol},
@@ -111,14 +116,10 @@ boost::json::object access_fields(const ClientConnection& connection, std::strin
                              {"host", head.host},
                              {"method", head.method},
                              {"path", head.target}};
-}
-
-void log_access(boost::json::object fields, const ExchangeResult& result, const Routed& routed,
-                std::chrono::steady_clock::time_point started) {
   fields["status"] = result.status;
   fields["bytes_in"] = result.bytes_in;
   fields["bytes_out"] = result.bytes_out;
-  fields["duration_ms"] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  fields["duration_ms"] = seconds * 1000;
   if (routed.pool != nullptr) fields["pool"] = routed.pool->config->name;
   if (!result.server.empty()) {
     fields["server"] = result.server;

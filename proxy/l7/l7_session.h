@@ -49,12 +49,9 @@ struct Routed {
 };
 Routed route_request(const ClientConnection& connection, std::string_view host, std::string_view target);
 
-// The access-log line of one request, without its outcome.
-boost::json::object access_fields(const ClientConnection& connection, std::string_view protocol,
-                                  const RequestHead& head);
-// Adds the outcome and writes the line.
-void log_access(boost::json::object fields, const ExchangeResult& result, const Routed& routed,
-                std::chrono::steady_clock::time_point started);
+// Counts one answered request (metrics) and writes its access-log line.
+void finish_request(const ClientConnection& connection, std::string_view protocol, const RequestHead& head,
+                    const ExchangeResult& result, const Routed& routed, std::chrono::steady_clock::time_point started);
 
 asio::awaitable<void> serve_http1(ClientConnection& connection);
 asio::awaitable<void> serve_http2(ClientConnection& connection);

@@ -84,6 +84,24 @@ std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server) {
   return std::nullopt;
 }
 
+// Real traffic that cannot connect counts against the server in this pool;
+// with health probes configured, `fall` such failures in a row take it
+// down before the next probe (only probes bring it back).
+void passive_failure(const PoolRuntime& pool, std::size_t index, const std::string& error) {
+  PoolMember& member = *pool.members[index];
+  ++member.failures;
+  std::lock_guard lock(member.mutex);
+  member.last_error = log::now_rfc3339() + " " + error;
+  if (pool.config->health.kind == conf::HealthKind::none) return;
+  if (member.health.record_connect_failure()) {
+    member.healthy = false;
+    log::warning("server_down", {{"pool", pool.config->name},
+                                 {"server", pool.servers[index]->config->name},
+                                 {"reason", "passive: " + std::to_string(pool.config->health.fall) +
+                                                " failed connects in a row: " + error}});
+  }
+}
+
 }  // namespace
 
 IoBuffer::IoBuffer() {
@@ -147,23 +165,26 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
 
 asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generation& generation, std::size_t worker,
                                                                   const ConnectTarget& target) {
-  const PoolRuntime& pool = *target.pool;
+  // A pool with no server left sends its traffic to its fallback pool.
+  const PoolRuntime& pool = *generation.effective_pool(target.pool);
   WorkerPool& wp = generation.worker_pool(worker, &pool);
   balancer::Tried tried;
   auto executor = co_await asio::this_coro::executor;
 
   for (int attempt = 0; attempt < 2; ++attempt) {
     for (std::size_t i = 0; i < pool.servers.size(); ++i)
-      wp.views[i].available = pool.servers[i]->available.load(std::memory_order_relaxed);
+      wp.views[i].available = pool.members[i]->available();
     balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
     const auto picked = selector.pick(wp.views, tried, target.hash_key);
     if (!picked) break;
     tried.add(*picked);
     const ServerRuntime& server = *pool.servers[*picked];
     const std::string& name = server.config->name;
+    PoolMember& member = *pool.members[*picked];
     if (target.reuse) {
       if (auto idle = take_idle(wp, *picked)) {
         ++wp.views[*picked].active;
+        ++member.active;
         co_return idle;
       }
     }
@@ -172,6 +193,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     auto connected = co_await with_timeout(
         asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
     if (!connected || std::get<0>(*connected)) {
+      passive_failure(pool, *picked, connected ? std::get<0>(*connected).message() : "connect timed out");
       log::warning("backend_connect_failed",
                    {{"pool", pool.config->name},
                     {"server", name},
@@ -206,6 +228,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
                                  {"server", name},
                                  {"address", server.config->address.to_string()},
                                  {"error", handshake ? handshake->message() : "TLS handshake timed out"}};
+      passive_failure(pool, *picked, handshake ? handshake->message() : "TLS handshake timed out");
       if (!backend.check->failure.empty()) {
         fields["reason"] = backend.check->failure;
         fields["presented_thumbprint"] = backend.check->presented_thumbprint;
@@ -218,6 +241,13 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
       continue;
     }
     ++wp.views[*picked].active;
+    ++member.active;
+    ++member.connections;
+    {
+      std::lock_guard lock(member.mutex);
+      member.health.record_connect_success();
+    }
+    backend.pool = &pool;
     co_return std::optional<BackendConnection>(std::move(backend));
   }
   co_return std::nullopt;
@@ -225,13 +255,16 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
 
 void release_backend(const Generation& generation, std::size_t worker, const BackendConnection& backend,
                      const PoolRuntime* pool) {
+  if (backend.pool != nullptr) pool = backend.pool;
   auto& views = generation.worker_pool(worker, pool).views;
   if (views[backend.server_index].active > 0) --views[backend.server_index].active;
+  --pool->members[backend.server_index]->active;
 }
 
 void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend,
                   const PoolRuntime* pool, bool current) {
   release_backend(generation, worker, backend, pool);
+  if (backend.pool != nullptr) pool = backend.pool;
   if (!current || !backend.stream || backend.stream->aborted()) return;
   WorkerPool& wp = generation.worker_pool(worker, pool);
   if (wp.idle.size() < pool->servers.size()) wp.idle.resize(pool->servers.size());

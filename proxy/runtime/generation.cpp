@@ -66,7 +66,10 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
   for (const auto& p : cfg.pools) {
     PoolRuntime rt;
     rt.config = &p;
-    for (const auto& name : p.servers) rt.servers.push_back(servers.at(name));
+    for (const auto& name : p.servers) {
+      rt.servers.push_back(servers.at(name));
+      rt.members.push_back(std::make_unique<PoolMember>(p.health.rise, p.health.fall));
+    }
     try {
       rt.tls = std::make_unique<PoolTls>(p);
     } catch (const std::exception& e) {
@@ -75,6 +78,9 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     }
     gen->pools_.push_back(std::move(rt));
   }
+
+  for (auto& p : gen->pools_)
+    if (!p.config->fallback.empty()) p.fallback = gen->pool(p.config->fallback);
 
   for (const auto& l : cfg.listeners) {
     ListenerRuntime rt;
@@ -148,6 +154,32 @@ Generation::RouteChoice Generation::route_http(const ListenerRuntime& listener, 
   }
   if (best == nullptr) return {};
   return {best, pool(best->pool)};
+}
+
+void Generation::inherit_state(const Generation& previous) {
+  for (auto& pool : pools_) {
+    const PoolRuntime* old = previous.pool(pool.config->name);
+    if (old == nullptr) continue;
+    for (std::size_t i = 0; i < pool.servers.size(); ++i) {
+      const std::size_t j = old->index_of(pool.servers[i]->config->name);
+      if (j == old->servers.size()) continue;
+      pool.members[i]->healthy = old->members[j]->healthy.load();
+      pool.members[i]->drained = old->members[j]->drained.load();
+      std::scoped_lock lock(pool.members[i]->mutex, old->members[j]->mutex);
+      pool.members[i]->health = balancer::HealthState(pool.config->health.rise, pool.config->health.fall,
+                                                      old->members[j]->health.up());
+      pool.members[i]->last_check = old->members[j]->last_check;
+    }
+  }
+}
+
+const PoolRuntime* Generation::effective_pool(const PoolRuntime* pool) const {
+  const PoolRuntime* p = pool;
+  for (int hops = 0; p != nullptr && hops < 8; ++hops) {
+    if (p->any_available()) return p;
+    p = p->fallback;
+  }
+  return pool;
 }
 
 void Generation::close_idle(std::size_t worker) const {

@@ -10,12 +10,14 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "balancer/balancer.h"
+#include "balancer/health.h"
 #include "conf/config.h"
 #include "proxy/tls/backend_tls.h"
 #include "proxy/tls/listener_tls.h"
@@ -30,13 +32,46 @@ struct ServerRuntime {
   const conf::Server* config = nullptr;
   std::optional<sni::Pin> pin;
   std::vector<boost::asio::ip::tcp::endpoint> endpoints;  // resolved once per generation
-  std::atomic<bool> available{true};                      // healthy and not drained
+};
+
+// One server as a member of one pool: health is per pool, so a server can
+// be down for /owa (its /owa/healthcheck.htm fails) and up for /mapi.
+// Written by the health checker (one thread) and by passive checks and the
+// admin endpoint; read lock-free by every worker.
+struct PoolMember {
+  PoolMember(int rise, int fall) : health(rise, fall) {}
+  bool available() const {
+    return healthy.load(std::memory_order_relaxed) && !drained.load(std::memory_order_relaxed);
+  }
+
+  std::atomic<bool> healthy{true};
+  std::atomic<bool> drained{false};  // admin: no new traffic
+  std::atomic<std::int64_t> active{0};          // open connections/requests, all workers
+  std::atomic<std::uint64_t> connections{0};    // backend connections made
+  std::atomic<std::uint64_t> failures{0};       // failed connects and handshakes
+
+  std::mutex mutex;  // guards what follows
+  balancer::HealthState health;
+  std::string last_check;  // outcome of the last probe, for /status
+  std::string last_error;  // of real traffic
 };
 
 struct PoolRuntime {
   const conf::Pool* config = nullptr;
   std::vector<ServerRuntime*> servers;  // in pool order
+  std::vector<std::unique_ptr<PoolMember>> members;  // parallel to servers
   std::unique_ptr<PoolTls> tls;
+  const PoolRuntime* fallback = nullptr;
+  bool any_available() const {
+    for (const auto& m : members)
+      if (m->available()) return true;
+    return false;
+  }
+  std::size_t index_of(std::string_view server) const {
+    for (std::size_t i = 0; i < servers.size(); ++i)
+      if (servers[i]->config->name == server) return i;
+    return servers.size();
+  }
 };
 
 struct ListenerRuntime {
@@ -49,6 +84,7 @@ struct ListenerRuntime {
 // A connected, verified backend.
 struct BackendConnection {
   std::optional<TlsStream> stream;
+  const PoolRuntime* pool = nullptr;  // the pool it was taken from (a fallback pool, maybe)
   std::size_t server_index = 0;  // in the pool
   const ServerRuntime* server = nullptr;
   std::unique_ptr<BackendCheck> check;  // must outlive stream's SSL
@@ -104,6 +140,12 @@ class Generation {
 
   // Drops this worker's idle keep-alive backend connections (on its thread).
   void close_idle(std::size_t worker) const;
+  // Carries health and drain state over from the generation being replaced,
+  // for every (pool, server) pair both have.
+  void inherit_state(const Generation& previous);
+  // The pool to use for `pool`: itself while any server is available, else
+  // its fallback chain's first pool with one (datacenter switchover).
+  const PoolRuntime* effective_pool(const PoolRuntime* pool) const;
 
   WorkerPool& worker_pool(std::size_t worker, const PoolRuntime* pool) const {
     return per_worker_[worker][pool_index(pool)];

@@ -12,6 +12,8 @@
 #include <ctime>
 #include <stdexcept>
 
+#include "proxy/runtime/metrics.h"
+
 namespace gatehouse::proxy::log {
 
 namespace {
@@ -53,6 +55,7 @@ void event(std::string_view level, std::string_view name, boost::json::object fi
   line["level"] = level;
   line["event"] = name;
   for (auto& kv : fields) line[kv.key()] = std::move(kv.value());
+  if (level != "info") metrics().note_problem(boost::json::serialize(line));
   write_line(STDERR_FILENO, line);
 }
 
@@ -71,6 +74,8 @@ void set_access_log(const std::string& destination) {
   // to it right now, and reloads are rare.
   (void)old;
 }
+
+bool access_enabled() { return access_fd.load(std::memory_order_relaxed) >= 0; }
 
 void access(boost::json::object fields) {
   const int fd = access_fd.load(std::memory_order_relaxed);

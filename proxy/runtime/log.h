@@ -22,6 +22,8 @@ inline void error(std::string_view name, boost::json::object fields = {}) { even
 // std::runtime_error naming the file when it cannot be opened.
 void set_access_log(const std::string& destination);
 void access(boost::json::object fields);
+// False when access_log = "": callers skip building the line.
+bool access_enabled();
 
 // RFC 3339 UTC with milliseconds.
 std::string now_rfc3339();

@@ -11,6 +11,8 @@
 #include <set>
 #include <stdexcept>
 
+#include "proxy/admin/admin.h"
+#include "proxy/health/health_checker.h"
 #include "proxy/l4/l4_session.h"
 #include "proxy/l7/l7_session.h"
 #include "proxy/runtime/connection.h"
@@ -26,7 +28,7 @@ using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 std::atomic<std::size_t> process_connections{0};
 
-std::size_t worker_count(const conf::Config& config) {
+std::size_t configured_workers(const conf::Config& config) {
   if (config.server.workers > 0) return static_cast<std::size_t>(config.server.workers);
   return std::max(1u, std::thread::hardware_concurrency());
 }
@@ -109,7 +111,7 @@ Server::Server(conf::Config config) : config_file_(config.file) {
   check_supported(config);
   ticket_keys_ = make_ticket_keys(config);
   log::set_access_log(config.server.access_log);
-  const std::size_t workers = worker_count(config);
+  const std::size_t workers = configured_workers(config);
   for (std::size_t i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>(i));
   current_ = Generation::build(std::move(config), workers, ticket_keys_, next_generation_++);
 }
@@ -124,6 +126,14 @@ Server::~Server() {
   }
   if (current_)
     for (auto& w : workers_) current_->close_idle(w->index_);
+}
+
+tcp::endpoint Server::admin_endpoint() const { return admin_ ? admin_->endpoint() : tcp::endpoint{}; }
+
+std::size_t Server::active_connections() const {
+  std::size_t n = 0;
+  for (const auto& w : workers_) n += w->active();
+  return n;
 }
 
 tcp::endpoint Server::bound(const std::string& listener) const {
@@ -251,6 +261,7 @@ bool Server::reload(std::string* errors) {
       ticket_keys_ = make_ticket_keys(*loaded.config);
     log::set_access_log(loaded.config->server.access_log);
     next = Generation::build(std::move(*loaded.config), workers_.size(), ticket_keys_, next_generation_);
+    next->inherit_state(*current_);
     open_listeners(*next);
   } catch (const std::exception& e) {
     return fail(e.what());
@@ -258,6 +269,7 @@ bool Server::reload(std::string* errors) {
   ++next_generation_;
   auto old = current_;
   publish(next);
+  health_ = std::make_unique<HealthChecker>(main_io_, next);
   retire(std::move(old));
   log::info("reloaded", {{"config", config_file_.string()}, {"generation", next->number()}});
   return true;
@@ -321,6 +333,11 @@ int Server::run(std::function<void(Server&)> on_ready) {
   ::signal(SIGPIPE, SIG_IGN);
   open_listeners(*current_);
   for (auto& w : workers_) w->generation_ = current_;
+  health_ = std::make_unique<HealthChecker>(main_io_, current_);
+  if (const auto& admin = current_->config().server.admin) {
+    admin_ = std::make_unique<AdminServer>(main_io_, *this, *admin);
+    log::info("listening", {{"listener", "admin"}, {"address", to_string(admin_->endpoint())}});
+  }
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& w : workers_) {
     guards.push_back(asio::make_work_guard(w->io_));
@@ -345,6 +362,8 @@ int Server::run(std::function<void(Server&)> on_ready) {
   if (on_ready) on_ready(*this);
 
   main_io_.run();
+  admin_.reset();
+  health_.reset();
   guards.clear();
   for (auto& w : workers_) {
     w->io_.stop();

@@ -24,6 +24,8 @@
 namespace gatehouse::proxy {
 
 class TicketKeys;
+class HealthChecker;
+class AdminServer;
 
 // A live connection as its worker sees it, so a drain can end it.
 struct ConnectionHandle {
@@ -79,6 +81,12 @@ class Server {
   // Bound address of a listener (resolves port 0).
   boost::asio::ip::tcp::endpoint bound(const std::string& listener) const;
 
+  // For the admin endpoint (control thread only).
+  const std::shared_ptr<Generation>& current() const { return current_; }
+  std::size_t active_connections() const;
+  std::size_t worker_count() const { return workers_.size(); }
+  boost::asio::ip::tcp::endpoint admin_endpoint() const;
+
  private:
   struct Bound {
     conf::Address configured;
@@ -97,6 +105,8 @@ class Server {
   std::uint64_t next_generation_ = 1;
   std::map<std::string, Bound> bound_;
   boost::asio::io_context main_io_{1};
+  std::unique_ptr<HealthChecker> health_;  // runs on main_io_, so destroyed before it
+  std::unique_ptr<AdminServer> admin_;     // likewise
   std::atomic<bool> stopping_{false};
 };
 

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "conf/config.h"
+#include "proxy/runtime/connection.h"
 #include "proxy/runtime/server.h"
 #include "proxy/tools/demo_backend.h"
 #include "sni/certificate.h"
@@ -52,12 +53,13 @@ int run_demo(const DemoOptions& options) {
   const std::string pin2 = sni::spki_pin(pin_of("mbx02").get());    // SPKI pin
   const int l7_port = options.port;
   const int l4_port = options.port == 0 ? 0 : options.port + 1;
+  const int admin_port = options.port == 0 ? 0 : options.port + 2;
 
   const auto config_file = dir / "gatehouse.toml";
   {
     std::ofstream toml(config_file);
     toml << "# Written by `gatehouse demo`.\n"
-         << "[server]\nworkers = 0\nadmin = \"\"\naccess_log = \"-\"\ndrain_timeout = \"2s\"\n\n"
+         << "[server]\nworkers = 0\nadmin = \"127.0.0.1:" << admin_port << "\"\naccess_log = \"-\"\ndrain_timeout = \"2s\"\n\n"
          << "[[certificate]]\nname = \"contoso-ecdsa\"\ncert = \"contoso-ecdsa.crt\"\nkey = \"contoso-ecdsa.key\"\n\n"
          << "[[certificate]]\nname = \"contoso-rsa\"\ncert = \"contoso-rsa.crt\"\nkey = \"contoso-rsa.key\"\n\n"
          << "[[listener]]\nname = \"mail\"\nbind = \"127.0.0.1:" << l7_port << "\"\nmode = \"l7\"\n\n"
@@ -103,6 +105,7 @@ int run_demo(const DemoOptions& options) {
               << (dir / "contoso-rsa.crt").string() << " --tls-max 1.2 --ciphers ECDHE-RSA-AES128-GCM-SHA256"
               << " https://autodiscover.contoso.test:" << port << "/autodiscover/autodiscover.xml\n"
               << "    openssl s_client -connect 127.0.0.1:" << port << " -servername mail.contoso.test\n\n"
+              << "  Status page:            http://" << to_string(s.admin_endpoint()) << "/status\n"
               << "  Inspect a certificate:  gatehouse cert inspect " << (dir / "mbx01.crt").string() << "\n"
               << "  Check the config:       gatehouse check -c " << config_file.string() << "\n\n"
               << "Press Ctrl-C to stop.\n"

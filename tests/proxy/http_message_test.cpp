@@ -108,8 +108,12 @@ TEST(HttpMessage, ChunkedBodyComesOutUnframedPieceByPiece) {
     error_code ec;
     for (std::size_t i = 0; i < request.size() && !parser.is_done(); i += step ? step : request.size()) {
       in.append(request.substr(i, step ? step : request.size()));
-      in.erase(0, parser.feed(in, ec));
-      ASSERT_FALSE(ec) << parser.violation();
+      // feed() stops at the end of the head; go on while it makes progress.
+      for (std::size_t used = 1; used > 0 && !in.empty() && !parser.is_done();) {
+        used = parser.feed(in, ec);
+        in.erase(0, used);
+        ASSERT_FALSE(ec) << parser.violation();
+      }
       body += parser.body();
       parser.body().clear();
     }

@@ -1,0 +1,324 @@
+// What the admin endpoint shows: one JSON document (pools by site with
+// health and load, certificates with days to expiry, listeners, recent
+// problems), an HTML rendering of it, and the Prometheus text exposition.
+
+#include <boost/json.hpp>
+
+#include <chrono>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "proxy/admin/admin.h"
+#include "proxy/runtime/connection.h"
+#include "proxy/runtime/metrics.h"
+#include "proxy/runtime/server.h"
+
+namespace gatehouse::proxy {
+
+namespace json = boost::json;
+
+namespace {
+
+double days_left(sni::Clock::time_point not_after) {
+  return std::chrono::duration<double>(not_after - sni::Clock::now()).count() / 86400.0;
+}
+
+std::string iso_date(sni::Clock::time_point t) {
+  const std::time_t tt = sni::Clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", &tm);
+  return buf;
+}
+
+std::string html_escape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string label(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+std::string str(const json::value& v) {
+  if (v.is_string()) return std::string(v.as_string());
+  return json::serialize(v);
+}
+
+}  // namespace
+
+json::value status_json(const Server& server) {
+  const Generation& g = *server.current();
+  json::object out;
+  out["generation"] = g.number();
+  out["config"] = g.config().file.string();
+  out["workers"] = server.worker_count();
+  out["active_connections"] = server.active_connections();
+
+  json::array listeners;
+  std::map<std::string, const sni::LoadedCertificate*> certificates;
+  for (const auto& l : g.listeners()) {
+    json::object o{{"name", l.config->name},
+                   {"mode", std::string(conf::to_string(l.config->mode))},
+                   {"address", to_string(server.bound(l.config->name))}};
+    json::array certs;
+    if (l.tls)
+      for (const auto& c : l.tls->index().certificates()) {
+        certs.push_back(json::string(c->name));
+        certificates[c->name] = c.get();
+      }
+    o["certificates"] = std::move(certs);
+    listeners.push_back(std::move(o));
+  }
+  out["listeners"] = std::move(listeners);
+
+  json::array certs;
+  for (const auto& [name, c] : certificates) {
+    json::array names;
+    for (const auto& n : c->names) names.push_back(json::string(n));
+    certs.push_back(json::object{{"name", name},
+                                 {"subject", c->info.subject},
+                                 {"names", std::move(names)},
+                                 {"thumbprint", c->info.thumbprint},
+                                 {"not_after", iso_date(c->info.not_after)},
+                                 {"days_left", static_cast<std::int64_t>(days_left(c->info.not_after))}});
+  }
+  out["certificates"] = std::move(certs);
+
+  json::array pools;
+  for (const auto& p : g.pools()) {
+    json::array servers;
+    for (std::size_t i = 0; i < p.servers.size(); ++i) {
+      const ServerRuntime& s = *p.servers[i];
+      PoolMember& m = *p.members[i];
+      std::string last_check, last_error;
+      {
+        std::lock_guard lock(m.mutex);
+        last_check = m.last_check;
+        last_error = m.last_error;
+      }
+      const bool healthy = m.healthy.load();
+      const bool drained = m.drained.load();
+      servers.push_back(json::object{{"name", s.config->name},
+                                     {"site", s.config->site},
+                                     {"address", s.config->address.to_string()},
+                                     {"weight", s.config->weight},
+                                     {"healthy", healthy},
+                                     {"drained", drained},
+                                     {"state", drained ? "drained" : healthy ? "up" : "down"},
+                                     {"active", m.active.load()},
+                                     {"connections", m.connections.load()},
+                                     {"failures", m.failures.load()},
+                                     {"last_check", last_check},
+                                     {"last_error", last_error}});
+    }
+    const conf::Health& health = p.config->health;
+    json::object h{{"kind", health.kind == conf::HealthKind::none  ? "none"
+                            : health.kind == conf::HealthKind::tcp ? "tcp"
+                            : health.kind == conf::HealthKind::tls ? "tls"
+                                                                   : "http"}};
+    if (health.kind == conf::HealthKind::http) h["path"] = health.path;
+    pools.push_back(json::object{{"name", p.config->name},
+                                 {"balance", std::string(conf::to_string(p.config->balance))},
+                                 {"local_site", p.config->local_site},
+                                 {"fallback", p.config->fallback},
+                                 {"tls", std::string(conf::to_string(p.config->tls))},
+                                 {"health", std::move(h)},
+                                 {"available", p.any_available()},
+                                 {"serving", g.effective_pool(&p)->config->name},
+                                 {"servers", std::move(servers)}});
+  }
+  out["pools"] = std::move(pools);
+
+  const Metrics& m = metrics();
+  out["handshakes"] = json::object{{"full", m.handshakes_full.load()}, {"resumed", m.handshakes_resumed.load()}};
+  json::array problems;
+  for (auto& line : m.recent_problems()) problems.push_back(json::string(line));
+  out["recent_problems"] = std::move(problems);
+  return out;
+}
+
+std::string status_html(const json::value& status) {
+  const json::object& s = status.as_object();
+  std::ostringstream h;
+  h << "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">"
+       "<title>Gatehouse status</title><style>"
+       "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
+       "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.4em}h3{font-size:1em;margin:.8em 0 .3em}"
+       "table{border-collapse:collapse;margin-bottom:.8em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+       "th{background:#f0f0f0}.up{background:#d9f2d9}.down{background:#f8d0d0;font-weight:bold}.drained{background:#f4e6b8}"
+       ".muted{color:#777}.pool{border:1px solid #bbb;padding:.4em .8em;margin:.6em 0;border-radius:4px}"
+       "</style></head><body>";
+  h << "<h1>Gatehouse</h1><p>Generation " << str(s.at("generation")) << " &middot; config "
+    << html_escape(str(s.at("config"))) << " &middot; " << str(s.at("workers")) << " workers &middot; "
+    << str(s.at("active_connections")) << " open connections</p>";
+
+  h << "<h2>Pools</h2>";
+  for (const auto& pv : s.at("pools").as_array()) {
+    const auto& p = pv.as_object();
+    const bool available = p.at("available").as_bool();
+    h << "<div class=\"pool\" id=\"pool-" << html_escape(str(p.at("name"))) << "\"><h3>Pool "
+      << html_escape(str(p.at("name"))) << " <span class=\"muted\">(" << html_escape(str(p.at("balance")));
+    if (!str(p.at("local_site")).empty()) h << ", local site " << html_escape(str(p.at("local_site")));
+    const auto& health = p.at("health").as_object();
+    h << ", health " << html_escape(str(health.at("kind")));
+    if (health.contains("path")) h << " " << html_escape(str(health.at("path")));
+    h << ")</span>";
+    if (!available) h << " <span class=\"down\">NO SERVER AVAILABLE</span>";
+    if (str(p.at("serving")) != str(p.at("name")))
+      h << " &rarr; traffic goes to fallback <b>" << html_escape(str(p.at("serving"))) << "</b>";
+    h << "</h3>";
+    std::map<std::string, std::vector<const json::object*>> by_site;
+    for (const auto& sv : p.at("servers").as_array()) by_site[str(sv.as_object().at("site"))].push_back(&sv.as_object());
+    h << "<table><tr><th>site</th><th>server</th><th>address</th><th>state</th><th>active</th><th>connections</th>"
+         "<th>failures</th><th>last check</th><th>last error</th></tr>";
+    for (const auto& [site, servers] : by_site) {
+      for (const json::object* sv : servers) {
+        const std::string state = str(sv->at("state"));
+        h << "<tr class=\"" << state << "\"><td>" << html_escape(site.empty() ? "-" : site) << "</td><td>"
+          << html_escape(str(sv->at("name"))) << "</td><td>" << html_escape(str(sv->at("address"))) << "</td><td>"
+          << (state == "up" ? "UP" : state == "down" ? "DOWN" : "DRAINED") << "</td><td>" << str(sv->at("active"))
+          << "</td><td>" << str(sv->at("connections")) << "</td><td>" << str(sv->at("failures")) << "</td><td>"
+          << html_escape(str(sv->at("last_check"))) << "</td><td>" << html_escape(str(sv->at("last_error")))
+          << "</td></tr>";
+      }
+    }
+    h << "</table></div>";
+  }
+
+  h << "<h2>Certificates</h2><table><tr><th>name</th><th>names</th><th>thumbprint</th><th>expires</th>"
+       "<th>days left</th></tr>";
+  for (const auto& cv : s.at("certificates").as_array()) {
+    const auto& c = cv.as_object();
+    std::string names;
+    for (const auto& n : c.at("names").as_array()) names += (names.empty() ? "" : ", ") + str(n);
+    const auto days = c.at("days_left").to_number<std::int64_t>();
+    h << "<tr" << (days < 30 ? " class=\"down\"" : "") << "><td>" << html_escape(str(c.at("name"))) << "</td><td>"
+      << html_escape(names) << "</td><td>" << html_escape(str(c.at("thumbprint"))) << "</td><td>"
+      << html_escape(str(c.at("not_after"))) << "</td><td>" << days << "</td></tr>";
+  }
+  h << "</table><h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>address</th><th>certificates</th></tr>";
+  for (const auto& lv : s.at("listeners").as_array()) {
+    const auto& l = lv.as_object();
+    std::string certs;
+    for (const auto& c : l.at("certificates").as_array()) certs += (certs.empty() ? "" : ", ") + str(c);
+    h << "<tr><td>" << html_escape(str(l.at("name"))) << "</td><td>" << html_escape(str(l.at("mode"))) << "</td><td>"
+      << html_escape(str(l.at("address"))) << "</td><td>" << html_escape(certs) << "</td></tr>";
+  }
+  h << "</table><h2>Recent problems</h2>";
+  const auto& problems = s.at("recent_problems").as_array();
+  if (problems.empty()) h << "<p class=\"muted\">none</p>";
+  else {
+    h << "<table>";
+    for (auto it = problems.rbegin(); it != problems.rend(); ++it)
+      h << "<tr><td><code>" << html_escape(str(*it)) << "</code></td></tr>";
+    h << "</table>";
+  }
+  h << "</body></html>\n";
+  return h.str();
+}
+
+std::string prometheus_text(const Server& server) {
+  const Generation& g = *server.current();
+  const Metrics& m = metrics();
+  std::ostringstream o;
+  auto family = [&](const char* name, const char* type, const char* help) {
+    o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
+  };
+  family("gatehouse_config_generation", "gauge", "Number of the config generation being served.");
+  o << "gatehouse_config_generation " << g.number() << "\n";
+  family("gatehouse_connections_total", "counter", "Client connections accepted.");
+  o << "gatehouse_connections_total " << m.connections_total.load() << "\n";
+  family("gatehouse_connections_active", "gauge", "Client connections open now.");
+  o << "gatehouse_connections_active " << server.active_connections() << "\n";
+  family("gatehouse_handshakes_total", "counter", "Client TLS handshakes by result.");
+  o << "gatehouse_handshakes_total{result=\"full\"} " << m.handshakes_full.load() << "\n";
+  o << "gatehouse_handshakes_total{result=\"resumed\"} " << m.handshakes_resumed.load() << "\n";
+  std::uint64_t failed = 0;
+  for (const auto& [reason, n] : m.failures()) failed += n;
+  o << "gatehouse_handshakes_total{result=\"failed\"} " << failed << "\n";
+  family("gatehouse_handshake_failures_total", "counter", "Failed client TLS handshakes by reason.");
+  for (const auto& [reason, n] : m.failures())
+    o << "gatehouse_handshake_failures_total{reason=\"" << label(reason) << "\"} " << n << "\n";
+  family("gatehouse_sni_total", "counter", "Certificate choices by how the SNI matched.");
+  const char* kinds[] = {"exact", "wildcard", "default", "rejected"};
+  for (int i = 0; i < 4; ++i) o << "gatehouse_sni_total{match=\"" << kinds[i] << "\"} " << m.sni_hits[i].load() << "\n";
+
+  family("gatehouse_requests_total", "counter", "HTTP requests by listener, pool and status (0: client went away).");
+  for (const auto& [key, n] : m.requests())
+    o << "gatehouse_requests_total{listener=\"" << label(std::get<0>(key)) << "\",pool=\"" << label(std::get<1>(key))
+      << "\",code=\"" << std::get<2>(key) << "\"} " << n << "\n";
+  family("gatehouse_request_duration_seconds", "histogram", "HTTP request duration by listener and pool.");
+  for (const auto& [key, l] : m.latencies()) {
+    const std::string labels = "listener=\"" + label(key.first) + "\",pool=\"" + label(key.second) + "\"";
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < Metrics::kBuckets.size(); ++i) {
+      cumulative += l.buckets[i];
+      o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"" << Metrics::kBuckets[i] << "\"} "
+        << cumulative << "\n";
+    }
+    o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"+Inf\"} " << l.count << "\n";
+    o << "gatehouse_request_duration_seconds_sum{" << labels << "} " << l.sum << "\n";
+    o << "gatehouse_request_duration_seconds_count{" << labels << "} " << l.count << "\n";
+  }
+
+  family("gatehouse_server_up", "gauge", "1 when the server passes its pool's health checks.");
+  for (const auto& p : g.pools())
+    for (std::size_t i = 0; i < p.servers.size(); ++i)
+      o << "gatehouse_server_up{pool=\"" << label(p.config->name) << "\",server=\""
+        << label(p.servers[i]->config->name) << "\",site=\"" << label(p.servers[i]->config->site) << "\"} "
+        << (p.members[i]->healthy.load() ? 1 : 0) << "\n";
+  family("gatehouse_server_drained", "gauge", "1 when the server is drained by the admin endpoint.");
+  for (const auto& p : g.pools())
+    for (std::size_t i = 0; i < p.servers.size(); ++i)
+      o << "gatehouse_server_drained{pool=\"" << label(p.config->name) << "\",server=\""
+        << label(p.servers[i]->config->name) << "\"} " << (p.members[i]->drained.load() ? 1 : 0) << "\n";
+  family("gatehouse_server_active", "gauge", "Backend connections in use now.");
+  for (const auto& p : g.pools())
+    for (std::size_t i = 0; i < p.servers.size(); ++i)
+      o << "gatehouse_server_active{pool=\"" << label(p.config->name) << "\",server=\""
+        << label(p.servers[i]->config->name) << "\"} " << p.members[i]->active.load() << "\n";
+  family("gatehouse_backend_connections_total", "counter", "Backend connections made (this config generation).");
+  for (const auto& p : g.pools())
+    for (std::size_t i = 0; i < p.servers.size(); ++i)
+      o << "gatehouse_backend_connections_total{pool=\"" << label(p.config->name) << "\",server=\""
+        << label(p.servers[i]->config->name) << "\"} " << p.members[i]->connections.load() << "\n";
+  family("gatehouse_backend_failures_total", "counter", "Failed backend connects and handshakes (this config generation).");
+  for (const auto& p : g.pools())
+    for (std::size_t i = 0; i < p.servers.size(); ++i)
+      o << "gatehouse_backend_failures_total{pool=\"" << label(p.config->name) << "\",server=\""
+        << label(p.servers[i]->config->name) << "\"} " << p.members[i]->failures.load() << "\n";
+
+  family("gatehouse_certificate_expiry_days", "gauge", "Days until each certificate expires.");
+  std::set<std::string> seen;
+  for (const auto& l : g.listeners()) {
+    if (!l.tls) continue;
+    for (const auto& c : l.tls->index().certificates())
+      if (seen.insert(c->name).second)
+        o << "gatehouse_certificate_expiry_days{certificate=\"" << label(c->name) << "\"} "
+          << days_left(c->info.not_after) << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace gatehouse::proxy
