@@ -7,9 +7,12 @@ load generator, `gatehouse bench handshake`, is pinned to CPU 1 and reads
 the server's CPU time from /proc/PID/stat. Printed: one markdown table of
 server CPU microseconds per TLS 1.3 handshake (full ECDSA, full RSA,
 resumed), the ratio of Gatehouse to the best peer, bulk MB/s through TLS
-termination, and the crypto floor from `bssl-tool speed`.
+termination, L7 keep-alive requests/s and proxy CPU per request with TLS on
+both sides (wrk for HTTP/1.1, h2load for HTTP/2, all three proxies in front of
+one nginx HTTPS backend on CPU 1), and the crypto floor from `bssl-tool speed`.
 
 Usage: bench/compare.sh [--gatehouse PATH] [--seconds N] [--concurrency N]
+                        [--l7-seconds N] [--h2-seconds N]
 Everything listens on 127.0.0.1; every process started is stopped at exit."""
 
 import argparse
@@ -33,6 +36,13 @@ SNI = "bench.contoso.test"
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
 
+# wrk and h2load send the URL's host as SNI and Host; /etc/hosts maps
+# localhost to 127.0.0.1 and the front certificates cover it.
+L7_HOST = "localhost"
+BACKEND_NAME = "mbx01"     # the backend's SAN (cert new --cn MBX01)
+L7_TARGET = 0.7            # issue target: Gatehouse's proxy CPU per request over the best peer's
+H2_STREAMS = 10            # h2load -m: concurrent streams per connection
+
 # Targets of issue 5: Gatehouse's server CPU per handshake over the best peer's.
 CASES = [
     # key, label, --sig, --resume, target ratio
@@ -53,7 +63,7 @@ class Processes:
 
     def __init__(self):
         self.procs = []       # Popen
-        self.extra_pids = []  # e.g. nginx workers
+        self.extra_pids = {}  # pid -> start time, e.g. nginx workers
 
     def start(self, args, **kw):
         p = subprocess.Popen(args, **kw)
@@ -71,18 +81,23 @@ class Processes:
         if p in self.procs:
             self.procs.remove(p)
 
+    def add_pid(self, pid):
+        self.extra_pids[pid] = start_time(pid)
+
     def stop_pid(self, pid):
+        """SIGKILL to PID if it is still the process add_pid saw (not a reused pid)."""
+        started = self.extra_pids.pop(pid, None)
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            if started is not None and start_time(pid) == started:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
             pass
 
     def stop_all(self):
         for p in list(reversed(self.procs)):
             self.stop(p, timeout=3)
-        for pid in self.extra_pids:
+        for pid in list(self.extra_pids):
             self.stop_pid(pid)
-        self.extra_pids.clear()
 
 
 def free_port():
@@ -115,10 +130,155 @@ def children(pid):
     return out
 
 
+def start_time(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tail(path, n=1500):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+# --- nginx (the HTTPS peer, the proxy peer and the shared backend) ------------
+
+def nginx_exe():
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def nginx_paths(d):
+    """The http{} lines that keep nginx's files in its own directory."""
+    return f"""    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;"""
+
+
+def start_nginx(procs, d, conf, port, cpu, what):
+    """Writes CONF to D/nginx.conf, starts one master (pinned to CPU, or not
+    when CPU is None) with one worker; returns (master Popen, worker pid)."""
+    cfg = os.path.join(d, "nginx.conf")
+    with open(cfg, "w") as f:
+        f.write(conf)
+    args = [nginx_exe(), "-c", cfg, "-p", d, "-e", f"{d}/error.log"]
+    if cpu is not None:
+        args = ["taskset", "-c", cpu] + args
+    proc = procs.start(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc, what)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {tail(os.path.join(d, 'error.log'), 300)}") from None
+    deadline = time.monotonic() + 10
+    workers = []
+    while not workers and time.monotonic() < deadline:
+        workers = children(proc.pid)
+        time.sleep(0.05)
+    if len(workers) != 1:
+        raise RuntimeError(f"{what}: expected one worker process, found {workers}")
+    procs.add_pid(workers[0])
+    return proc, workers[0]
+
+
+def stop_nginx(procs, proc):
+    workers = children(proc.pid)
+    for pid in workers:  # our master's children, also any it respawned
+        if pid not in procs.extra_pids:
+            try:
+                procs.add_pid(pid)
+            except OSError:
+                pass
+    procs.stop(proc, sig=signal.SIGQUIT)
+    for pid in workers:  # a worker can outlive its master (TESTING.md)
+        procs.stop_pid(pid)
+
+
+class Backend:
+    """The one backend all three proxies forward to in the L7 runs: nginx
+    (nginx-light) on HTTPS with a self-signed RSA-2048 certificate like an
+    Exchange Mailbox server's, answering "ok\\n" with keep-alive, pinned to the
+    client CPU. A plain-HTTP stub_status port counts its TCP connections and
+    requests, so a run can check every request reached it and count the
+    backend connections each proxy opened."""
+
+    def __init__(self, procs, work, cpu):
+        self.procs = procs
+        self.dir = os.path.join(work, "backend")
+        self.cpu = cpu
+        self.proc = None
+        self.pid = None
+        self.port = None
+
+    def start(self, binary):
+        if not nginx_exe():
+            raise RuntimeError("nginx not installed")
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.cert = os.path.join(self.dir, "mbx01")
+        subprocess.run([binary, "cert", "new", "--cn", "MBX01", "--key", "rsa2048", "--out", self.cert],
+                       check=True, capture_output=True, timeout=60)
+        inspect = subprocess.run([binary, "cert", "inspect", self.cert + ".crt", "--json"],
+                                 check=True, capture_output=True, text=True, timeout=60)
+        self.thumbprint = json.loads(inspect.stdout)[0]["certificates"][0]["Thumbprint"]
+        self.port, self.status_port = free_port(), free_port()
+        d = self.dir
+        conf = f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 10000; }}
+http {{
+    access_log off;
+{nginx_paths(d)}
+    default_type text/plain;
+    keepalive_requests 100000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {self.cert}.crt;
+        ssl_certificate_key {self.cert}.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            add_header X-Backend {BACKEND_NAME} always;
+            return 200 "ok\\n";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{self.status_port};
+        location / {{ stub_status; }}
+    }}
+}}
+"""
+        self.proc, self.pid = start_nginx(self.procs, d, conf, self.port, self.cpu, "backend nginx")
+
+    def counters(self):
+        """(TCP connections accepted, requests) so far, this request excluded."""
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.status_port, timeout=5)
+        try:
+            c.request("GET", "/")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        m = re.search(r"server accepts handled requests\s+(\d+)\s+(\d+)\s+(\d+)", text)
+        if not m:
+            raise RuntimeError(f"backend stub_status: unexpected answer {text!r}")
+        return int(m.group(1)) - 1, int(m.group(3)) - 1
+
+    def stop(self):
+        if self.proc:
+            stop_nginx(self.procs, self.proc)
+            self.proc = None
 
 
 # --- the plain TCP sink (runs as its own process on the client CPU) ------------
@@ -203,16 +363,25 @@ def run_bulk_client(port, megabytes, sni):
 class Server:
     name = "?"
 
-    def __init__(self, procs, work, certs, sink_port):
+    def __init__(self, procs, work, certs, sink_port, backend):
         self.procs = procs
         self.work = work
         self.certs = certs
         self.sink_port = sink_port
-        self.port = free_port()
+        self.backend = backend  # None: no L7 runs
+        self.port = free_port()  # the HTTPS frontend the handshake runs use
         self.bulk_port = None
+        self.l7_port = None      # the reverse proxy to the backend
         self.proc = None
         self.pid = None
         self.skip = None  # reason this server cannot run
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def diagnostics(self):
+        """The tail of the server's own log, for a failure report."""
+        return ""
 
     def stop(self):
         if self.proc:
@@ -226,10 +395,33 @@ class Gatehouse(Server):
     def __init__(self, *a, binary):
         super().__init__(*a)
         self.binary = binary
-        self.bulk_port = self.port  # the same l4 listener carries both
+        self.bulk_port = free_port()
+        self.stderr_path = os.path.join(self.work, "gatehouse.stderr")
 
     def start(self):
         ec, rsa = self.certs["ec"], self.certs["rsa"]
+        # One l7 listener serves the handshake runs (it waits for a request
+        # that never comes, like HAProxy's and nginx's HTTP frontends) and the
+        # L7 runs; an l4 listener to the plain sink carries the bulk run.
+        l7 = ""
+        if self.backend:
+            self.l7_port = self.port
+            l7 = f"""
+[[route]]
+listener = "web"
+paths = ["/"]
+pool = "mbx"
+
+[[server]]
+name = "mbx01"
+address = "127.0.0.1:{self.backend.port}"
+pin = "{self.backend.thumbprint}"
+
+[[pool]]
+name = "mbx"
+servers = ["mbx01"]
+tls = "verify"
+"""
         cfg = os.path.join(self.work, "gatehouse.toml")
         with open(cfg, "w") as f:
             f.write(f"""[server]
@@ -248,8 +440,13 @@ cert = "{rsa}.crt"
 key = "{rsa}.key"
 
 [[listener]]
-name = "l4"
+name = "web"
 bind = "127.0.0.1:{self.port}"
+mode = "l7"
+
+[[listener]]
+name = "l4"
+bind = "127.0.0.1:{self.bulk_port}"
 mode = "l4"
 pool = "sink"
 
@@ -261,17 +458,22 @@ address = "127.0.0.1:{self.sink_port}"
 name = "sink"
 servers = ["sink"]
 tls = "plain"
-""")
-        self.stderr = open(os.path.join(self.work, "gatehouse.stderr"), "w")
+{l7}""")
+        self.stderr = open(self.stderr_path, "w")
         self.proc = self.procs.start(["taskset", "-c", SERVER_CPU, self.binary, "run", "-c", cfg],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr)
         wait_port(self.port, self.proc, "gatehouse")
+        wait_port(self.bulk_port, self.proc, "gatehouse")
         self.pid = self.proc.pid  # taskset execs the server: same pid
+
+    def diagnostics(self):
+        return tail(self.stderr_path)
 
     def stop(self):
         super().stop()
         if getattr(self, "stderr", None):
             self.stderr.close()
+            self.stderr = None
 
 
 class Haproxy(Server):
@@ -291,6 +493,20 @@ class Haproxy(Server):
                         out.write(f.read())
             pems.append(pem)
         self.bulk_port = free_port()
+        l7 = ""
+        if self.backend:
+            self.l7_port = free_port()
+            l7 = f"""
+frontend l7
+    mode http
+    bind 127.0.0.1:{self.l7_port} ssl crt {pems[0]} crt {pems[1]} alpn h2,http/1.1
+    default_backend mbx
+
+backend mbx
+    mode http
+    http-reuse always
+    server s1 127.0.0.1:{self.backend.port} ssl verify required ca-file {self.backend.cert}.crt verifyhost {BACKEND_NAME}
+"""
         cfg = os.path.join(self.work, "haproxy.cfg")
         with open(cfg, "w") as f:
             f.write(f"""global
@@ -316,34 +532,64 @@ frontend bulk
 backend sink
     mode tcp
     server sink 127.0.0.1:{self.sink_port}
-""")
-        self.log = open(os.path.join(self.work, "haproxy.log"), "w")
+{l7}""")
+        self.log_path = os.path.join(self.work, "haproxy.log")
+        self.log = open(self.log_path, "w")
         self.proc = self.procs.start(["taskset", "-c", SERVER_CPU, exe, "-f", cfg, "-db"],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc, "haproxy")
         self.pid = self.proc.pid
 
+    def diagnostics(self):
+        return tail(self.log_path)
+
     def stop(self):
         super().stop()
         if getattr(self, "log", None):
             self.log.close()
+            self.log = None
 
 
 class Nginx(Server):
     name = "nginx"
 
     def start(self):
-        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-        if not exe:
+        if not nginx_exe():
             self.skip = "nginx not installed"
             return
-        d = os.path.join(self.work, "nginx")
+        self.dir = d = os.path.join(self.work, "nginx")
         os.makedirs(d, exist_ok=True)
         os.chmod(d, 0o755)
         ec, rsa = self.certs["ec"], self.certs["rsa"]
-        cfg = os.path.join(d, "nginx.conf")
-        with open(cfg, "w") as f:
-            f.write(f"""daemon off;
+        certs = f"""        ssl_certificate {ec}.crt;
+        ssl_certificate_key {ec}.key;
+        ssl_certificate {rsa}.crt;
+        ssl_certificate_key {rsa}.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets on;"""
+        l7 = ""
+        if self.backend:
+            self.l7_port = free_port()
+            l7 = f"""
+    upstream mbx {{
+        server 127.0.0.1:{self.backend.port};
+        keepalive 32;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{self.l7_port} ssl http2;
+{certs}
+        location / {{
+            proxy_pass https://mbx;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_ssl_session_reuse on;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {self.backend.cert}.crt;
+            proxy_ssl_name {BACKEND_NAME};
+        }}
+    }}"""
+        conf = f"""daemon off;
 master_process on;
 worker_processes 1;
 pid {d}/nginx.pid;
@@ -351,43 +597,24 @@ error_log {d}/error.log warn;
 events {{ worker_connections 10000; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+{nginx_paths(d)}
+    keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{self.port} ssl;
-        ssl_certificate {ec}.crt;
-        ssl_certificate_key {ec}.key;
-        ssl_certificate {rsa}.crt;
-        ssl_certificate_key {rsa}.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_tickets on;
+{certs}
         location / {{ return 200 "ok"; }}
-    }}
+    }}{l7}
 }}
-""")
-        self.proc = self.procs.start(["taskset", "-c", SERVER_CPU, exe, "-c", cfg, "-p", d, "-e", f"{d}/error.log"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc, "nginx")
-        deadline = time.monotonic() + 10
-        workers = []
-        while not workers and time.monotonic() < deadline:
-            workers = children(self.proc.pid)
-            time.sleep(0.05)
-        if len(workers) != 1:
-            raise RuntimeError(f"nginx: expected one worker process, found {workers}")
-        self.pid = workers[0]
-        self.procs.extra_pids.append(self.pid)
+"""
+        self.proc, self.pid = start_nginx(self.procs, d, conf, self.port, SERVER_CPU, "nginx")
+
+    def diagnostics(self):
+        return tail(os.path.join(self.dir, "error.log"))
 
     def stop(self):
         if self.proc:
-            workers = children(self.proc.pid)
-            self.procs.stop(self.proc, sig=signal.SIGQUIT)
+            stop_nginx(self.procs, self.proc)
             self.proc = None
-            for pid in workers:  # a worker can outlive its master (TESTING.md)
-                self.procs.stop_pid(pid)
             self.bulk_port = None
 
 
@@ -421,6 +648,119 @@ def bulk(server, megabytes):
     elapsed = float(p.stdout.strip())
     return {"mb_per_s": megabytes * 1.048576 / elapsed, "cpu_us_per_mib": (after - before) * 1e6 / megabytes,
             "seconds": elapsed}
+
+
+def preflight(port):
+    """One HTTP/1.1 GET through the proxy: 200, "ok\\n", from the backend."""
+    import http.client
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c = http.client.HTTPSConnection(L7_HOST, port, timeout=10, context=ctx)
+    try:
+        c.request("GET", "/")
+        r = c.getresponse()
+        body = r.read()
+        if r.status != 200 or body != b"ok\n" or r.getheader("X-Backend") != BACKEND_NAME:
+            return (f"a test GET / answered {r.status} {r.reason}, X-Backend {r.getheader('X-Backend')!r}, "
+                    f"body {body[:80]!r} (want 200, X-Backend {BACKEND_NAME}, 'ok\\n')")
+    except (OSError, http.client.HTTPException) as e:
+        return f"a test GET / failed: {type(e).__name__}: {e}"
+    finally:
+        c.close()
+    return None
+
+
+def parse_wrk(text):
+    """requests, requests/s and problems from wrk's output."""
+    problems = []
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+),", text)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not m or not rate:
+        return None, None, ["could not parse wrk's output"]
+    requests = int(m.group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if bad:
+        problems.append(f"{bad.group(1)} of {requests} responses not 2xx/3xx")
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if errors and any(int(x) for x in errors.groups()):
+        problems.append("socket errors: connect {}, read {}, write {}, timeout {}".format(*errors.groups()))
+    return requests, float(rate.group(1)), problems
+
+
+def parse_h2load(text):
+    """requests (succeeded), requests/s and problems from h2load's output."""
+    problems = []
+    fin = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", text)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if not fin or not req or not codes:
+        return None, None, ["could not parse h2load's output"]
+    _total, _started, done, succeeded, failed, errored, timeout = map(int, req.groups())
+    ok2, r3, r4, r5 = map(int, codes.groups())
+    if failed or errored or timeout:
+        problems.append(f"{failed} failed, {errored} errored, {timeout} timed out of {done} done")
+    if r3 or r4 or r5 or ok2 < succeeded:
+        problems.append(f"status codes: {ok2} 2xx, {r3} 3xx, {r4} 4xx, {r5} 5xx")
+    proto = re.search(r"Application protocol: (\S+)", text)
+    if not proto or proto.group(1) != "h2":
+        problems.append(f"HTTP/2 not negotiated ({proto.group(1) if proto else 'no application protocol'})")
+    return succeeded, float(fin.group(3)), problems
+
+
+def l7(server, backend, tool, seconds, connections):
+    """Keep-alive GETs through SERVER's reverse proxy to BACKEND for SECONDS:
+    wrk (HTTP/1.1) or h2load (HTTP/2, H2_STREAMS streams per connection),
+    pinned to the client CPU. Returns requests/s, the proxy's CPU µs per
+    request, backend connections opened, and problems (any means FAILED)."""
+    result = {"problems": []}
+    problems = result["problems"]
+    url = f"https://{L7_HOST}:{server.l7_port}/"
+    if tool == "wrk":
+        why = preflight(server.l7_port)
+        if why:
+            problems.append(why)
+        args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
+    else:
+        args = ["h2load", "-t1", "-c", str(connections), "-m", str(H2_STREAMS), "-D", str(seconds), url]
+    result["command"] = " ".join(["taskset", "-c", CLIENT_CPU] + args)
+    if not server.alive():  # a failed test GET does not stop the run: wrk's figures tell more
+        problems.append(f"{server.name} is not running (exit {server.proc.returncode if server.proc else '?'})")
+        result["diagnostics"] = server.diagnostics()
+        return result
+    accepts0, requests0 = backend.counters()
+    cpu0 = cpu_seconds(server.pid)
+    try:
+        p = subprocess.run(["taskset", "-c", CLIENT_CPU] + args, capture_output=True, text=True,
+                           timeout=seconds + 60)
+        output, code = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout or ""
+        output = out.decode(errors="replace") if isinstance(out, bytes) else out
+        code = "by timeout"
+    alive = server.alive()
+    cpu1 = cpu_seconds(server.pid) if alive else None
+    accepts1, requests1 = backend.counters()
+    result["output"] = output
+    if code != 0:
+        problems.append(f"{tool} exited {code}")
+    requests, rate, found = (parse_wrk if tool == "wrk" else parse_h2load)(output)
+    problems += found
+    if not alive:
+        problems.append(f"{server.name} DIED during the run (exit {server.proc.returncode})")
+    if requests == 0:
+        problems.append("no request completed")
+    if requests:
+        reached = requests1 - requests0
+        if reached < requests:
+            problems.append(f"only {reached} of {requests} requests reached the backend")
+        result.update(requests=requests, rate=rate, backend_connections=accepts1 - accepts0)
+        if cpu1 is not None:
+            result["cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / requests
+    if problems:
+        result["diagnostics"] = server.diagnostics()
+    return result
 
 
 def crypto_floor():
@@ -476,6 +816,9 @@ def main():
                     help="per case (default 6)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--bulk-mib", type=int, default=1024)
+    ap.add_argument("--l7-seconds", type=int, default=10, help="wrk run per proxy (default 10)")
+    ap.add_argument("--h2-seconds", type=int, default=5, help="h2load run per proxy (default 5; 0 skips)")
+    ap.add_argument("--l7-connections", type=int, default=32)
     ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bulk-client", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -499,6 +842,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     work = tempfile.mkdtemp(prefix="gatehouse-compare-")
+    l7_skip = None
     os.chmod(work, 0o755)  # nginx workers run unprivileged
     try:
         log("crypto floor: bssl-tool speed on CPU 0 ...")
@@ -507,7 +851,8 @@ def main():
         certs = {}
         for key, kind in (("ec", "ec256"), ("rsa", "rsa2048")):
             prefix = os.path.join(work, key)
-            subprocess.run([binary, "cert", "new", "--cn", SNI, "--san", SNI, "--key", kind, "--out", prefix],
+            subprocess.run([binary, "cert", "new", "--cn", SNI, "--san", SNI, "--san", L7_HOST, "--key", kind,
+                            "--out", prefix],
                            check=True, capture_output=True, timeout=60)
             certs[key] = prefix
 
@@ -516,10 +861,25 @@ def main():
                             "--sink", str(sink_port)], stdin=subprocess.DEVNULL)
         wait_port(sink_port, sink, "sink")
 
-        servers = [Gatehouse(procs, work, certs, sink_port, binary=binary), Haproxy(procs, work, certs, sink_port),
-                   Nginx(procs, work, certs, sink_port)]
+        backend = Backend(procs, work, CLIENT_CPU)
+        try:
+            backend.start(binary)
+        except Exception as e:  # noqa: BLE001 - the handshake and bulk runs still make sense
+            l7_skip = f"backend nginx did not start: {e}"
+            log(f"L7: skipped: {l7_skip}")
+            backend.stop()
+            backend = None
+
+        servers = [Gatehouse(procs, work, certs, sink_port, backend, binary=binary),
+                   Haproxy(procs, work, certs, sink_port, backend), Nginx(procs, work, certs, sink_port, backend)]
         results = {}
         bulks = {}
+        l7s = {}  # (server name, tool) -> l7() result
+        tools = [("wrk", args.l7_seconds)] + ([("h2load", args.h2_seconds)] if args.h2_seconds > 0 else [])
+        for tool, _ in tools:
+            if not shutil.which(tool):
+                log(f"L7: {tool} not installed, skipped")
+        tools = [(t, sec) for t, sec in tools if shutil.which(t)]
         for server in servers:
             try:
                 server.start()
@@ -538,8 +898,17 @@ def main():
             if server.bulk_port:
                 log(f"{server.name}: bulk {args.bulk_mib} MiB through TLS termination ...")
                 bulks[server.name] = bulk(server, args.bulk_mib)
+            if server.l7_port:
+                for tool, seconds in tools:
+                    log(f"{server.name}: L7 keep-alive GETs through TLS on both sides, {tool} ({seconds}s) ...")
+                    r = l7(server, backend, tool, seconds, args.l7_connections)
+                    l7s[(server.name, tool)] = r
+                    if r["problems"]:
+                        log(f"*** {server.name} L7 {tool} FAILED: " + "; ".join(r["problems"]) + " ***")
             server.stop()
     finally:
+        if backend:
+            backend.stop()
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -608,16 +977,93 @@ def main():
         print("The client (Python ssl) and the sink share CPU 1, so MB/s is bounded by them as much as by the "
               "proxy; the CPU per MiB is the proxy's own cost. nginx has no `stream` module here and is not run.")
 
+    failed = report_l7(names, servers, l7s, tools, args, l7_skip)
+
     print()
     print("## Caveats")
     print()
-    print("- Gatehouse's HTTP (l7) mode is not built yet: Gatehouse runs an **l4** listener whose pool is a plain-TCP "
-          "sink on CPU 1, so after each handshake it also connects to the sink; HAProxy and nginx run an HTTPS "
-          "frontend that waits for a request that never comes. Gatehouse does slightly more work per connection.")
-    print("- Keep-alive requests/s through TLS on both sides waits for L7.")
+    print("- All three run an HTTP frontend for the handshake cases, which waits after the handshake for a request "
+          "that never comes: Gatehouse an **l7** listener (the one the L7 runs use), HAProxy a `mode http` "
+          "frontend, nginx an HTTPS `server`. Bulk goes through Gatehouse's **l4** listener and HAProxy's "
+          "`mode tcp` frontend.")
+    print("- In the L7 runs the load generator and the backend nginx share CPU 1, so requests/s is bounded by CPU 1 "
+          "as much as by the proxy; the proxy's CPU per request is the figure to compare.")
     print("- One run on a shared 2-CPU machine: other load on CPU 0 or 1 moves the figures; rerun to compare.")
     print(f"- Whole run: {time.monotonic() - started:.0f} s.")
+    if failed:
+        print()
+        print("**L7 FAILED: " + "; ".join(failed) + "** (details above)")
+        log("*** compare: L7 FAILED: " + "; ".join(failed) + " ***")
+        return 1
     return 0
+
+
+def report_l7(names, servers, l7s, tools, args, l7_skip):
+    """Prints the L7 section; returns the failed runs as "server tool" strings."""
+    if l7_skip or not tools:
+        print()
+        print(f"## L7 keep-alive requests: not run ({l7_skip or 'neither wrk nor h2load installed'})")
+        return []
+    failed = []
+    details = []
+    for tool, seconds in tools:
+        if tool == "wrk":
+            title = (f"HTTP/1.1, `wrk -t1 -c{args.l7_connections} -d{seconds}s`")
+        else:
+            title = (f"HTTP/2, `h2load -c{args.l7_connections} -m{H2_STREAMS} -D{seconds}`")
+        print()
+        print(f"## L7 keep-alive requests through TLS on both sides — {title}")
+        print()
+        print("| server | requests/s | proxy CPU µs per request | backend TLS connections opened |")
+        print("|---|---|---|---|")
+        values = {}
+        for s in servers:
+            if s.skip:
+                print(f"| {s.name} | skipped ({s.skip[:60]}) | | |")
+                continue
+            r = l7s.get((s.name, tool))
+            if r is None:
+                continue
+            if r["problems"]:
+                failed.append(f"{s.name} {tool}")
+                details.append((s.name, tool, r))
+                print(f"| {s.name} | **FAILED**: {'; '.join(r['problems'])[:160]} | | |")
+                continue
+            us = r.get("cpu_us_per_request")
+            values[s.name] = us
+            print(f"| {s.name} | {r['rate']:.0f} | {us:.1f} | {r['backend_connections']} |")
+        peers = [v for n, v in values.items() if n != "Gatehouse" and v]
+        if values.get("Gatehouse") and peers:
+            ratio = values["Gatehouse"] / min(peers)
+            mark = "✔" if ratio <= L7_TARGET else "✘"
+            print()
+            print(f"Gatehouse / best peer, proxy CPU per request: **{ratio:.2f}** {mark} (target ≤ {L7_TARGET:.2f})")
+    print()
+    print(f"Each proxy (CPU {SERVER_CPU}, one worker) terminates TLS from the load generator (CPU {CLIENT_CPU}) and "
+          f"re-encrypts over kept-alive HTTP/1.1 to the same backend: nginx on CPU {CLIENT_CPU} with a self-signed "
+          f"RSA-2048 certificate (`gatehouse cert new --cn MBX01`) answering `200 ok`. Gatehouse pins it by "
+          "thumbprint, HAProxy (`http-reuse always`) and nginx (`keepalive 32`) verify it with it as their CA. "
+          "Proxy CPU is utime+stime of the whole process from /proc/PID/stat (nginx: its worker) over the "
+          "requests completed. Backend TLS connections opened (the backend's stub_status) above the client's "
+          f"{args.l7_connections} mean the proxy's idle pool did not keep enough connections for the concurrency "
+          f"(HTTP/2: {args.l7_connections}×{H2_STREAMS} streams), and each is a full TLS handshake on both CPUs. "
+          "Before the wrk run one GET checks the answer is the backend's 200.")
+    for name, tool, r in details:
+        print()
+        print(f"### {name} {tool} FAILED")
+        print()
+        print("- " + "\n- ".join(r["problems"]))
+        if r.get("command"):
+            print(f"- command: `{r['command']}`")
+        print()
+        print("```")
+        if r.get("output"):
+            print(r["output"].strip()[-2000:])
+        if r.get("diagnostics"):
+            print(f"--- {name}'s log (tail)")
+            print(r["diagnostics"].strip())
+        print("```")
+    return failed
 
 
 def values_for(results, key):

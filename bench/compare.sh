@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Gatehouse vs HAProxy vs nginx on this machine: server CPU per TLS 1.3
-# handshake (full ECDSA P-256, full RSA-2048, resumed), bulk MB/s, and the
-# crypto floor. Servers on CPU 0, the load generator on CPU 1, loopback only.
+# handshake (full ECDSA P-256, full RSA-2048, resumed), bulk MB/s, L7
+# keep-alive requests/s and proxy CPU per request with TLS on both sides (wrk
+# HTTP/1.1, h2load HTTP/2, one nginx HTTPS backend), and the crypto floor.
+# Proxies on CPU 0, load generators (and the L7 backend) on CPU 1, loopback only.
 # Usage: bench/compare.sh [--gatehouse PATH] [--seconds N] [--concurrency N]
+#                         [--l7-seconds N] [--h2-seconds N (0 skips h2load)]
 # (default binary: build/proxy/gatehouse, as `bash .ci/test` builds it).
-# Takes about two minutes; every process it starts is stopped at exit.
+# Takes about two and a half minutes; every process it starts is stopped at
+# exit. Exits 1 when an L7 run failed (non-2xx answers, errors, a proxy died).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 py=""
