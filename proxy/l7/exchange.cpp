@@ -3,6 +3,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/string.hpp>
 
 #include <algorithm>
 
@@ -78,6 +79,9 @@ class Exchange {
     if (response_failed_) co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
     co_return Outcome::done;
   }
+
+  // Added to the response head (cookie affinity).
+  void set_cookie(std::string cookie) { set_cookie_ = std::move(cookie); }
 
   bool reusable() const {
     return result_.response_done && !result_.backend_closes && !close_delimited_ && body_sent_ && !extra_bytes_ &&
@@ -212,6 +216,7 @@ class Exchange {
             continue;
           }
           const bool has_body = !head_request && rh.status != 204 && rh.status != 304;
+          if (!set_cookie_.empty()) rh.fields.push_back({"Set-Cookie", set_cookie_});
           close_delimited_ = rh.close_delimited;
           result_.backend_closes = !rh.keep_alive;
           result_.status = rh.status;
@@ -263,7 +268,39 @@ class Exchange {
   bool close_delimited_ = false;
   bool body_sent_ = false;
   bool extra_bytes_ = false;
+  std::string set_cookie_;
 };
+
+constexpr std::string_view kAffinityCookie = "GatehouseAffinity";
+
+// The value of cookie `name` in the request's Cookie field(s), or "".
+std::string_view cookie_value(const Fields& fields, std::string_view name) {
+  for (const auto& f : fields) {
+    if (!boost::beast::iequals(f.name, "cookie")) continue;
+    std::string_view rest = f.value;
+    while (!rest.empty()) {
+      const auto semi = rest.find(';');
+      std::string_view pair = rest.substr(0, semi);
+      while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
+      if (pair.size() > name.size() && pair.substr(0, name.size()) == name && pair[name.size()] == '=')
+        return pair.substr(name.size() + 1);
+      if (semi == std::string_view::npos) break;
+      rest.remove_prefix(semi + 1);
+    }
+  }
+  return {};
+}
+
+// The bytes a maglev pool hashes: its hash_key's header or cookie when the
+// request has it, else the client address.
+std::string_view hash_source(const conf::Pool& pool, const RequestHead& head, const std::string& client) {
+  if (pool.hash_key.starts_with("header:")) {
+    if (const std::string* v = find_field(head.fields, pool.hash_key.substr(7))) return *v;
+  } else if (pool.hash_key == "cookie") {
+    if (const std::string* v = find_field(head.fields, "cookie")) return *v;
+  }
+  return client;
+}
 
 }  // namespace
 
@@ -294,7 +331,13 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
 
   ConnectTarget target;
   target.pool = &pool;
-  target.hash_key = balancer::hash_key(context.client_address);
+  target.hash_key = balancer::hash_key(hash_source(*pool.config, head, context.client_address));
+  std::optional<std::size_t> cookie_server;
+  if (route.affinity == conf::Affinity::cookie) {
+    // A tampered or stale cookie is ignored: the request is balanced anew.
+    cookie_server = context.generation.affinity_server(pool, cookie_value(head.fields, kAffinityCookie));
+    target.preferred = cookie_server;
+  }
   target.affinity = route.affinity == conf::Affinity::source_ip;
   target.timeout = context.listener.config->handshake_timeout;
   target.reuse = true;
@@ -344,6 +387,11 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     }
 
     Exchange exchange(context, head, down, *backend, result, idle);
+    if (route.affinity == conf::Affinity::cookie && backend->pool == &pool &&
+        cookie_server != backend->server_index)
+      exchange.set_cookie(std::string(kAffinityCookie) + "=" +
+                          context.generation.affinity_cookie(pool, backend->server_index) +
+                          "; Path=/; Secure; HttpOnly");
     const auto outcome = co_await exchange.run(may_retry);
     if (outcome == Exchange::Outcome::retry) {
       lease.release();

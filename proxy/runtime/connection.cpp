@@ -61,7 +61,9 @@ std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& lo
 // Keep-alive connections older than this are closed rather than reused: a
 // backend (IIS 120 s, nginx 75 s) may be closing them just then.
 constexpr auto kIdleReuseLimit = std::chrono::seconds(30);
-constexpr std::size_t kMaxIdlePerServer = 64;
+// HTTP/2 clients multiplex many streams onto HTTP/1.1 backend connections, so
+// keep enough for a few hundred concurrent requests per worker.
+constexpr std::size_t kMaxIdlePerServer = 512;
 
 // The most recently used idle connection to `server` that is still open and
 // quiet, or nullopt. Stale ones are dropped on the way.
@@ -175,7 +177,12 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     for (std::size_t i = 0; i < pool.servers.size(); ++i)
       wp.views[i].available = pool.members[i]->available();
     balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
-    const auto picked = selector.pick(wp.views, tried, target.hash_key);
+    std::optional<std::size_t> picked;
+    if (target.preferred && &pool == target.pool && *target.preferred < pool.servers.size() &&
+        !tried.contains(*target.preferred) && wp.views[*target.preferred].available)
+      picked = target.preferred;
+    else
+      picked = selector.pick(wp.views, tried, target.hash_key);
     if (!picked) break;
     tried.add(*picked);
     const ServerRuntime& server = *pool.servers[*picked];

@@ -54,6 +54,8 @@ struct ConnectTarget {
   tcp::endpoint client;  // for the PROXY header
   tcp::endpoint local;
   bool reuse = false;    // l7: take an idle keep-alive connection to the picked server when one is alive
+  // l7 cookie affinity: this server of the pool first, while it is available.
+  std::optional<std::size_t> preferred;
 };
 
 // Picks a server of the pool, connects, sends the PROXY header if asked, and

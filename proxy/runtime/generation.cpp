@@ -1,5 +1,8 @@
 #include "proxy/runtime/generation.h"
 
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+
 #include <boost/asio/io_context.hpp>
 
 #include <map>
@@ -180,6 +183,45 @@ const PoolRuntime* Generation::effective_pool(const PoolRuntime* pool) const {
     p = p->fallback;
   }
   return pool;
+}
+
+namespace {
+
+std::string cookie_mac(const std::array<uint8_t, 32>& key, std::string_view pool, std::string_view server) {
+  std::string message(pool);
+  message += '\0';
+  message += server;
+  uint8_t mac[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), key.size(), reinterpret_cast<const uint8_t*>(message.data()), message.size(), mac,
+       &len);
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < 12; ++i) {  // 96 bits
+    out += hex[mac[i] >> 4];
+    out += hex[mac[i] & 15];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Generation::affinity_cookie(const PoolRuntime& pool, std::size_t server) const {
+  const std::string& name = pool.servers[server]->config->name;
+  return name + "." + cookie_mac(ticket_keys_->cookie_key(), pool.config->name, name);
+}
+
+std::optional<std::size_t> Generation::affinity_server(const PoolRuntime& pool, std::string_view value) const {
+  const auto dot = value.rfind('.');
+  if (dot == std::string_view::npos) return std::nullopt;
+  const std::string_view name = value.substr(0, dot);
+  const std::size_t i = pool.index_of(name);
+  if (i == pool.servers.size()) return std::nullopt;
+  const std::string expected = cookie_mac(ticket_keys_->cookie_key(), pool.config->name, name);
+  if (expected.size() != value.size() - dot - 1 ||
+      CRYPTO_memcmp(expected.data(), value.data() + dot + 1, expected.size()) != 0)
+    return std::nullopt;
+  return i;
 }
 
 void Generation::close_idle(std::size_t worker) const {

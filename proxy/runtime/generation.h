@@ -147,6 +147,11 @@ class Generation {
   // its fallback chain's first pool with one (datacenter switchover).
   const PoolRuntime* effective_pool(const PoolRuntime* pool) const;
 
+  // "server.mac" for an affinity cookie naming `server` of `pool`, and the
+  // check of one (nullopt: tampered, stale or unknown).
+  std::string affinity_cookie(const PoolRuntime& pool, std::size_t server) const;
+  std::optional<std::size_t> affinity_server(const PoolRuntime& pool, std::string_view value) const;
+
   WorkerPool& worker_pool(std::size_t worker, const PoolRuntime* pool) const {
     return per_worker_[worker][pool_index(pool)];
   }

@@ -28,6 +28,7 @@ constexpr std::size_t kRetainedKeys = 2;
 std::shared_ptr<TicketKeys> TicketKeys::random_rotating(std::chrono::seconds period) {
   auto keys = std::shared_ptr<TicketKeys>(new TicketKeys());
   keys->period_ = period;
+  RAND_bytes(keys->cookie_key_.data(), keys->cookie_key_.size());
   std::lock_guard lock(keys->mutex_);
   keys->rotated_at_ = std::chrono::steady_clock::now() - period;  // forces the first key
   keys->rotate_if_due();
@@ -47,6 +48,11 @@ std::shared_ptr<TicketKeys> TicketKeys::from_file(const std::filesystem::path& f
                              file.string());
   auto keys = std::shared_ptr<TicketKeys>(new TicketKeys());
   keys->file_ = file;
+  // Instances sharing the file also agree on affinity cookies.
+  static constexpr char kLabel[] = "gatehouse affinity cookie";
+  unsigned int out_len = 0;
+  HMAC(EVP_sha256(), data.data(), data.size(), reinterpret_cast<const uint8_t*>(kLabel), sizeof kLabel - 1,
+       keys->cookie_key_.data(), &out_len);
   const std::size_t secret = (size - 16) / 2;
   for (std::size_t off = 0; off < data.size(); off += size) {
     Key key;

@@ -27,6 +27,9 @@ class TicketKeys {
   // Installs the ticket callback on `ctx`; the keys must outlive it.
   void install(SSL_CTX* ctx);
   const std::filesystem::path& file() const { return file_; }
+  // MAC key of affinity cookies: derived from the key file (so instances
+  // sharing it agree), else random for this process; never rotated.
+  const std::array<uint8_t, 32>& cookie_key() const { return cookie_key_; }
 
  private:
   struct Key {
@@ -43,6 +46,7 @@ class TicketKeys {
   std::chrono::seconds period_{0};  // 0 = never rotate (file keys)
   std::chrono::steady_clock::time_point rotated_at_;
   std::filesystem::path file_;
+  std::array<uint8_t, 32> cookie_key_{};
 };
 
 }  // namespace gatehouse::proxy
