@@ -244,6 +244,10 @@ class Exchange {
       }
       if (done) {
         result_.response_done = true;
+        // Answered before the request body ended (a 401 or 413 to an upload,
+        // or a final status to an Expect: 100-continue the client is still
+        // waiting on): stop forwarding; the client connection is not reused.
+        if (!body_sent_) body_cancel_.cancel();
         co_return;
       }
       if (carry.size() > kMaxHeaderBytes + IoBuffer::size) {
