@@ -288,26 +288,23 @@ std::string prometheus_text(const Server& server) {
       o << "gatehouse_server_up{pool=\"" << label(p.config->name) << "\",server=\""
         << label(p.servers[i]->config->name) << "\",site=\"" << label(p.servers[i]->config->site) << "\"} "
         << (p.members[i]->healthy.load() ? 1 : 0) << "\n";
-  family("gatehouse_server_drained", "gauge", "1 when the server is drained by the admin endpoint.");
-  for (const auto& p : g.pools())
-    for (std::size_t i = 0; i < p.servers.size(); ++i)
-      o << "gatehouse_server_drained{pool=\"" << label(p.config->name) << "\",server=\""
-        << label(p.servers[i]->config->name) << "\"} " << (p.members[i]->drained.load() ? 1 : 0) << "\n";
-  family("gatehouse_server_active", "gauge", "Backend connections in use now.");
-  for (const auto& p : g.pools())
-    for (std::size_t i = 0; i < p.servers.size(); ++i)
-      o << "gatehouse_server_active{pool=\"" << label(p.config->name) << "\",server=\""
-        << label(p.servers[i]->config->name) << "\"} " << p.members[i]->active.load() << "\n";
-  family("gatehouse_backend_connections_total", "counter", "Backend connections made (this config generation).");
-  for (const auto& p : g.pools())
-    for (std::size_t i = 0; i < p.servers.size(); ++i)
-      o << "gatehouse_backend_connections_total{pool=\"" << label(p.config->name) << "\",server=\""
-        << label(p.servers[i]->config->name) << "\"} " << p.members[i]->connections.load() << "\n";
-  family("gatehouse_backend_failures_total", "counter", "Failed backend connects and handshakes (this config generation).");
-  for (const auto& p : g.pools())
-    for (std::size_t i = 0; i < p.servers.size(); ++i)
-      o << "gatehouse_backend_failures_total{pool=\"" << label(p.config->name) << "\",server=\""
-        << label(p.servers[i]->config->name) << "\"} " << p.members[i]->failures.load() << "\n";
+  // One series per pool member for each of these.
+  auto per_member = [&](const char* name, const char* type, const char* help, auto value) {
+    family(name, type, help);
+    for (const auto& p : g.pools())
+      for (std::size_t i = 0; i < p.servers.size(); ++i)
+        o << name << "{pool=\"" << label(p.config->name) << "\",server=\"" << label(p.servers[i]->config->name)
+          << "\"} " << value(*p.members[i]) << "\n";
+  };
+  per_member("gatehouse_server_drained", "gauge", "1 when the server is drained by the admin endpoint.",
+             [](const PoolMember& m) { return m.drained.load() ? 1 : 0; });
+  per_member("gatehouse_server_active", "gauge", "Backend connections in use now.",
+             [](const PoolMember& m) { return m.active.load(); });
+  per_member("gatehouse_backend_connections_total", "counter", "Backend connections made (this config generation).",
+             [](const PoolMember& m) { return m.connections.load(); });
+  per_member("gatehouse_backend_failures_total", "counter",
+             "Failed backend connects and handshakes (this config generation).",
+             [](const PoolMember& m) { return m.failures.load(); });
 
   family("gatehouse_certificate_expiry_days", "gauge", "Days until each certificate expires.");
   std::set<std::string> seen;

@@ -58,13 +58,8 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
   const conf::Listener& config = *listener.config;
   auto executor = co_await asio::this_coro::executor;
   asio::steady_timer watchdog_timer(executor);
-  ConnectionHandle handle{generation.get(), &watchdog_timer};
-  worker.track(&handle);
-  struct Untrack {
-    Worker& w;
-    ConnectionHandle* h;
-    ~Untrack() { w.untrack(h); }
-  } untrack{worker, &handle};
+  TrackedConnection tracked(worker, generation.get(), &watchdog_timer);
+  ConnectionHandle& handle = tracked.handle();
 
   error_code ignored;
   const tcp::endpoint client_endpoint = socket.remote_endpoint(ignored);

@@ -137,13 +137,8 @@ asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> gener
   const conf::Listener& config = *listener.config;
   auto executor = co_await asio::this_coro::executor;
   asio::steady_timer watchdog(executor);
-  ConnectionHandle handle{generation.get(), &watchdog};
-  worker.track(&handle);
-  struct Untrack {
-    Worker& w;
-    ConnectionHandle* h;
-    ~Untrack() { w.untrack(h); }
-  } untrack{worker, &handle};
+  TrackedConnection tracked(worker, generation.get(), &watchdog);
+  ConnectionHandle& handle = tracked.handle();
 
   error_code ignored;
   const tcp::endpoint client = socket.remote_endpoint(ignored);

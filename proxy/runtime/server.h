@@ -63,6 +63,23 @@ class Worker {
   std::map<std::string, std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;  // by listener name
 };
 
+// Registers a connection with its worker, for drains, while it lives.
+class TrackedConnection {
+ public:
+  TrackedConnection(Worker& worker, const Generation* generation, boost::asio::steady_timer* watchdog)
+      : worker_(worker), handle_{generation, watchdog} {
+    worker_.track(&handle_);
+  }
+  ~TrackedConnection() { worker_.untrack(&handle_); }
+  TrackedConnection(const TrackedConnection&) = delete;
+  TrackedConnection& operator=(const TrackedConnection&) = delete;
+  ConnectionHandle& handle() { return handle_; }
+
+ private:
+  Worker& worker_;
+  ConnectionHandle handle_;
+};
+
 class Server {
  public:
   // Builds the first generation; throws std::runtime_error (naming the file,
