@@ -169,7 +169,9 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
 
     const RequestHead& head = parser->head();
     const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
-    const Routed routed = route_request(connection, head.host, head.target);
+    const std::string_view target_authority = authority_of(head.target);
+    const Routed routed =
+        route_request(connection, target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
     Http1Downstream down(stream, *parser, in, head);
     ExchangeResult result;
     if (routed.status != 0) {
@@ -178,7 +180,10 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
       send_error(down, routed.status, routed.detail, head.method == "HEAD");
     } else {
       RequestHead forwarded = head;
-      forwarded.host = head.host.empty() ? routed.host : head.host;
+      forwarded.target = origin_form(head.target);
+      forwarded.host = !target_authority.empty() ? std::string(target_authority)
+                       : head.host.empty()        ? routed.host
+                                                  : head.host;
       RequestContext context{connection.worker,         connection.generation, connection.listener,
                              connection.client,         connection.client_address, connection.handle,
                              connection.watchdog};

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
 
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
@@ -33,16 +34,7 @@ std::string_view strip_port(std::string_view host) {
 
 std::string_view path_of(std::string_view target) {
   if (target == "*") return "/";
-  for (std::string_view scheme : {"https://", "http://"}) {
-    if (target.size() >= scheme.size() &&
-        std::equal(scheme.begin(), scheme.end(), target.begin(),
-                   [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
-      const auto rest = target.substr(scheme.size());
-      const auto slash = rest.find_first_of("/?");
-      return slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
-    }
-  }
-  return target;
+  return origin_form(target);
 }
 
 std::string shorten(std::string_view s, std::size_t max = 200) {
@@ -50,6 +42,34 @@ std::string shorten(std::string_view s, std::size_t max = 200) {
 }
 
 }  // namespace
+
+namespace {
+
+// The "authority/path" rest of an absolute-form target, or nullopt.
+std::optional<std::string_view> after_scheme(std::string_view target) {
+  for (std::string_view scheme : {"https://", "http://"}) {
+    if (target.size() >= scheme.size() &&
+        std::equal(scheme.begin(), scheme.end(), target.begin(),
+                   [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); }))
+      return target.substr(scheme.size());
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string_view origin_form(std::string_view target) {
+  const auto rest = after_scheme(target);
+  if (!rest) return target;
+  const auto slash = rest->find_first_of("/?");
+  return slash == std::string_view::npos ? std::string_view("/") : rest->substr(slash);
+}
+
+std::string_view authority_of(std::string_view target) {
+  const auto rest = after_scheme(target);
+  if (!rest) return {};
+  return rest->substr(0, rest->find_first_of("/?"));
+}
 
 Routed route_request(const ClientConnection& connection, std::string_view host_field, std::string_view target) {
   Routed out;

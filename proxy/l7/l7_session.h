@@ -49,6 +49,12 @@ struct Routed {
 };
 Routed route_request(const ClientConnection& connection, std::string_view host, std::string_view target);
 
+// An absolute-form target ("https://mail.contoso.com/owa/") as origin-form
+// ("/owa/"), and its authority ("mail.contoso.com", "" for other forms):
+// RFC 9112 3.2.2 says the authority then overrides Host.
+std::string_view origin_form(std::string_view target);
+std::string_view authority_of(std::string_view target);
+
 // Counts one answered request (metrics) and writes its access-log line.
 void finish_request(const ClientConnection& connection, std::string_view protocol, const RequestHead& head,
                     const ExchangeResult& result, const Routed& routed, std::chrono::steady_clock::time_point started);

@@ -141,6 +141,21 @@ class Lifecycle(h.GatehouseTestCase):
         fresh.close()
         busy.close()
 
+    def test_absolute_form_target_is_routed_by_its_authority_and_sent_in_origin_form(self):
+        g = self.start(config(self.cert, "mbx01", self.backends))
+        s = client(g.port("web"))
+        # RFC 9112 3.2.2: the target's authority overrides Host.
+        s.sendall(f"GET https://{MAIL}/owa/?a=1 HTTP/1.1\r\nHost: other.fabrikam.test\r\n\r\n".encode())
+        data = b""
+        while b"\n" not in data.partition(b"\r\n\r\n")[2]:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"), data)
+        self.assertEqual(data.partition(b"\r\n\r\n")[2], b"MBX01 /owa/?a=1\n")
+
     def test_stop_sends_goaway_to_idle_http2_and_does_not_wait_for_drain_timeout(self):
         g = self.start(config(self.cert, "mbx01", self.backends, drain="20s"))
         port = g.port("web")
