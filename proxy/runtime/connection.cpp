@@ -65,9 +65,14 @@ constexpr auto kIdleReuseLimit = std::chrono::seconds(30);
 // keep enough for a few hundred concurrent requests per worker.
 constexpr std::size_t kMaxIdlePerServer = 512;
 
+// A connection back in the pool this recently is taken without the system
+// call that checks it is still quiet, when the request can go again on a
+// fresh connection if the backend had closed it (ConnectTarget::retryable).
+constexpr auto kUncheckedReuse = std::chrono::seconds(2);
+
 // The most recently used idle connection to `server` that is still open and
 // quiet, or nullopt. Stale ones are dropped on the way.
-std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server) {
+std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server, bool retryable) {
   if (wp.idle.size() <= server) return std::nullopt;
   auto& list = wp.idle[server];
   const auto now = Clock::now();
@@ -75,11 +80,10 @@ std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server) {
     IdleBackend entry = std::move(list.back());
     list.pop_back();
     if (now - entry.since > kIdleReuseLimit) continue;
-    char probe;
-    auto [ec, n] = entry.connection.stream->try_read_some(&probe, 1);
+    const bool check = !retryable || now - entry.since > kUncheckedReuse;
     // Alive means nothing to read: a byte or an end here is a closed or
     // confused connection.
-    if (ec != asio::error::would_block) continue;
+    if (check && !entry.connection.stream->quiet()) continue;
     entry.connection.reused = true;
     return std::optional<BackendConnection>(std::move(entry.connection));
   }
@@ -189,7 +193,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     const std::string& name = server.config->name;
     PoolMember& member = *pool.members[*picked];
     if (target.reuse) {
-      if (auto idle = take_idle(wp, *picked)) {
+      if (auto idle = take_idle(wp, *picked, target.retryable)) {
         ++wp.views[*picked].active;
         ++member.active;
         co_return idle;

@@ -1,7 +1,11 @@
 #include "proxy/tls/tls_stream.h"
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -31,13 +35,111 @@ const boost::system::error_category& tls_category() {
 
 std::string describe_ssl_error(const error_code& ec) { return ec.message(); }
 
+// The read-ahead: bytes Asio read from the socket and BoringSSL (or, for
+// plain TCP, the caller) has not taken yet, plus an end or error still to
+// report. It lives on the heap so that the BIO's pointer survives moves.
+struct TlsStream::ReadAhead {
+  // Enough for a request head or a small response while waiting; a read
+  // that fills it is followed by reads into a record-sized buffer.
+  static constexpr std::size_t small_size = 2048;
+  static constexpr std::size_t large_size = 17 * 1024;  // a full TLS record and then some
+
+  int fd = -1;
+  char small[small_size];
+  std::unique_ptr<char[]> large;
+  const char* begin = nullptr;
+  std::size_t size = 0;
+  bool last_read_full = false;
+  bool filling = false;  // an Asio read into it is pending
+  bool eof = false;
+  int error = 0;  // errno of a failed read, reported once the bytes before it are taken
+
+  std::size_t take(void* out, std::size_t max) {
+    const std::size_t n = std::min(max, size);
+    std::memcpy(out, begin, n);
+    begin += n;
+    size -= n;
+    return n;
+  }
+};
+
+namespace {
+
+int bio_read(BIO* bio, char* out, int len) {
+  auto* ahead = static_cast<TlsStream::ReadAhead*>(BIO_get_data(bio));
+  BIO_clear_retry_flags(bio);
+  if (len <= 0) return 0;
+  if (ahead->size > 0) return static_cast<int>(ahead->take(out, static_cast<std::size_t>(len)));
+  if (ahead->error != 0) {
+    errno = ahead->error;
+    return -1;
+  }
+  if (ahead->eof) return 0;
+  BIO_set_retry_read(bio);  // TlsStream::wait_readable() reads the socket
+  return -1;
+}
+
+int bio_write(BIO* bio, const char* in, int len) {
+  BIO_clear_retry_flags(bio);
+  const int fd = static_cast<TlsStream::ReadAhead*>(BIO_get_data(bio))->fd;
+  const ssize_t n = ::send(fd, in, static_cast<std::size_t>(len), MSG_NOSIGNAL);
+  if (n >= 0) return static_cast<int>(n);
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) BIO_set_retry_write(bio);
+  return -1;
+}
+
+long bio_ctrl(BIO* bio, int cmd, long /*num*/, void* /*ptr*/) {
+  switch (cmd) {
+    case BIO_CTRL_FLUSH:
+      return 1;
+    case BIO_CTRL_PENDING:
+      return static_cast<long>(static_cast<TlsStream::ReadAhead*>(BIO_get_data(bio))->size);
+    default:
+      return 0;
+  }
+}
+
+const BIO_METHOD* read_ahead_method() {
+  static const BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_TYPE_SOURCE_SINK, "gatehouse read-ahead socket");
+    BIO_meth_set_read(m, bio_read);
+    BIO_meth_set_write(m, bio_write);
+    BIO_meth_set_ctrl(m, bio_ctrl);
+    return m;
+  }();
+  return method;
+}
+
+}  // namespace
+
 TlsStream::TlsStream(tcp::socket socket, bssl::UniquePtr<SSL> ssl)
-    : socket_(std::move(socket)), ssl_(std::move(ssl)) {
+    : socket_(std::move(socket)), read_(std::make_unique<ReadAhead>()), ssl_(std::move(ssl)) {
   error_code ignored;
   socket_.non_blocking(true, ignored);
   socket_.set_option(tcp::no_delay(true), ignored);
-  if (ssl_) SSL_set_fd(ssl_.get(), socket_.native_handle());
+  read_->fd = socket_.native_handle();
+  if (ssl_) {
+    BIO* bio = BIO_new(read_ahead_method());
+    BIO_set_data(bio, read_.get());
+    BIO_set_init(bio, 1);
+    SSL_set_bio(ssl_.get(), bio, bio);  // one reference, owned by ssl_
+  }
 }
+
+TlsStream::TlsStream(TlsStream&&) noexcept = default;
+
+TlsStream& TlsStream::operator=(TlsStream&& other) noexcept {
+  if (this != &other) {
+    ssl_.reset();  // before the read-ahead its BIO points to
+    socket_ = std::move(other.socket_);
+    read_ = std::move(other.read_);
+    ssl_ = std::move(other.ssl_);
+    aborted_ = other.aborted_;
+  }
+  return *this;
+}
+
+TlsStream::~TlsStream() = default;
 
 error_code TlsStream::ssl_failure(int ret, int err) {
   if (err == SSL_ERROR_ZERO_RETURN) return asio::error::eof;
@@ -45,6 +147,7 @@ error_code TlsStream::ssl_failure(int ret, int err) {
   ERR_clear_error();
   if (err == SSL_ERROR_SYSCALL) {
     if (ret == 0 && packed == 0) return asio::error::eof;  // FIN without close_notify
+    if (read_->error != 0 && packed == 0) return error_code(read_->error, boost::system::system_category());
     if (errno != 0 && packed == 0) return error_code(errno, boost::system::system_category());
     if (packed == 0) return asio::error::connection_reset;
   }
@@ -54,6 +157,9 @@ error_code TlsStream::ssl_failure(int ret, int err) {
 
 asio::awaitable<error_code> TlsStream::wait_for(int ssl_error) {
   if (aborted_) co_return asio::error::operation_aborted;
+  if (ssl_error == SSL_ERROR_WANT_READ && !read_->filling) co_return co_await wait_readable();
+  // Writable, or (a write that must read while the reader waits, which
+  // TLS 1.3 never asks for) readable.
   auto type = ssl_error == SSL_ERROR_WANT_WRITE ? tcp::socket::wait_write : tcp::socket::wait_read;
   auto [ec] = co_await socket_.async_wait(type, use_tuple);
   if (!ec && aborted_) ec = asio::error::operation_aborted;
@@ -79,11 +185,12 @@ asio::awaitable<error_code> TlsStream::handshake() {
 
 std::pair<error_code, std::size_t> TlsStream::try_read_some(void* data, std::size_t size) {
   if (aborted_) return {asio::error::operation_aborted, 0};
+  ReadAhead& ahead = *read_;
   if (!ssl_) {
-    error_code ec;
-    const std::size_t n = socket_.read_some(asio::buffer(data, size), ec);
-    if (ec == asio::error::try_again) ec = asio::error::would_block;
-    return {ec, n};
+    if (ahead.size > 0) return {error_code{}, ahead.take(data, size)};
+    if (ahead.error != 0) return {error_code(ahead.error, boost::system::system_category()), 0};
+    if (ahead.eof) return {asio::error::eof, 0};
+    return {asio::error::would_block, 0};
   }
   ERR_clear_error();
   errno = 0;
@@ -100,6 +207,12 @@ std::pair<error_code, std::size_t> TlsStream::try_read_some(void* data, std::siz
 asio::awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(void* data, std::size_t size) {
   for (;;) {
     auto [ec, n] = try_read_some(data, size);
+    if (ec == asio::error::would_block && !ssl_) {
+      // Plain TCP: straight into the caller's buffer.
+      auto [read_ec, read_n] = co_await socket_.async_read_some(asio::buffer(data, size), use_tuple);
+      if (aborted_) read_ec = asio::error::operation_aborted;
+      co_return std::pair{read_ec, read_n};
+    }
     if (ec == asio::error::would_block || ec == asio::error::in_progress) {
       if (auto wait_ec = co_await wait_for(ec == asio::error::in_progress ? SSL_ERROR_WANT_WRITE : SSL_ERROR_WANT_READ))
         co_return std::pair{wait_ec, std::size_t{0}};
@@ -109,7 +222,57 @@ asio::awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(void* d
   }
 }
 
-asio::awaitable<error_code> TlsStream::wait_readable() { co_return co_await wait_for(SSL_ERROR_WANT_READ); }
+asio::awaitable<error_code> TlsStream::wait_readable() {
+  if (aborted_) co_return asio::error::operation_aborted;
+  ReadAhead& ahead = *read_;
+  if (ahead.size > 0 || ahead.eof || ahead.error != 0) co_return error_code{};
+  // Asio reads (speculatively unless its last read drained the socket, and
+  // then at the next edge) into the small buffer while idle, or into a
+  // record-sized one while a full read says more is coming.
+  char* buffer = ahead.small;
+  std::size_t capacity = ReadAhead::small_size;
+  if (ahead.last_read_full) {
+    if (!ahead.large) ahead.large = std::make_unique_for_overwrite<char[]>(ReadAhead::large_size);
+    buffer = ahead.large.get();
+    capacity = ReadAhead::large_size;
+  } else {
+    ahead.large.reset();
+  }
+  ahead.filling = true;
+  auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer, capacity), use_tuple);
+  ahead.filling = false;
+  if (aborted_ || ec == asio::error::operation_aborted) co_return asio::error::operation_aborted;
+  if (ec == asio::error::eof) {
+    ahead.eof = true;
+  } else if (ec) {
+    ahead.error = ec.category() == boost::system::system_category() ? ec.value() : EIO;
+  } else {
+    ahead.begin = buffer;
+    ahead.size = n;
+    ahead.last_read_full = n == capacity;
+  }
+  co_return error_code{};
+}
+
+bool TlsStream::quiet() {
+  if (aborted_ || (ssl_ && SSL_pending(ssl_.get()) > 0)) return false;
+  ReadAhead& ahead = *read_;
+  if (ahead.size == 0 && !ahead.eof && ahead.error == 0) {
+    error_code ec;
+    const std::size_t n = socket_.read_some(asio::buffer(ahead.small, ReadAhead::small_size), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) return true;
+    if (ec) return false;
+    ahead.begin = ahead.small;
+    ahead.size = n;
+    ahead.last_read_full = false;
+  }
+  if (!ssl_) return false;
+  // Bytes on a TLS connection may be only a late post-handshake message (a
+  // NewSessionTicket), which BoringSSL takes without returning anything.
+  char probe;
+  auto [ec, n] = try_read_some(&probe, 1);
+  return ec == asio::error::would_block;
+}
 
 asio::awaitable<error_code> TlsStream::write_all(const void* data, std::size_t size) {
   const auto* p = static_cast<const char*>(data);

@@ -1,8 +1,11 @@
 #pragma once
-// A TCP connection with optional TLS, driven directly by BoringSSL on the
-// socket's file descriptor: no memory BIOs, no extra copies, and one read and
-// one write may be outstanding at once (the L4 pump's two directions). Errors
-// are error codes, never exceptions.
+// A TCP connection with optional TLS. BoringSSL reads through a read-ahead
+// buffer that only Asio fills, so an incoming TLS record costs one recv()
+// (BoringSSL alone reads its 5-byte header and its body separately), and a
+// stream known to be drained waits for the next edge without a speculative
+// recv() or an epoll_ctl(). Writes go straight to the socket. One read and one
+// write may be outstanding at once (the L4 pump's two directions). Errors are
+// error codes, never exceptions.
 
 #include <openssl/ssl.h>
 
@@ -10,6 +13,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -27,8 +31,9 @@ class TlsStream {
  public:
   // `ssl` null = plain TCP. The stream binds `ssl` to the socket's descriptor.
   TlsStream(tcp::socket socket, bssl::UniquePtr<SSL> ssl);
-  TlsStream(TlsStream&&) = default;
-  TlsStream& operator=(TlsStream&&) = default;
+  TlsStream(TlsStream&&) noexcept;
+  TlsStream& operator=(TlsStream&&) noexcept;
+  ~TlsStream();
 
   tcp::socket& socket() { return socket_; }
   SSL* ssl() const { return ssl_.get(); }
@@ -40,11 +45,17 @@ class TlsStream {
   asio::awaitable<std::pair<error_code, std::size_t>> read_some(void* data, std::size_t size);
   // All of it.
   asio::awaitable<error_code> write_all(const void* data, std::size_t size);
-  // One non-blocking attempt: asio::error::would_block when nothing is there
-  // yet. Lets a caller hold no buffer while idle: call wait_readable() next,
-  // and only after would_block (readiness is edge-triggered).
+  // What is already read ahead, without a system call: asio::error::would_block
+  // when the socket must be read first. Lets a caller hold no buffer while
+  // idle: call wait_readable() next.
   std::pair<error_code, std::size_t> try_read_some(void* data, std::size_t size);
+  // Until something (bytes, an end, an error) has been read ahead for the
+  // next try_read_some(). Idle, a stream holds only a small buffer.
   asio::awaitable<error_code> wait_readable();
+  // Nothing read ahead and nothing on the socket: one non-blocking peek. A
+  // kept-alive backend connection that is not quiet was closed or is
+  // confused.
+  bool quiet();
   // Sends what BoringSSL holds back until the first write: a TLS 1.3 server
   // sends its NewSessionTickets then, so a client that only handshakes (or
   // speaks first, as IMAP/SMTP clients do not) would otherwise never get one.
@@ -57,11 +68,16 @@ class TlsStream {
   void abort();
   bool aborted() const { return aborted_; }
 
+  // What the socket has delivered that nobody has taken yet (tls_stream.cpp).
+  struct ReadAhead;
+
  private:
   asio::awaitable<error_code> wait_for(int ssl_error);
   error_code ssl_failure(int ret, int err);
 
   tcp::socket socket_;
+  // Declared before ssl_ so that it outlives the BIO that reads from it.
+  std::unique_ptr<ReadAhead> read_;
   bssl::UniquePtr<SSL> ssl_;
   bool aborted_ = false;
 };
