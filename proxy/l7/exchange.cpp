@@ -27,7 +27,7 @@ std::string describe_duration(Clock::duration d) {
 
 // One exchange on one backend connection. Its coroutines are members so
 // that they never outlive what they refer to.
-class Exchange {
+class Exchange final : IdleExpiry {
  public:
   Exchange(RequestContext& context, const RequestHead& head, Downstream& down, BackendConnection& backend,
            ExchangeResult& result, Clock::duration idle)
@@ -45,19 +45,25 @@ class Exchange {
     may_retry_ = may_retry;
     last_activity_ = Clock::now();
     body_cancel_.expires_at(Clock::time_point::max());
-    std::size_t which = 0;
+    const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
+    if (!has_body) body_sent_ = true;
+    bool idle = false;
     try {
-      const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
-      if (has_body) {
-        which = (co_await ((send_body_or_cancel() && receive_response()) ||
-                           idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
-                    .index();
+      if (context_.guard != nullptr) {
+        // HTTP/1.1: the connection's guard interrupts the exchange (expire()).
+        GuardScope scope(*context_.guard, *this);
+        if (has_body) co_await (send_body_or_cancel() && receive_response());
+        else co_await receive_response();
+        idle = expired_;
+      } else if (has_body) {
+        idle = (co_await ((send_body_or_cancel() && receive_response()) ||
+                          idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
+                   .index() == 1;
       } else {
         // Most requests (GET) have no body: one coroutine fewer per request.
-        body_sent_ = true;
-        which = (co_await (receive_response() ||
-                           idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
-                    .index();
+        idle = (co_await (receive_response() ||
+                          idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
+                   .index() == 1;
       }
     } catch (const boost::system::system_error&) {
       // Cancelled from outside (the HTTP/2 stream was reset): Asio reports
@@ -66,7 +72,7 @@ class Exchange {
       result_.error = "cancelled";
       co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
     }
-    if (which == 1) {
+    if (idle) {
       backend_.abort();
       if (context_.handle.force_close) {
         result_.error = "closed by drain";
@@ -89,6 +95,24 @@ class Exchange {
   }
 
  private:
+  // Arms the connection's guard for this exchange, and gives it back disarmed.
+  struct GuardScope {
+    GuardScope(IdleGuard& guard, Exchange& exchange) : guard(guard) {
+      guard.arm(&exchange.last_activity_, exchange.idle_, false, &exchange);
+    }
+    ~GuardScope() { guard.disarm(); }
+    IdleGuard& guard;
+  };
+
+  // Idle for idle_, or force-closed by a drain: whatever waits returns.
+  void expire(bool) override {
+    expired_ = true;
+    backend_.abort();
+    body_cancel_.cancel();                 // stops forwarding the request body
+    if (head_delivered_) down_.abort();  // a client write that waits returns too
+    else down_.cancel();                 // as does a body read or a 1xx write
+  }
+
   asio::awaitable<void> send_body_or_cancel() {
     co_await (send_body() || wait_cancel());
   }
@@ -272,6 +296,7 @@ class Exchange {
   bool close_delimited_ = false;
   bool body_sent_ = false;
   bool extra_bytes_ = false;
+  bool expired_ = false;
   std::string set_cookie_;
 };
 

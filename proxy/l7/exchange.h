@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "proxy/l7/http_message.h"
+#include "proxy/runtime/connection.h"
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/server.h"
 
@@ -40,6 +41,10 @@ class Downstream {
   // The response broke after its head went out: the client must not take
   // it for complete (HTTP/1.1: close; HTTP/2: RST_STREAM).
   virtual void abort() = 0;
+  // Wakes a pending read_body() or flush() with an error and nothing more
+  // (an exchange that timed out before its response head, which then sends
+  // 504). Only the HTTP/1.1 front end, whose connection guard needs it.
+  virtual void cancel() {}
 };
 
 struct RequestContext {
@@ -50,6 +55,9 @@ struct RequestContext {
   std::string client_address;  // IP only, for X-Forwarded-For
   const ConnectionHandle& handle;
   asio::steady_timer& watchdog;  // the connection's (HTTP/1.1) or the stream's (HTTP/2)
+  // HTTP/1.1: the connection's idle guard, which then bounds the exchange
+  // instead of a timer raced against it; `watchdog` is that guard's timer.
+  IdleGuard* guard = nullptr;
 };
 
 struct ExchangeResult {

@@ -96,6 +96,8 @@ class Http1Downstream final : public Downstream {
     stream_.abort();
   }
 
+  void cancel() override { stream_.cancel(); }
+
   bool close() const { return close_ || aborted_; }
   const std::string& body_error() const { return body_error_; }
 
@@ -111,13 +113,24 @@ class Http1Downstream final : public Downstream {
   bool aborted_ = false;
 };
 
-}  // namespace
+// Between requests, an idle (or draining) connection is closed: its read is
+// cancelled, and the loop ends as for a client that went away.
+struct WaitExpiry final : IdleExpiry {
+  explicit WaitExpiry(TlsStream& stream) : stream(stream) {}
+  void expire(bool) override {
+    fired = true;
+    stream.cancel();
+  }
+  TlsStream& stream;
+  bool fired = false;
+};
 
-asio::awaitable<void> serve_http1(ClientConnection& connection) {
+asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& guard) {
   TlsStream& stream = connection.stream;
   const conf::Listener& config = *connection.listener.config;
   std::string in;
   Clock::time_point last_activity = Clock::now();
+  WaitExpiry wait_expiry(stream);
 
   for (;;) {
     // The head of the next request, within the listener's idle_timeout.
@@ -137,10 +150,10 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
         parse_error = boost::beast::http::error::header_limit;
         break;
       }
-      auto result = co_await (read_more(stream, in) ||
-                              idle_watchdog(connection.watchdog, last_activity, config.idle_timeout, connection.handle,
-                                            in.empty() && !parser->got_some()));
-      if (result.index() == 1 || std::get<0>(result)) {
+      guard.arm(&last_activity, config.idle_timeout, in.empty() && !parser->got_some(), &wait_expiry);
+      const error_code read_ec = co_await read_more(stream, in);
+      guard.disarm();
+      if (read_ec || wait_expiry.fired) {
         closed = true;
         break;
       }
@@ -186,7 +199,7 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
                                                   : head.host;
       RequestContext context{connection.worker,         connection.generation, connection.listener,
                              connection.client,         connection.client_address, connection.handle,
-                             connection.watchdog};
+                             connection.watchdog,        &guard};
       result = co_await forward(context, forwarded, *routed.route, *routed.pool, down);
       if (!down.body_error().empty()) {
         log::warning("bad_request", {{"listener", config.name},
@@ -204,6 +217,14 @@ asio::awaitable<void> serve_http1(ClientConnection& connection) {
     parser.reset();
   }
   co_await stream.shutdown_send();
+}
+
+}  // namespace
+
+asio::awaitable<void> serve_http1(ClientConnection& connection) {
+  // One idle watcher for the connection's whole life, not one per read.
+  IdleGuard guard(connection.watchdog, connection.handle);
+  co_await (serve_requests(connection, guard) || guard.watch());
 }
 
 }  // namespace gatehouse::proxy::l7

@@ -3,6 +3,7 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/write.hpp>
 
+#include <utility>
 #include <vector>
 
 #include "proxy/runtime/log.h"
@@ -129,6 +130,40 @@ IoBuffer::~IoBuffer() {
 std::string to_string(const tcp::endpoint& endpoint) {
   if (endpoint.address().is_v6()) return "[" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
   return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+}
+
+void IdleGuard::arm(const Clock::time_point* last_activity, Clock::duration idle, bool between_requests,
+                    IdleExpiry* expiry) {
+  last_ = last_activity;
+  idle_ = idle;
+  between_requests_ = between_requests;
+  expiry_ = expiry;
+  // The watcher sleeps until the deadline it last saw; wake it only when
+  // this one is earlier (a later one is found when that sleep ends).
+  if (*last_ + idle_ < timer_.expiry() || (between_requests && handle_.draining)) timer_.cancel();
+}
+
+asio::awaitable<void> IdleGuard::watch() {
+  for (;;) {
+    auto deadline = Clock::time_point::max();
+    if (expiry_ != nullptr) {
+      const bool drained = handle_.force_close || (between_requests_ && handle_.draining);
+      if (drained || Clock::now() >= *last_ + idle_) {
+        IdleExpiry* expiry = std::exchange(expiry_, nullptr);
+        expiry->expire(drained);
+        continue;
+      }
+      deadline = *last_ + idle_;
+    }
+    timer_.expires_at(deadline);
+    auto [ec] = co_await timer_.async_wait(use_tuple);
+    if (ec) {
+      // Either the surrounding || finished (then stop), or arm() or a drain
+      // poked us.
+      auto state = co_await asio::this_coro::cancellation_state;
+      if (state.cancelled() != asio::cancellation_type::none) co_return;
+    }
+  }
 }
 
 asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time_point& last_activity,

@@ -29,6 +29,44 @@ asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time
                                     Clock::duration idle, const ConnectionHandle& handle,
                                     bool between_requests = false);
 
+// What an IdleGuard does when its deadline passes: interrupt the guarded
+// operations (cancel or abort their streams) so that they return.
+class IdleExpiry {
+ public:
+  // `drained`: a drain force-closed the connection (or, between requests,
+  // began), rather than the idle time running out.
+  virtual void expire(bool drained) = 0;
+
+ protected:
+  ~IdleExpiry() = default;
+};
+
+// One idle deadline for a whole connection, watched by one coroutine
+// (watch(), run beside the connection's work for its lifetime) instead of a
+// timer raced against every read: the guarded code arms it with the
+// activity stamp to watch and what to do on expiry, and moving from one
+// phase to the next (request head, exchange) costs no timer operation unless
+// the deadline comes earlier. Uses the connection's watchdog timer, so a
+// drain's poke (cancelling that timer) reaches it.
+class IdleGuard {
+ public:
+  IdleGuard(asio::steady_timer& timer, const ConnectionHandle& handle) : timer_(timer), handle_(handle) {}
+
+  // While armed, `expiry` runs once when *last_activity is `idle` old, or at
+  // a drain: force_close, or (with `between_requests`) draining.
+  void arm(const Clock::time_point* last_activity, Clock::duration idle, bool between_requests, IdleExpiry* expiry);
+  void disarm() { expiry_ = nullptr; }
+  asio::awaitable<void> watch();  // until cancelled
+
+ private:
+  asio::steady_timer& timer_;
+  const ConnectionHandle& handle_;
+  const Clock::time_point* last_ = nullptr;
+  Clock::duration idle_{};
+  bool between_requests_ = false;
+  IdleExpiry* expiry_ = nullptr;
+};
+
 // Runs `op` against a deadline; nullopt on timeout (op is then cancelled).
 template <typename T>
 asio::awaitable<std::optional<T>> with_timeout(asio::awaitable<T> op, Clock::duration timeout) {

@@ -344,6 +344,11 @@ asio::awaitable<void> TlsStream::shutdown_send() {
   socket_.shutdown(tcp::socket::shutdown_send, ignored);
 }
 
+void TlsStream::cancel() {
+  error_code ignored;
+  socket_.cancel(ignored);
+}
+
 void TlsStream::abort() {
   aborted_ = true;
   error_code ignored;

@@ -67,6 +67,9 @@ class TlsStream {
   // under a still-live SSL object.
   void abort();
   bool aborted() const { return aborted_; }
+  // Wakes any pending operation with operation_aborted, nothing more: the
+  // stream stays usable (to send an error, or close_notify).
+  void cancel();
 
   // What the socket has delivered that nobody has taken yet (tls_stream.cpp).
   struct ReadAhead;

@@ -973,6 +973,80 @@ class Errors(L7TestCase):
         r = self.curl(port, "/slow/echo")
         self.assertEqual(r["code"], 200)
 
+    def test_backend_stalling_mid_response_is_cut_off_after_route_idle_timeout(self):
+        backend, sections = self.py_backend()
+        g = self.gatehouse(listener(), route("py", paths=["/slow"], idle_timeout="1s"), route("py"), *sections)
+        port = g.port("web")
+        # /stream sends its head and a first chunk, then nothing until .proceed
+        # (never set here): after 1 s idle the response must end as a failure.
+        with self.tls(port) as s:
+            self.send_request(s, "GET", "/slow/stream")
+            hc = HttpConn(s)
+            started = time.monotonic()
+            start, headers = hc.read_head()
+            self.assertTrue(start.startswith("HTTP/1.1 200"), start)
+            data, closed = hc.read_to_close(10)
+            elapsed = time.monotonic() - started
+        self.assertTrue(closed, "a response stalled past the route's idle_timeout was left open")
+        self.assertIn(b"first", data)
+        self.assertFalse(data.endswith(b"0\r\n\r\n"), "a cut-off response was ended as if complete")
+        self.assertGreater(elapsed, 0.8, "cut off before the route's idle_timeout")
+        self.assertLess(elapsed, 4 * h.SLOW, "the route's idle_timeout = 1s was not applied")
+        r = self.curl(port, "/slow/stream", http="2")
+        self.assertNotEqual(r["rc"], 0, "curl --http2 saw a cut-off response as a success")
+        lines = wait_lines(g, g.access, lambda o: "stream" in str(o.get("path", "")), 2)
+        for line in lines:
+            self.assertIn("sent nothing for 1 s", line.get("error", ""), line)
+        r = self.curl(port, "/slow/echo")
+        self.assertEqual((r["rc"], r["code"]), (0, 200), r["stderr"])
+
+    def test_client_stalling_mid_upload_gets_504_and_a_close(self):
+        backend, sections = self.py_backend()
+        g = self.gatehouse(listener(), route("py", paths=["/slow"], idle_timeout="1s"), route("py"), *sections)
+        port = g.port("web")
+        with self.tls(port) as s:
+            # 10 of the 1000 bytes announced, then silence: the backend waits
+            # for the rest and so does Gatehouse, for the route's idle_timeout.
+            self.send_request(s, "POST", "/slow/upload", fields=[("Content-Length", "1000")], body=b"x" * 10)
+            hc = HttpConn(s)
+            started = time.monotonic()
+            start, headers = hc.read_head()
+            self.assertTrue(start.startswith("HTTP/1.1 504"), start)
+            body, closed = hc.read_to_close(10)
+            elapsed = time.monotonic() - started
+        self.assertTrue(closed, "the connection of a timed-out upload must close (its body is unread)")
+        self.assertIn(b"504", body)
+        self.assertGreater(elapsed, 0.8, "504 before the route's idle_timeout")
+        self.assertLess(elapsed, 4 * h.SLOW)
+        line = g.wait_access(status=504)
+        self.assertEqual(line["method"], "POST")
+        r = self.curl(port, "/slow/echo")
+        self.assertEqual((r["rc"], r["code"]), (0, 200), r["stderr"])
+
+    def test_idle_keep_alive_connection_closes_with_close_notify_after_listener_idle_timeout(self):
+        backend, sections = self.py_backend()
+        g = self.gatehouse(listener(extra='idle_timeout = "2s"'), route("py"), *sections)
+        port = g.port("web")
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10 * h.SLOW)
+        ctx = h.client_context(self.bundle)
+        ctx.set_alpn_protocols(["http/1.1"])
+        # A close without close_notify raises SSLEOFError here instead of returning b"".
+        with ctx.wrap_socket(raw, server_hostname=MAIL, suppress_ragged_eofs=False) as s:
+            for i in range(3):  # activity keeps it open past the 2 s
+                self.send_request(s, "GET", f"/owa/{i}")
+                hc = HttpConn(s)
+                start, headers = hc.read_head()
+                self.assertTrue(start.startswith("HTTP/1.1 200"), start)
+                hc.read_body(headers, lambda d: None)
+                time.sleep(1)
+            started = time.monotonic()
+            s.settimeout(10 * h.SLOW)
+            self.assertEqual(s.recv(100), b"", "expected close_notify, then the end")
+            elapsed = time.monotonic() - started
+        self.assertGreater(elapsed, 0.8)
+        self.assertLess(elapsed, 2 + 3 * h.SLOW)
+        self.assertEqual(len(backend.requests), 3)
+
     def test_backend_dying_mid_response_is_not_a_success(self):
         backend, sections = self.py_backend()
         g = self.gatehouse(listener(), route("py"), *sections)
