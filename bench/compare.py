@@ -135,10 +135,26 @@ def start_time(pid):
         return int(f.read().rsplit(")", 1)[1].split()[19])
 
 
-def cpu_seconds(pid):
+def cpu_split(pid):
+    """(user, system) CPU seconds of PID, all its threads."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
+
+
+def kernel_share(before, after):
+    """The system part of the CPU spent between two cpu_split() samples (0..1)."""
+    user, system = after[0] - before[0], after[1] - before[1]
+    return system / (user + system) if user + system > 0 else None
+
+
+def with_kernel(text, share):
+    return text if share is None else f"{text} (kernel {share * 100:.0f}%)"
 
 
 def tail(path, n=1500):
@@ -625,7 +641,9 @@ def bench(binary, work, server, sig, resume, seconds, concurrency):
     args = ["taskset", "-c", CLIENT_CPU, binary, "bench", "handshake", "--target", f"127.0.0.1:{server.port}",
             "--sni", SNI, "--tls", "1.3", "--sig", sig, "--resume", resume, "--concurrency", str(concurrency),
             "--duration", f"{seconds}s", "--server-pid", str(server.pid), "--json", out]
+    split0 = cpu_split(server.pid)
     p = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 90)
+    split1 = cpu_split(server.pid) if server.alive() else None
     try:
         with open(out) as f:
             result = json.load(f)
@@ -633,21 +651,23 @@ def bench(binary, work, server, sig, resume, seconds, concurrency):
         result = {"ok": False, "problems": [f"no JSON (exit {p.returncode}): {p.stderr.strip()[-300:]}"]}
     result["exit"] = p.returncode
     result["stderr"] = p.stderr
+    result["kernel_share"] = kernel_share(split0, split1) if split1 else None
     return result
 
 
 def bulk(server, megabytes):
     if not server.bulk_port:
         return None
-    before = cpu_seconds(server.pid)
+    split0 = cpu_split(server.pid)
     p = subprocess.run(["taskset", "-c", CLIENT_CPU, sys.executable, os.path.abspath(__file__), "--bulk-client",
                         str(server.bulk_port), str(megabytes)], capture_output=True, text=True, timeout=120)
-    after = cpu_seconds(server.pid)
+    split1 = cpu_split(server.pid)
+    before, after = sum(split0), sum(split1)
     if p.returncode != 0:
         return {"error": (p.stderr or p.stdout).strip()[-300:]}
     elapsed = float(p.stdout.strip())
     return {"mb_per_s": megabytes * 1.048576 / elapsed, "cpu_us_per_mib": (after - before) * 1e6 / megabytes,
-            "seconds": elapsed}
+            "seconds": elapsed, "kernel_share": kernel_share(split0, split1)}
 
 
 def preflight(port):
@@ -730,7 +750,7 @@ def l7(server, backend, tool, seconds, connections):
         result["diagnostics"] = server.diagnostics()
         return result
     accepts0, requests0 = backend.counters()
-    cpu0 = cpu_seconds(server.pid)
+    split0 = cpu_split(server.pid)
     try:
         p = subprocess.run(["taskset", "-c", CLIENT_CPU] + args, capture_output=True, text=True,
                            timeout=seconds + 60)
@@ -740,7 +760,7 @@ def l7(server, backend, tool, seconds, connections):
         output = out.decode(errors="replace") if isinstance(out, bytes) else out
         code = "by timeout"
     alive = server.alive()
-    cpu1 = cpu_seconds(server.pid) if alive else None
+    split1 = cpu_split(server.pid) if alive else None
     accepts1, requests1 = backend.counters()
     result["output"] = output
     if code != 0:
@@ -756,8 +776,9 @@ def l7(server, backend, tool, seconds, connections):
         if reached < requests:
             problems.append(f"only {reached} of {requests} requests reached the backend")
         result.update(requests=requests, rate=rate, backend_connections=accepts1 - accepts0)
-        if cpu1 is not None:
-            result["cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / requests
+        if split1 is not None:
+            result["cpu_us_per_request"] = (sum(split1) - sum(split0)) * 1e6 / requests
+            result["kernel_us_per_request"] = (split1[1] - split0[1]) * 1e6 / requests
     if problems:
         result["diagnostics"] = server.diagnostics()
     return result
@@ -806,7 +827,7 @@ def cell(result, case_sig, case_resume):
     want = "ECDSA" if case_sig == "ecdsa" else "RSA"
     if case_resume == "never" and any(not k.startswith(want) for k in keys):
         return None, f"wrong certificate ({', '.join(keys)})"
-    return us, f"{us:.0f} µs ({rate:.0f}/s)"
+    return us, with_kernel(f"{us:.0f} µs", result.get("kernel_share")) + f" {rate:.0f}/s"
 
 
 def main():
@@ -972,7 +993,7 @@ def main():
             if "error" in b:
                 print(f"| {name} | failed: {b['error'][:80]} | |")
             else:
-                print(f"| {name} | {b['mb_per_s']:.0f} | {b['cpu_us_per_mib']:.0f} |")
+                print(f"| {name} | {b['mb_per_s']:.0f} | {with_kernel(format(b['cpu_us_per_mib'], '.0f'), b.get('kernel_share'))} |")
         print()
         print("The client (Python ssl) and the sink share CPU 1, so MB/s is bounded by them as much as by the "
               "proxy; the CPU per MiB is the proxy's own cost. nginx has no `stream` module here and is not run.")
@@ -1014,12 +1035,14 @@ def report_l7(names, servers, l7s, tools, args, l7_skip):
         print()
         print(f"## L7 keep-alive requests through TLS on both sides — {title}")
         print()
-        print("| server | requests/s | proxy CPU µs per request | backend TLS connections opened |")
-        print("|---|---|---|---|")
+        print("| server | requests/s | proxy CPU µs per request | of which kernel | of which user space "
+              "| backend TLS connections opened |")
+        print("|---|---|---|---|---|---|")
         values = {}
+        user_values = {}
         for s in servers:
             if s.skip:
-                print(f"| {s.name} | skipped ({s.skip[:60]}) | | |")
+                print(f"| {s.name} | skipped ({s.skip[:60]}) | | | | |")
                 continue
             r = l7s.get((s.name, tool))
             if r is None:
@@ -1027,17 +1050,23 @@ def report_l7(names, servers, l7s, tools, args, l7_skip):
             if r["problems"]:
                 failed.append(f"{s.name} {tool}")
                 details.append((s.name, tool, r))
-                print(f"| {s.name} | **FAILED**: {'; '.join(r['problems'])[:160]} | | |")
+                print(f"| {s.name} | **FAILED**: {'; '.join(r['problems'])[:160]} | | | | |")
                 continue
             us = r.get("cpu_us_per_request")
+            kernel = r.get("kernel_us_per_request")
             values[s.name] = us
-            print(f"| {s.name} | {r['rate']:.0f} | {us:.1f} | {r['backend_connections']} |")
+            user_values[s.name] = us - kernel if us is not None and kernel is not None else None
+            print(f"| {s.name} | {r['rate']:.0f} | {us:.1f} | {kernel:.1f} | {us - kernel:.1f} "
+                  f"| {r['backend_connections']} |")
         peers = [v for n, v in values.items() if n != "Gatehouse" and v]
         if values.get("Gatehouse") and peers:
             ratio = values["Gatehouse"] / min(peers)
             mark = "✔" if ratio <= L7_TARGET else "✘"
             print()
             print(f"Gatehouse / best peer, proxy CPU per request: **{ratio:.2f}** {mark} (target ≤ {L7_TARGET:.2f})")
+            user_peers = [v for n, v in user_values.items() if n != "Gatehouse" and v]
+            if user_values.get("Gatehouse") and user_peers:
+                print(f"User space only: Gatehouse / best peer **{user_values['Gatehouse'] / min(user_peers):.2f}**")
     print()
     print(f"Each proxy (CPU {SERVER_CPU}, one worker) terminates TLS from the load generator (CPU {CLIENT_CPU}) and "
           f"re-encrypts over kept-alive HTTP/1.1 to the same backend: nginx on CPU {CLIENT_CPU} with a self-signed "

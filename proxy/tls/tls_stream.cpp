@@ -49,7 +49,7 @@ struct TlsStream::ReadAhead {
   std::unique_ptr<char[]> large;
   const char* begin = nullptr;
   std::size_t size = 0;
-  bool last_read_full = false;
+  bool last_read_large = false;  // filled the small buffer, or read into the large one
   bool filling = false;  // an Asio read into it is pending
   bool eof = false;
   int error = 0;  // errno of a failed read, reported once the bytes before it are taken
@@ -226,18 +226,33 @@ asio::awaitable<error_code> TlsStream::wait_readable() {
   if (aborted_) co_return asio::error::operation_aborted;
   ReadAhead& ahead = *read_;
   if (ahead.size > 0 || ahead.eof || ahead.error != 0) co_return error_code{};
-  // Asio reads (speculatively unless its last read drained the socket, and
-  // then at the next edge) into the small buffer while idle, or into a
-  // record-sized one while a full read says more is coming.
+  // Streaming: a record-sized read straight away while data keeps coming
+  // (the last read was not small), keeping the large buffer for the next.
+  if (ahead.last_read_large) {
+    if (!ahead.large) ahead.large = std::make_unique_for_overwrite<char[]>(ReadAhead::large_size);
+    error_code ec;
+    const std::size_t n = socket_.read_some(asio::buffer(ahead.large.get(), ReadAhead::large_size), ec);
+    if (!ec) {
+      ahead.begin = ahead.large.get();
+      ahead.size = n;
+      co_return error_code{};
+    }
+    if (ec == asio::error::eof) {
+      ahead.eof = true;
+      co_return error_code{};
+    }
+    if (ec != asio::error::would_block && ec != asio::error::try_again) {
+      ahead.error = ec.value();
+      co_return error_code{};
+    }
+  }
+  // Waiting: Asio reads into the small buffer when the socket is readable
+  // (speculatively first, unless its own last read found it drained); a
+  // read that fills it is followed by record-sized ones.
+  ahead.large.reset();
+  ahead.last_read_large = false;
   char* buffer = ahead.small;
   std::size_t capacity = ReadAhead::small_size;
-  if (ahead.last_read_full) {
-    if (!ahead.large) ahead.large = std::make_unique_for_overwrite<char[]>(ReadAhead::large_size);
-    buffer = ahead.large.get();
-    capacity = ReadAhead::large_size;
-  } else {
-    ahead.large.reset();
-  }
   ahead.filling = true;
   auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer, capacity), use_tuple);
   ahead.filling = false;
@@ -249,7 +264,7 @@ asio::awaitable<error_code> TlsStream::wait_readable() {
   } else {
     ahead.begin = buffer;
     ahead.size = n;
-    ahead.last_read_full = n == capacity;
+    ahead.last_read_large = n == capacity;
   }
   co_return error_code{};
 }
@@ -264,7 +279,6 @@ bool TlsStream::quiet() {
     if (ec) return false;
     ahead.begin = ahead.small;
     ahead.size = n;
-    ahead.last_read_full = false;
   }
   if (!ssl_) return false;
   // Bytes on a TLS connection may be only a late post-handshake message (a
