@@ -37,7 +37,7 @@ class Exchange final : IdleExpiry {
         backend_(*backend.stream),
         result_(result),
         idle_(idle),
-        body_cancel_(context.watchdog.get_executor()) {}
+        body_cancel_(context.executor) {}
 
   enum class Outcome { done, failed_before_response, failed_after_head, timed_out, retry };
 
@@ -49,24 +49,14 @@ class Exchange final : IdleExpiry {
     if (!has_body) body_sent_ = true;
     bool idle = false;
     try {
-      if (context_.guard != nullptr) {
-        // HTTP/1.1: the connection's guard interrupts the exchange (expire()).
-        GuardScope scope(*context_.guard, *this);
-        if (has_body) co_await (send_body_or_cancel() && receive_response());
-        else co_await receive_response();
-        idle = expired_;
-      } else if (has_body) {
-        idle = (co_await ((send_body_or_cancel() && receive_response()) ||
-                          idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
-                   .index() == 1;
-      } else {
-        // Most requests (GET) have no body: one coroutine fewer per request.
-        idle = (co_await (receive_response() ||
-                          idle_watchdog(context_.watchdog, last_activity_, idle_, context_.handle)))
-                   .index() == 1;
-      }
+      // The connection's (HTTP/1.1) or stream's (HTTP/2) guard interrupts
+      // the exchange when it goes idle (expire()).
+      GuardScope scope(context_.guard, *this);
+      if (has_body) co_await (send_body_or_cancel() && receive_response());
+      else co_await receive_response();
+      idle = expired_;
     } catch (const boost::system::system_error&) {
-      // Cancelled from outside (the HTTP/2 stream was reset): Asio reports
+      // Cancelled from outside (the HTTP/2 stream was closed): Asio reports
       // that by throwing from the next wait.
       backend_.abort();
       result_.error = "cancelled";

@@ -54,10 +54,10 @@ struct RequestContext {
   tcp::endpoint client;
   std::string client_address;  // IP only, for X-Forwarded-For
   const ConnectionHandle& handle;
-  asio::steady_timer& watchdog;  // the connection's (HTTP/1.1) or the stream's (HTTP/2)
-  // HTTP/1.1: the connection's idle guard, which then bounds the exchange
-  // instead of a timer raced against it; `watchdog` is that guard's timer.
-  IdleGuard* guard = nullptr;
+  asio::any_io_executor executor;
+  // The connection's (HTTP/1.1) or the stream's (HTTP/2) idle guard, which
+  // the exchange arms with its route's idle_timeout.
+  IdleGuard& guard;
 };
 
 struct ExchangeResult {

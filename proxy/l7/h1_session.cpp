@@ -199,7 +199,7 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
                                                   : head.host;
       RequestContext context{connection.worker,         connection.generation, connection.listener,
                              connection.client,         connection.client_address, connection.handle,
-                             connection.watchdog,        &guard};
+                             connection.watchdog.get_executor(), guard};
       result = co_await forward(context, forwarded, *routed.route, *routed.pool, down);
       if (!down.body_error().empty()) {
         log::warning("bad_request", {{"listener", config.name},

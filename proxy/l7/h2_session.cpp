@@ -55,8 +55,8 @@ class Http2Session;
 
 class Stream final : public Downstream {
  public:
-  Stream(Http2Session& session, std::int32_t id, asio::any_io_executor executor)
-      : session_(session), id_(id), signal_(executor), closed_signal_(executor), watchdog_(executor) {}
+  Stream(Http2Session& session, std::int32_t id, asio::any_io_executor executor, const ConnectionHandle& handle)
+      : session_(session), id_(id), signal_(executor), watchdog_(executor), guard_(watchdog_, handle) {}
 
   asio::awaitable<error_code> read_body(std::string& out, bool& done) override;
   const Fields& request_trailers() const override { return trailers_in_; }
@@ -66,17 +66,15 @@ class Stream final : public Downstream {
   void end(const Fields& trailers) override;
   asio::awaitable<error_code> flush() override;
   void abort() override;
-
-  asio::awaitable<void> wait_closed() {
-    while (!closed_) {
-      wait_forever(closed_signal_);
-      co_await closed_signal_.async_wait(use_tuple);
-    }
+  void cancel() override {
+    cancelled_ = true;
+    signal_.cancel();
   }
+
   void close() {
     closed_ = true;
     signal_.cancel();
-    closed_signal_.cancel();
+    guard_.stop();  // which ends the stream's exchange (run_stream)
   }
   void wake() { signal_.cancel(); }
 
@@ -85,9 +83,9 @@ class Stream final : public Downstream {
 
   Http2Session& session_;
   std::int32_t id_;
-  asio::steady_timer signal_;         // body arrived, window drained, or closed
-  asio::steady_timer closed_signal_;  // closed
-  asio::steady_timer watchdog_;       // the exchange's idle timer
+  asio::steady_timer signal_;    // body arrived, window drained, or closed
+  asio::steady_timer watchdog_;  // the exchange's idle timer, which guard_ runs
+  IdleGuard guard_;              // watches the exchange for the route's idle_timeout until close()
 
   RequestHead head_;
   std::string authority_, path_, scheme_;
@@ -107,6 +105,7 @@ class Stream final : public Downstream {
   bool deferred_ = false;
   bool response_started_ = false;
   bool closed_ = false;
+  bool cancelled_ = false;
 };
 
 class Http2Session {
@@ -179,6 +178,7 @@ class Http2Session {
 
 asio::awaitable<error_code> Stream::read_body(std::string& out, bool& done) {
   for (;;) {
+    if (cancelled_) co_return asio::error::operation_aborted;
     if (!body_in_.empty()) {
       out.append(body_in_);
       if (!closed_) {
@@ -272,10 +272,11 @@ void Stream::end(const Fields& trailers) {
 
 asio::awaitable<error_code> Stream::flush() {
   session_.want_write();
-  while (!closed_ && out_.size() - out_offset_ > kResponseHighWater) {
+  while (!closed_ && !cancelled_ && out_.size() - out_offset_ > kResponseHighWater) {
     wait_forever(signal_);
     co_await signal_.async_wait(use_tuple);
   }
+  if (cancelled_ && !closed_) co_return asio::error::operation_aborted;
   co_return closed_ && !out_end_ ? error_code(asio::error::connection_reset) : error_code{};
 }
 
@@ -376,7 +377,8 @@ int Http2Session::on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, v
 int Http2Session::on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* user) {
   auto* self = static_cast<Http2Session*>(user);
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-  auto stream = std::make_shared<Stream>(*self, frame->hd.stream_id, self->connection_.stream.socket().get_executor());
+  auto stream = std::make_shared<Stream>(*self, frame->hd.stream_id, self->connection_.stream.socket().get_executor(),
+                                         self->connection_.handle);
   self->streams_[frame->hd.stream_id] = std::move(stream);
   return 0;
 }
@@ -516,7 +518,7 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
     co_await s.flush();
   } else {
     RequestContext context{connection_.worker, connection_.generation, connection_.listener, connection_.client,
-                           connection_.client_address, connection_.handle, s.watchdog_};
+                           connection_.client_address, connection_.handle, s.watchdog_.get_executor(), s.guard_};
     result = co_await forward(context, head, *routed.route, *routed.pool, s);
     if (result.response_done && !s.body_end_ && !s.closed_) {
       // Answered before the request body ended: stop the upload (RFC 9113 8.1).
@@ -531,7 +533,7 @@ asio::awaitable<void> Http2Session::run_stream(std::shared_ptr<Stream> stream) {
   ++running_;
   // A stream the client resets (or a connection that ends) cancels its
   // exchange at once, backend request included.
-  co_await (serve_stream(stream) || stream->wait_closed());
+  co_await (serve_stream(stream) || stream->guard_.watch());
   if (--running_ == 0) done_signal_.cancel();
 }
 

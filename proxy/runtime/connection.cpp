@@ -144,7 +144,7 @@ void IdleGuard::arm(const Clock::time_point* last_activity, Clock::duration idle
 }
 
 asio::awaitable<void> IdleGuard::watch() {
-  for (;;) {
+  while (!stopped_) {
     auto deadline = Clock::time_point::max();
     if (expiry_ != nullptr) {
       const bool drained = handle_.force_close || (between_requests_ && handle_.draining);

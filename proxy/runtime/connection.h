@@ -56,7 +56,11 @@ class IdleGuard {
   // a drain: force_close, or (with `between_requests`) draining.
   void arm(const Clock::time_point* last_activity, Clock::duration idle, bool between_requests, IdleExpiry* expiry);
   void disarm() { expiry_ = nullptr; }
-  asio::awaitable<void> watch();  // until cancelled
+  asio::awaitable<void> watch();  // until cancelled, or stop()
+  void stop() {
+    stopped_ = true;
+    timer_.cancel();
+  }
 
  private:
   asio::steady_timer& timer_;
@@ -65,6 +69,7 @@ class IdleGuard {
   Clock::duration idle_{};
   bool between_requests_ = false;
   IdleExpiry* expiry_ = nullptr;
+  bool stopped_ = false;
 };
 
 // Runs `op` against a deadline; nullopt on timeout (op is then cancelled).

@@ -1023,6 +1023,35 @@ class Errors(L7TestCase):
         r = self.curl(port, "/slow/echo")
         self.assertEqual((r["rc"], r["code"]), (0, 200), r["stderr"])
 
+    def test_http2_stream_stalling_mid_upload_gets_504_while_the_connection_serves_others(self):
+        import h2frames as f
+        backend, sections = self.py_backend()
+        g = self.gatehouse(listener(), route("py", paths=["/slow"], idle_timeout="1s"), route("py"), *sections)
+        conn = f.TlsConn(g.port("web"), alpn=["h2"], timeout=10 * h.SLOW)
+        try:
+            client = f.H2Client(conn)
+            self.assertTrue(client.handshake(10 * h.SLOW), f"no SETTINGS ({conn.how})")
+            sid = client.new_stream_id()
+            block = f.encode_headers(f.request_fields("/slow/upload", MAIL, "POST", extra=[("content-length", "1000")]))
+            conn.queue(f.header_frames(sid, block, end_stream=False) + f.data(sid, b"x" * 10))
+            client._stream(sid)
+            started = time.monotonic()
+            # Meanwhile another stream on the same connection is answered.
+            other = client.request("/owa/echo", timeout=5 * h.SLOW)
+            self.assertEqual(other.status, 200)
+            client.wait(lambda: client.streams[sid].done, 10 * h.SLOW)
+            elapsed = time.monotonic() - started
+            stalled = client.streams[sid]
+            self.assertEqual(stalled.status, 504, f"headers {stalled.headers}, reset {stalled.reset}")
+            self.assertGreater(elapsed, 0.8, "504 before the route's idle_timeout")
+            self.assertLess(elapsed, 4 * h.SLOW)
+            again = client.request("/owa/echo2", timeout=5 * h.SLOW)
+            self.assertEqual(again.status, 200, "the connection must outlive one stream's timeout")
+        finally:
+            conn.close()
+        line = g.wait_access(status=504)
+        self.assertEqual((line["method"], line["protocol"]), ("POST", "HTTP/2"))
+
     def test_idle_keep_alive_connection_closes_with_close_notify_after_listener_idle_timeout(self):
         backend, sections = self.py_backend()
         g = self.gatehouse(listener(extra='idle_timeout = "2s"'), route("py"), *sections)
