@@ -5,9 +5,9 @@
 # HTTP/1.1, h2load HTTP/2, one nginx HTTPS backend), and the crypto floor.
 # Proxies on CPU 0, load generators (and the L7 backend) on CPU 1, loopback only.
 # Usage: bench/compare.sh [--gatehouse PATH] [--seconds N] [--concurrency N]
-#                         [--l7-seconds N] [--h2-seconds N (0 skips h2load)]
+#                         [--l7-seconds N] [--h2-seconds N (0 skips h2load)] [--l7-rounds N]
 # (default binary: build/proxy/gatehouse, as `bash .ci/test` builds it).
-# Takes about two and a half minutes; every process it starts is stopped at
+# Takes about four minutes; every process it starts is stopped at
 # exit. Exits 1 when an L7 run failed (non-2xx answers, errors, a proxy died).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -20,20 +20,23 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// Names listed in Connection: also hop-by-hop for this message.
-bool listed_in_connection(const Fields& raw, std::string_view name) {
+// Names listed in Connection: also hop-by-hop for this message. Tokens that
+// are hop-by-hop anyway ("close", "keep-alive", as most messages send) are
+// left out, so that usually nothing is left to look up.
+std::vector<std::string_view> connection_tokens(const Fields& raw) {
+  std::vector<std::string_view> tokens;
   for (const auto& f : raw) {
     if (!iequals(f.name, "connection")) continue;
     std::string_view rest = f.value;
     while (!rest.empty()) {
       const auto comma = rest.find(',');
       const auto token = trim(rest.substr(0, comma));
-      if (iequals(token, name)) return true;
+      if (!token.empty() && !iequals(token, "close") && !is_hop_by_hop(token)) tokens.push_back(token);
       if (comma == std::string_view::npos) break;
       rest.remove_prefix(comma + 1);
     }
   }
-  return false;
+  return tokens;
 }
 
 bool is_forwarding_field(std::string_view name) {
@@ -191,8 +194,12 @@ void Parser<isRequest>::on_header_impl(error_code& ec) {
   } else {
     head_.close_delimited = this->need_eof() && !this->chunked() && !this->content_length();
   }
+  const auto listed = connection_tokens(raw_);
   for (auto& f : raw_) {
-    if (is_hop_by_hop(f.name) || listed_in_connection(raw_, f.name)) continue;
+    if (is_hop_by_hop(f.name)) continue;
+    if (!listed.empty() &&
+        std::any_of(listed.begin(), listed.end(), [&](std::string_view t) { return iequals(t, f.name); }))
+      continue;
     if constexpr (isRequest) {
       if (is_forwarding_field(f.name)) continue;
     }

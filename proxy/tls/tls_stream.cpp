@@ -65,6 +65,12 @@ struct TlsStream::ReadAhead {
 
 namespace {
 
+// BoringSSL's SSL_get_error() reads the error queue, so it must be empty
+// before each call; emptying an empty queue costs more than looking.
+void clear_errors() {
+  if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 int bio_read(BIO* bio, char* out, int len) {
   auto* ahead = static_cast<TlsStream::ReadAhead*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);
@@ -170,7 +176,7 @@ asio::awaitable<error_code> TlsStream::handshake() {
   if (!ssl_) co_return error_code{};
   for (;;) {
     if (aborted_) co_return asio::error::operation_aborted;
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     const int ret = SSL_do_handshake(ssl_.get());
     if (ret == 1) co_return error_code{};
@@ -192,7 +198,7 @@ std::pair<error_code, std::size_t> TlsStream::try_read_some(void* data, std::siz
     if (ahead.eof) return {asio::error::eof, 0};
     return {asio::error::would_block, 0};
   }
-  ERR_clear_error();
+  clear_errors();
   errno = 0;
   const int ret = SSL_read(ssl_.get(), data, static_cast<int>(std::min<std::size_t>(size, INT32_MAX)));
   if (ret > 0) return {error_code{}, static_cast<std::size_t>(ret)};
@@ -304,7 +310,7 @@ asio::awaitable<error_code> TlsStream::write_all(const void* data, std::size_t s
       if (auto wait_ec = co_await wait_for(SSL_ERROR_WANT_WRITE)) co_return wait_ec;
       continue;
     }
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     // BoringSSL requires a retried SSL_write to repeat the same arguments,
     // which this loop does: p and size only move on success.
@@ -328,7 +334,7 @@ asio::awaitable<error_code> TlsStream::flush() {
   if (!ssl_) co_return error_code{};
   for (;;) {
     if (aborted_) co_return asio::error::operation_aborted;
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     const int ret = SSL_write(ssl_.get(), "", 0);
     if (ret >= 0) co_return error_code{};
