@@ -1093,7 +1093,8 @@ def report_l7(names, servers, l7s, tools, args, l7_skip):
           f"(HTTP/2: {args.l7_connections}×{H2_STREAMS} streams), and each is a full TLS handshake on both CPUs. "
           "Before the wrk run one GET checks the answer is the backend's 200. "
           f"Each proxy ran {args.l7_rounds} rounds per tool, the three in turn each round; the table shows each "
-          "one's median round, and every round's CPU per request.")
+          "one's median round, and every round's CPU per request. The proxies stay up between rounds, so a "
+          "proxy whose idle pool kept its backend connections opens none in later rounds.")
     for name, tool, r in details:
         print()
         print(f"### {name} {tool} FAILED")
