@@ -973,20 +973,26 @@ class Errors(L7TestCase):
         r = self.curl(port, "/slow/echo")
         self.assertEqual(r["code"], 200)
 
+    def answer_until_close(self, port, method, target, **request):
+        """Sends one HTTP/1.1 request; returns the answer's status line, what
+        followed its head until the connection ended, whether it did end (in
+        10 s), and the seconds from the request to the end."""
+        with self.tls(port) as s:
+            self.send_request(s, method, target, **request)
+            hc = HttpConn(s)
+            started = time.monotonic()
+            start, _headers = hc.read_head()
+            data, closed = hc.read_to_close(10)
+            return start, data, closed, time.monotonic() - started
+
     def test_backend_stalling_mid_response_is_cut_off_after_route_idle_timeout(self):
         backend, sections = self.py_backend()
         g = self.gatehouse(listener(), route("py", paths=["/slow"], idle_timeout="1s"), route("py"), *sections)
         port = g.port("web")
         # /stream sends its head and a first chunk, then nothing until .proceed
         # (never set here): after 1 s idle the response must end as a failure.
-        with self.tls(port) as s:
-            self.send_request(s, "GET", "/slow/stream")
-            hc = HttpConn(s)
-            started = time.monotonic()
-            start, headers = hc.read_head()
-            self.assertTrue(start.startswith("HTTP/1.1 200"), start)
-            data, closed = hc.read_to_close(10)
-            elapsed = time.monotonic() - started
+        start, data, closed, elapsed = self.answer_until_close(port, "GET", "/slow/stream")
+        self.assertTrue(start.startswith("HTTP/1.1 200"), start)
         self.assertTrue(closed, "a response stalled past the route's idle_timeout was left open")
         self.assertIn(b"first", data)
         self.assertFalse(data.endswith(b"0\r\n\r\n"), "a cut-off response was ended as if complete")
@@ -1004,16 +1010,11 @@ class Errors(L7TestCase):
         backend, sections = self.py_backend()
         g = self.gatehouse(listener(), route("py", paths=["/slow"], idle_timeout="1s"), route("py"), *sections)
         port = g.port("web")
-        with self.tls(port) as s:
-            # 10 of the 1000 bytes announced, then silence: the backend waits
-            # for the rest and so does Gatehouse, for the route's idle_timeout.
-            self.send_request(s, "POST", "/slow/upload", fields=[("Content-Length", "1000")], body=b"x" * 10)
-            hc = HttpConn(s)
-            started = time.monotonic()
-            start, headers = hc.read_head()
-            self.assertTrue(start.startswith("HTTP/1.1 504"), start)
-            body, closed = hc.read_to_close(10)
-            elapsed = time.monotonic() - started
+        # 10 of the 1000 bytes announced, then silence: the backend waits for
+        # the rest and so does Gatehouse, for the route's idle_timeout.
+        start, body, closed, elapsed = self.answer_until_close(
+            port, "POST", "/slow/upload", fields=[("Content-Length", "1000")], body=b"x" * 10)
+        self.assertTrue(start.startswith("HTTP/1.1 504"), start)
         self.assertTrue(closed, "the connection of a timed-out upload must close (its body is unread)")
         self.assertIn(b"504", body)
         self.assertGreater(elapsed, 0.8, "504 before the route's idle_timeout")
