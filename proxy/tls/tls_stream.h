@@ -1,11 +1,11 @@
 #pragma once
 // A TCP connection with optional TLS. BoringSSL reads through a read-ahead
-// buffer that only Asio fills, so an incoming TLS record costs one recv()
-// (BoringSSL alone reads its 5-byte header and its body separately), and a
-// stream known to be drained waits for the next edge without a speculative
-// recv() or an epoll_ctl(). Writes go straight to the socket. One read and one
-// write may be outstanding at once (the L4 pump's two directions). Errors are
-// error codes, never exceptions.
+// buffer that Asio fills, so an incoming TLS record costs one recv()
+// (BoringSSL on a socket reads its 5-byte header and its body separately),
+// and waiting for the socket costs no epoll_ctl() (an Asio read, not an
+// async_wait). Writes go straight to the socket. One read and one write may be
+// outstanding at once (the L4 pump's two directions). Errors are error codes,
+// never exceptions.
 
 #include <openssl/ssl.h>
 
@@ -52,9 +52,9 @@ class TlsStream {
   // Until something (bytes, an end, an error) has been read ahead for the
   // next try_read_some(). Idle, a stream holds only a small buffer.
   asio::awaitable<error_code> wait_readable();
-  // Nothing read ahead and nothing on the socket: one non-blocking peek. A
-  // kept-alive backend connection that is not quiet was closed or is
-  // confused.
+  // Nothing read ahead and nothing on the socket (one non-blocking read,
+  // kept if it finds something). A kept-alive backend connection that is not
+  // quiet was closed or is confused.
   bool quiet();
   // Sends what BoringSSL holds back until the first write: a TLS 1.3 server
   // sends its NewSessionTickets then, so a client that only handshakes (or
