@@ -38,7 +38,8 @@ asio::awaitable<void> pump(TlsStream& from, TlsStream& to, Clock::time_point& la
       }
     }
     if (ec == asio::error::would_block) {
-      reads_since_yield = 0;
+      // (No reset of reads_since_yield: a stream that keeps coming is read
+      // ahead without suspending, so this is not a sign of a wait.)
       if (co_await from.wait_readable()) break;
       continue;
     }

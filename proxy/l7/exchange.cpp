@@ -360,7 +360,6 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
   target.affinity = route.affinity == conf::Affinity::source_ip;
   target.timeout = context.listener.config->handshake_timeout;
   target.reuse = true;
-  target.retryable = !has_body;
 
   auto finish_with_error = [&](int status, std::string detail) {
     result.error = detail;

@@ -66,14 +66,9 @@ constexpr auto kIdleReuseLimit = std::chrono::seconds(30);
 // keep enough for a few hundred concurrent requests per worker.
 constexpr std::size_t kMaxIdlePerServer = 512;
 
-// A connection back in the pool this recently is taken without the system
-// call that checks it is still quiet, when the request can go again on a
-// fresh connection if the backend had closed it (ConnectTarget::retryable).
-constexpr auto kUncheckedReuse = std::chrono::seconds(2);
-
 // The most recently used idle connection to `server` that is still open and
 // quiet, or nullopt. Stale ones are dropped on the way.
-std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server, bool retryable) {
+std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server) {
   if (wp.idle.size() <= server) return std::nullopt;
   auto& list = wp.idle[server];
   const auto now = Clock::now();
@@ -81,10 +76,9 @@ std::optional<BackendConnection> take_idle(WorkerPool& wp, std::size_t server, b
     IdleBackend entry = std::move(list.back());
     list.pop_back();
     if (now - entry.since > kIdleReuseLimit) continue;
-    const bool check = !retryable || now - entry.since > kUncheckedReuse;
     // Alive means nothing to read: a byte or an end here is a closed or
-    // confused connection.
-    if (check && !entry.connection.stream->quiet()) continue;
+    // confused connection (a 408, an alert, a FIN).
+    if (!entry.connection.stream->quiet()) continue;
     entry.connection.reused = true;
     return std::optional<BackendConnection>(std::move(entry.connection));
   }
@@ -228,7 +222,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     const std::string& name = server.config->name;
     PoolMember& member = *pool.members[*picked];
     if (target.reuse) {
-      if (auto idle = take_idle(wp, *picked, target.retryable)) {
+      if (auto idle = take_idle(wp, *picked)) {
         ++wp.views[*picked].active;
         ++member.active;
         co_return idle;
@@ -312,6 +306,8 @@ void keep_backend(const Generation& generation, std::size_t worker, BackendConne
   release_backend(generation, worker, backend, pool);
   if (backend.pool != nullptr) pool = backend.pool;
   if (!current || !backend.stream || backend.stream->aborted()) return;
+  // Bytes past the response would be read as the next one's start.
+  if (!backend.stream->release_read_ahead()) return;
   WorkerPool& wp = generation.worker_pool(worker, pool);
   if (wp.idle.size() < pool->servers.size()) wp.idle.resize(pool->servers.size());
   auto& list = wp.idle[backend.server_index];

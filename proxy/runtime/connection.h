@@ -97,7 +97,6 @@ struct ConnectTarget {
   tcp::endpoint client;  // for the PROXY header
   tcp::endpoint local;
   bool reuse = false;    // l7: take an idle keep-alive connection to the picked server when one is alive
-  bool retryable = false;  // l7: the request goes again on a fresh connection if a reused one fails at once
   // l7 cookie affinity: this server of the pool first, while it is available.
   std::optional<std::size_t> preferred;
 };

@@ -141,6 +141,7 @@ TlsStream& TlsStream::operator=(TlsStream&& other) noexcept {
     read_ = std::move(other.read_);
     ssl_ = std::move(other.ssl_);
     aborted_ = other.aborted_;
+    reads_cancelled_ = other.reads_cancelled_;
   }
   return *this;
 }
@@ -153,8 +154,10 @@ error_code TlsStream::ssl_failure(int ret, int err) {
   ERR_clear_error();
   if (err == SSL_ERROR_SYSCALL) {
     if (ret == 0 && packed == 0) return asio::error::eof;  // FIN without close_notify
-    if (read_->error != 0 && packed == 0) return error_code(read_->error, boost::system::system_category());
     if (errno != 0 && packed == 0) return error_code(errno, boost::system::system_category());
+    // (bio_read sets errno from a failed read; this is in case something
+    // cleared it since.)
+    if (read_->error != 0 && packed == 0) return error_code(read_->error, boost::system::system_category());
     if (packed == 0) return asio::error::connection_reset;
   }
   if (packed == 0) return asio::error::fault;
@@ -163,11 +166,8 @@ error_code TlsStream::ssl_failure(int ret, int err) {
 
 asio::awaitable<error_code> TlsStream::wait_for(int ssl_error) {
   if (aborted_) co_return asio::error::operation_aborted;
-  if (ssl_error == SSL_ERROR_WANT_READ && !read_->filling) co_return co_await wait_readable();
-  // Writable, or (a write that must read while the reader waits, which
-  // TLS 1.3 never asks for) readable.
-  auto type = ssl_error == SSL_ERROR_WANT_WRITE ? tcp::socket::wait_write : tcp::socket::wait_read;
-  auto [ec] = co_await socket_.async_wait(type, use_tuple);
+  if (ssl_error == SSL_ERROR_WANT_READ) co_return co_await wait_readable();
+  auto [ec] = co_await socket_.async_wait(tcp::socket::wait_write, use_tuple);
   if (!ec && aborted_) ec = asio::error::operation_aborted;
   co_return ec;
 }
@@ -215,8 +215,9 @@ asio::awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(void* d
     auto [ec, n] = try_read_some(data, size);
     if (ec == asio::error::would_block && !ssl_) {
       // Plain TCP: straight into the caller's buffer.
+      if (reads_cancelled_) co_return std::pair{error_code(asio::error::operation_aborted), std::size_t{0}};
       auto [read_ec, read_n] = co_await socket_.async_read_some(asio::buffer(data, size), use_tuple);
-      if (aborted_) read_ec = asio::error::operation_aborted;
+      if (aborted_ || reads_cancelled_) read_ec = asio::error::operation_aborted;
       co_return std::pair{read_ec, read_n};
     }
     if (ec == asio::error::would_block || ec == asio::error::in_progress) {
@@ -229,9 +230,16 @@ asio::awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(void* d
 }
 
 asio::awaitable<error_code> TlsStream::wait_readable() {
-  if (aborted_) co_return asio::error::operation_aborted;
+  if (aborted_ || reads_cancelled_) co_return asio::error::operation_aborted;
   ReadAhead& ahead = *read_;
   if (ahead.size > 0 || ahead.eof || ahead.error != 0) co_return error_code{};
+  if (ahead.filling) {
+    // Another wait (the reader, while a write wants to read) fills the
+    // buffer: only wait for the socket beside it.
+    auto [ec] = co_await socket_.async_wait(tcp::socket::wait_read, use_tuple);
+    if (aborted_ || reads_cancelled_) ec = asio::error::operation_aborted;
+    co_return ec;
+  }
   // Streaming: a record-sized read straight away while data keeps coming
   // (the last read was not small), keeping the large buffer for the next.
   if (ahead.last_read_large) {
@@ -262,7 +270,7 @@ asio::awaitable<error_code> TlsStream::wait_readable() {
   ahead.filling = true;
   auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer, capacity), use_tuple);
   ahead.filling = false;
-  if (aborted_ || ec == asio::error::operation_aborted) co_return asio::error::operation_aborted;
+  if (aborted_ || reads_cancelled_ || ec == asio::error::operation_aborted) co_return asio::error::operation_aborted;
   if (ec == asio::error::eof) {
     ahead.eof = true;
   } else if (ec) {
@@ -273,6 +281,14 @@ asio::awaitable<error_code> TlsStream::wait_readable() {
     ahead.last_read_large = n == capacity;
   }
   co_return error_code{};
+}
+
+bool TlsStream::release_read_ahead() {
+  ReadAhead& ahead = *read_;
+  if (ahead.size > 0) return false;
+  ahead.large.reset();
+  ahead.last_read_large = false;
+  return true;
 }
 
 bool TlsStream::quiet() {
@@ -365,6 +381,7 @@ asio::awaitable<void> TlsStream::shutdown_send() {
 }
 
 void TlsStream::cancel() {
+  reads_cancelled_ = true;
   error_code ignored;
   socket_.cancel(ignored);
 }

@@ -56,6 +56,9 @@ class TlsStream {
   // kept if it finds something). A kept-alive backend connection that is not
   // quiet was closed or is confused.
   bool quiet();
+  // Back to the small buffer before the stream goes idle in a pool; false
+  // (and nothing changed) when read-ahead bytes are still untaken.
+  bool release_read_ahead();
   // Sends what BoringSSL holds back until the first write: a TLS 1.3 server
   // sends its NewSessionTickets then, so a client that only handshakes (or
   // speaks first, as IMAP/SMTP clients do not) would otherwise never get one.
@@ -67,8 +70,9 @@ class TlsStream {
   // under a still-live SSL object.
   void abort();
   bool aborted() const { return aborted_; }
-  // Wakes any pending operation with operation_aborted, nothing more: the
-  // stream stays usable (to send an error, or close_notify).
+  // Wakes a pending operation with operation_aborted, and every read from
+  // now on fails so: the stream stays usable for writing (an error, then
+  // close_notify).
   void cancel();
 
   // What the socket has delivered that nobody has taken yet (tls_stream.cpp).
@@ -83,6 +87,7 @@ class TlsStream {
   std::unique_ptr<ReadAhead> read_;
   bssl::UniquePtr<SSL> ssl_;
   bool aborted_ = false;
+  bool reads_cancelled_ = false;
 };
 
 std::string describe_ssl_error(const error_code& ec);
