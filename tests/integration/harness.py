@@ -246,38 +246,103 @@ class HttpsBackend:
         self.httpd.server_close()
 
 
-class EchoBackend:
-    """A TLS (or plain) echo server: every byte read is written back; EOF from
-    the client half-closes back after the echo. Records what it saw."""
+class LoopbackServer:
+    """A threaded TCP server on 127.0.0.1 for the test backends: one thread
+    accepts, one thread per connection runs the subclass's `_serve(raw)` with
+    the accepted socket (TLS: wrap it with `self.ctx`, made from `cert`).
+    `connections` counts accepts. Subclasses set their own fields before
+    calling this __init__, since connections may arrive as soon as it returns.
 
-    def __init__(self, cert=None, greeting=b""):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self.greeting = greeting
-        self.connections = 0
+    stop() ends the accept thread BEFORE closing the listening socket:
+    closing first frees the descriptor number while that thread may still be
+    about to call accept() with it, and it then accepts (and serves, TLS or
+    not) connections meant for the next server that reuses the number. With
+    `close_connections` it also shuts down every open connection (a stopped
+    mailbox server); with `join_connections` it then waits for their threads."""
+
+    def __init__(self, cert=None, backlog=256, close_connections=True, join_connections=False):
         self.ctx = None
         if cert is not None:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ctx.load_cert_chain(cert.cert, cert.key)
-        self._stop = False
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.connections = 0
+        self.lock = threading.Lock()
+        self._close_connections = close_connections
+        self._join_connections = join_connections
+        self._open = set()
+        self._threads = []
+        self._stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
     def _accept(self):
-        while not self._stop:
+        while not self._stopped.is_set():
             try:
-                conn, _ = self.sock.accept()
+                raw, _ = self.sock.accept()
             except OSError:
                 return
-            if self._stop:
-                conn.close()
+            if self._stopped.is_set():
+                raw.close()
                 return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            with self.lock:
+                self.connections += 1
+                self._open.add(raw)
+            t = threading.Thread(target=self._run, args=(raw,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _run(self, raw):
+        try:
+            self._serve(raw)
+        finally:
+            with self.lock:
+                self._open.discard(raw)
+            raw.close()
+
+    def _serve(self, raw):
+        raise NotImplementedError
+
+    def stop(self):
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self.thread is not threading.current_thread():
+            self.thread.join(5)
+        self.sock.close()
+        if not self._close_connections:
+            return
+        with self.lock:
+            conns = list(self._open)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if not self._join_connections:
+            return
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(5)
+
+
+class EchoBackend(LoopbackServer):
+    """A TLS (or plain) echo server: every byte read is written back; EOF from
+    the client half-closes back after the echo. Stopping it leaves open
+    connections be."""
+
+    def __init__(self, cert=None, greeting=b""):
+        self.greeting = greeting
+        super().__init__(cert, backlog=1024, close_connections=False)
 
     def _serve(self, conn):
         try:
@@ -304,21 +369,6 @@ class EchoBackend:
             pass
         finally:
             conn.close()
-
-    def stop(self):
-        # Wake the accept thread (shutdown makes a blocked accept() fail) and
-        # let it end BEFORE closing: closing first frees the descriptor
-        # number while that thread may still be about to call accept() with
-        # it, and it then accepts (and serves, TLS or not) connections meant
-        # for the next backend that reuses the number.
-        self._stop = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        if self.thread is not threading.current_thread():
-            self.thread.join(5)
-        self.sock.close()
 
 
 def client_context(cafile=None):

@@ -20,7 +20,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +37,7 @@ PROBE_AGENT = "Gatehouse-HealthCheck"
 
 # --- backends ---------------------------------------------------------------------
 
-class MailboxBackend:
+class MailboxBackend(h.LoopbackServer):
     """An HTTPS/1.1 keep-alive server on 127.0.0.1 presenting `cert`.
 
     Every answer is 200 with the backend's name in X-Backend and in the body,
@@ -52,32 +51,7 @@ class MailboxBackend:
         self.name = name
         self.health = {}
         self.requests = []
-        self._lock = threading.Lock()
-        self._open = set()
-        self._stopped = threading.Event()
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert.cert, cert.key)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while not self._stopped.is_set():
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            if self._stopped.is_set():
-                raw.close()
-                return
-            with self._lock:
-                self._open.add(raw)
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+        super().__init__(cert, backlog=512)
 
     def _serve(self, raw):
         conn = raw
@@ -106,7 +80,7 @@ class MailboxBackend:
                     buf += data
                 buf = buf[length:]
                 path = target.split("?", 1)[0]
-                with self._lock:
+                with self.lock:
                     self.requests.append((fields.get("host", ""), path, fields.get("user-agent", "")))
                     status = self.health.get(path.lower(), 200)
                 body = f"{self.name} {method} {target}\n".encode()
@@ -121,36 +95,15 @@ class MailboxBackend:
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
-            with self._lock:
-                self._open.discard(raw)
             try:
                 conn.close()
             except OSError:
                 pass
-            raw.close()
 
     def traffic(self):
         """(host, path) of the requests that were not health probes."""
-        with self._lock:
+        with self.lock:
             return [(host, path) for host, path, agent in self.requests if agent != PROBE_AGENT]
-
-    def stop(self):
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        if self.thread is not threading.current_thread():
-            self.thread.join(5)
-        self.sock.close()
-        with self._lock:
-            for s in list(self._open):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 # --- clients ----------------------------------------------------------------------

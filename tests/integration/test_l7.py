@@ -248,7 +248,7 @@ def read_response(conn, method="GET"):
 
 # --- Python HTTPS backend where nginx cannot do it ------------------------------------
 
-class PyBackend:
+class PyBackend(h.LoopbackServer):
     """An HTTP/1.1 keep-alive backend on 127.0.0.1:0 (TLS with `cert`, or
     plain). What it does depends on the last path segment:
 
@@ -266,44 +266,16 @@ class PyBackend:
 
     def __init__(self, name, cert=None):
         self.name = name
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self.ctx = None
-        if cert is not None:
-            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.ctx.load_cert_chain(cert.cert, cert.key)
-        self.connections = 0
         self.requests = []  # (method, target, Headers) as they arrive
         self.sent = {}
         self.chunked_body = b"".join(bytes([65 + i % 26]) * (i * 37 % 1000 + 1) for i in range(40))
         self.proceed = threading.Event()
         self.stream_timeouts = 0  # /stream answers that gave up waiting for .proceed
         self.released = threading.Event()
-        self._open = set()
-        self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while not self.released.is_set():
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            if self.released.is_set():
-                raw.close()
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+        super().__init__(cert)
 
     def _serve(self, raw):
         conn = raw
-        with self._lock:
-            self._open.add(raw)
         try:
             raw.settimeout(60 * h.SLOW)
             if self.ctx is not None:
@@ -323,8 +295,6 @@ class PyBackend:
         except (EOFError, OSError, ssl.SSLError, ValueError):
             pass
         finally:
-            with self._lock:
-                self._open.discard(raw)
             try:
                 conn.close()
             except OSError:
@@ -406,19 +376,7 @@ class PyBackend:
     def stop(self):
         self.released.set()
         self.proceed.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        if self.thread is not threading.current_thread():
-            self.thread.join(5)
-        self.sock.close()
-        with self._lock:
-            for s in list(self._open):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        super().stop()
 
 
 class RssSampler:

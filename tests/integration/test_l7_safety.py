@@ -19,8 +19,6 @@ parser. Malformed requests carry "/bad-" in their path (and in any smuggled
 part), which must never show up at the backend."""
 
 import os
-import socket
-import ssl
 import threading
 import time
 import unittest
@@ -39,29 +37,16 @@ MIN_ATTACK_SECONDS = 3  # attackers reconnect until then
 
 # --- the backend -----------------------------------------------------------------
 
-class RecordingBackend:
+class RecordingBackend(h.LoopbackServer):
     """A TLS HTTP/1.1 server (keep-alive) presenting `cert`. Every byte read
     is kept in `received`; every request head in `heads`. Answers 200 with
     "<name> <METHOD> <path>\\n" as a text/plain body."""
 
     def __init__(self, name, cert):
         self.name = name
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert.cert, cert.key)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.received = bytearray()
         self.heads = []
-        self.connections = 0
-        self._conns = set()
-        self._threads = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__(cert, join_connections=True)
 
     @property
     def count(self):
@@ -80,29 +65,13 @@ class RecordingBackend:
                 out.append(parts[1].decode("latin-1") if len(parts) > 1 else "?")
             return out
 
-    def _accept(self):
-        while not self._stop:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            if self._stop:
-                raw.close()
-                return
-            with self.lock:
-                self.connections += 1
-                self._conns.add(raw)
-            t = threading.Thread(target=self._serve, args=(raw,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
     def _serve(self, raw):
         conn = raw
         try:
             raw.settimeout(30 * h.SLOW)
             conn = self.ctx.wrap_socket(raw, server_side=True)
             reader = _Reader(conn, self)
-            while not self._stop:
+            while not self._stopped.is_set():
                 head = reader.until(b"\r\n\r\n")
                 if head is None:
                     return
@@ -141,31 +110,10 @@ class RecordingBackend:
         except (OSError, ValueError, IndexError):
             pass
         finally:
-            with self.lock:
-                self._conns.discard(raw)
             try:
                 conn.close()
             except OSError:
                 pass
-            raw.close()
-
-    def stop(self):
-        self._stop = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.thread.join(5)
-        self.sock.close()
-        with self.lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for t in self._threads:
-            t.join(5)
 
 
 class _Reader:
