@@ -180,6 +180,20 @@ def nginx_paths(d):
     scgi_temp_path {d}/scgi;"""
 
 
+def nginx_head(d):
+    """An nginx.conf up to inside http{}: one worker in the foreground, its
+    files in D, no access log."""
+    return f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 10000; }}
+http {{
+    access_log off;
+{nginx_paths(d)}"""
+
+
 def start_nginx(procs, d, conf, port, cpu, what):
     """Writes CONF to D/nginx.conf, starts one master (pinned to CPU, or not
     when CPU is None) with one worker; returns (master Popen, worker pid)."""
@@ -247,15 +261,7 @@ class Backend:
         self.thumbprint = json.loads(inspect.stdout)[0]["certificates"][0]["Thumbprint"]
         self.port, self.status_port = free_port(), free_port()
         d = self.dir
-        conf = f"""daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 10000; }}
-http {{
-    access_log off;
-{nginx_paths(d)}
+        conf = f"""{nginx_head(d)}
     default_type text/plain;
     keepalive_requests 100000;
     keepalive_timeout 300s;
@@ -605,15 +611,7 @@ class Nginx(Server):
             proxy_ssl_name {BACKEND_NAME};
         }}
     }}"""
-        conf = f"""daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 10000; }}
-http {{
-    access_log off;
-{nginx_paths(d)}
+        conf = f"""{nginx_head(d)}
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{self.port} ssl;
