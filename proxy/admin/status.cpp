@@ -306,6 +306,16 @@ std::string prometheus_text(const Server& server) {
              "Failed backend connects and handshakes (this config generation).",
              [](const PoolMember& m) { return m.failures.load(); });
 
+  family("gatehouse_bound_backend_connections", "gauge",
+         "Backend connections private to one client connection (Windows authentication), by pool.");
+  {
+    std::map<std::string, std::int64_t> bound;
+    for (const auto& p : g.pools()) bound[p.config->name] = 0;
+    for (const auto& [pool, n] : m.bound()) bound[pool] = n;  // pools of older generations too, while they hold any
+    for (const auto& [pool, n] : bound)
+      if (n != 0 || g.pool(pool) != nullptr) o << "gatehouse_bound_backend_connections{pool=\"" << label(pool) << "\"} " << n << "\n";
+  }
+
   family("gatehouse_certificate_expiry_days", "gauge", "Days until each certificate expires.");
   std::set<std::string> seen;
   for (const auto& l : g.listeners()) {

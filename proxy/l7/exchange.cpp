@@ -10,6 +10,7 @@
 #include "balancer/balancer.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
+#include "proxy/runtime/metrics.h"
 
 namespace gatehouse::proxy::l7 {
 
@@ -39,10 +40,14 @@ class Exchange final : IdleExpiry {
         idle_(idle),
         body_cancel_(context.executor) {}
 
-  enum class Outcome { done, failed_before_response, failed_after_head, timed_out, retry };
+  enum class Outcome { done, failed_before_response, failed_after_head, timed_out, retry, http11_required };
 
-  asio::awaitable<Outcome> run(bool may_retry) {
+  // `can_bind`: the client connection can own a backend connection (HTTP/1.1).
+  // `binds`: this exchange's connection is (or becomes) private already.
+  asio::awaitable<Outcome> run(bool may_retry, bool can_bind, bool binds) {
     may_retry_ = may_retry;
+    can_bind_ = can_bind;
+    binds_ = binds;
     last_activity_ = Clock::now();
     body_cancel_.expires_at(Clock::time_point::max());
     const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
@@ -72,12 +77,15 @@ class Exchange final : IdleExpiry {
       co_return head_delivered_ ? Outcome::failed_after_head : Outcome::timed_out;
     }
     if (retry_) co_return Outcome::retry;
+    if (http11_required_) co_return Outcome::http11_required;
     if (response_failed_) co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
     co_return Outcome::done;
   }
 
   // Added to the response head (cookie affinity).
   void set_cookie(std::string cookie) { set_cookie_ = std::move(cookie); }
+  // The connection must stay with its client from now on.
+  bool binds() const { return binds_; }
 
   bool reusable() const {
     return result_.response_done && !result_.backend_closes && !close_delimited_ && body_sent_ && !extra_bytes_ &&
@@ -229,6 +237,15 @@ class Exchange final : IdleExpiry {
             if (head_request) parser->skip(true);
             continue;
           }
+          if (response_binds(rh.status, rh.fields)) binds_ = true;
+          if (binds_ && !can_bind_) {
+            // Nothing of it reaches the client, and the connection that
+            // offered the handshake is never reused.
+            http11_required_ = true;
+            fail_response("the response offers Windows authentication, which needs HTTP/1.1");
+            co_return;
+          }
+          if (binds_ && !rh.keep_alive) down_.close_after();
           const bool has_body = !head_request && rh.status != 204 && rh.status != 304;
           if (!set_cookie_.empty()) rh.fields.push_back({"Set-Cookie", set_cookie_});
           close_delimited_ = rh.close_delimited;
@@ -287,6 +304,9 @@ class Exchange final : IdleExpiry {
   bool body_sent_ = false;
   bool extra_bytes_ = false;
   bool expired_ = false;
+  bool can_bind_ = false;
+  bool binds_ = false;
+  bool http11_required_ = false;
   std::string set_cookie_;
 };
 
@@ -337,16 +357,146 @@ void send_error(Downstream& down, int status, std::string_view detail, bool head
   down.end({});
 }
 
+void BackendBinding::bind(BackendConnection connection, const PoolRuntime* routed_pool) {
+  release();
+  connection_.emplace(std::move(connection));
+  routed_pool_ = routed_pool;
+  metrics().bound_connections(connection_->pool->config->name, 1);
+}
+
+void BackendBinding::lose() {
+  release();
+  close_client = true;
+}
+
+void BackendBinding::release() {
+  if (!connection_) return;
+  metrics().bound_connections(connection_->pool->config->name, -1);
+  if (connection_->stream) connection_->stream->abort();
+  release_backend(generation_, worker_, *connection_, connection_->pool);
+  connection_.reset();
+}
+
+asio::awaitable<void> BackendBinding::watch() {
+  TlsStream& stream = *connection_->stream;
+  for (;;) {
+    const error_code ec = co_await stream.wait_readable();
+    if (ec) break;  // cancelled
+    // Readable while no request is out: a close, an alert, or bytes nobody
+    // asked for; only a late TLS 1.3 ticket leaves it quiet.
+    if (!stream.quiet()) break;
+  }
+}
+
 asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
-                                        const PoolRuntime& pool, Downstream& down) {
+                                        const PoolRuntime& pool, Downstream& down, BackendBinding* binding) {
   ExchangeResult result;
   const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
   result.request_body_done = !has_body;
   const bool head_request = head.method == "HEAD";
+  const auto auth = request_auth(head.fields);
+  if (auth) {
+    result.auth_scheme = auth->scheme;
+    result.auth_user = auth->user;
+  }
+  const bool auth_binds = auth && auth->connection_bound;
+  if (auth_binds && binding == nullptr) {
+    result.http11_required = true;
+    result.error = auth->scheme + " authentication is per connection and needs HTTP/1.1";
+    co_return result;
+  }
   const std::string request_head =
       serialize_request(head, ForwardedFor{context.client_address, head.host, "https"}, has_body);
   const Clock::duration idle =
       route.idle_timeout ? Clock::duration(*route.idle_timeout) : Clock::duration(context.listener.config->idle_timeout);
+
+  auto finish_with_error = [&](int status, std::string detail) {
+    result.error = detail;
+    result.status = status;
+    send_error(down, status, detail, head_request);
+  };
+  // What the client gets when the exchange did not complete.
+  auto report = [&](Exchange::Outcome outcome) -> asio::awaitable<void> {
+    switch (outcome) {
+      case Exchange::Outcome::failed_before_response:
+        if (!result.client_failed) {
+          const std::string why = result.error;
+          finish_with_error(502, "backend \"" + result.server + "\" failed before answering");
+          result.error = why;
+          co_await down.flush();
+        }
+        break;
+      case Exchange::Outcome::timed_out: {
+        const std::string why = result.error;
+        finish_with_error(504, "backend \"" + result.server + "\" did not answer in time");
+        result.error = why;
+        co_await down.flush();
+        break;
+      }
+      case Exchange::Outcome::failed_after_head:
+        down.abort();
+        break;
+      default:
+        break;
+    }
+    if (!result.error.empty() && !result.http11_required)
+      log::warning("request_failed", {{"listener", context.listener.config->name},
+                                      {"client", context.client_address},
+                                      {"pool", pool.config->name},
+                                      {"server", result.server},
+                                      {"status", result.status},
+                                      {"error", result.error}});
+  };
+  // Who the bound connection is authenticated as, for this request's log
+  // line and the next ones.
+  auto remember_auth = [&] {
+    if (binding == nullptr || !binding->bound()) return;
+    if (auth_binds) {
+      binding->scheme = auth->scheme;
+      if (auth->final_leg && result.status != 401 && result.status != 407) binding->user = auth->user;
+    } else if (!auth) {
+      result.auth_scheme = binding->scheme;
+      result.auth_user = binding->user;
+    }
+  };
+
+  if (binding != nullptr && binding->bound()) {
+    // Every request of a bound client goes on its connection, wherever it
+    // routes: another connection would carry another identity (or none).
+    BackendConnection& backend = binding->connection();
+    result.server = backend.server->config->name;
+    result.backend_reused = true;
+    result.bound = true;
+    if (binding->pool() != &pool)
+      log::info("bound_route_mismatch", {{"listener", context.listener.config->name},
+                                         {"client", context.client_address},
+                                         {"bound_pool", binding->pool()->config->name},
+                                         {"pool", pool.config->name},
+                                         {"server", result.server}});
+    if (!backend.stream->quiet()) {
+      // The backend closed it while the client was between requests. No
+      // other connection may answer for it: the client connection closes
+      // unanswered, as at any keep-alive race, and the client starts over.
+      binding->lose();
+      result.client_failed = true;
+      result.error = "the bound backend connection was closed by the server";
+      co_return result;
+    }
+    if (auto ec = co_await backend.stream->write_all(request_head.data(), request_head.size())) {
+      binding->lose();
+      finish_with_error(502, "backend \"" + result.server + "\": " + ec.message());
+      co_return result;
+    }
+    {
+      Exchange exchange(context, head, down, backend, result, idle);
+      const auto outcome = co_await exchange.run(false, true, true);
+      const bool kept = outcome == Exchange::Outcome::done && exchange.reusable();
+      co_await report(outcome);
+      remember_auth();
+      if (!kept) binding->lose();
+    }
+    co_return result;
+  }
 
   ConnectTarget target;
   target.pool = &pool;
@@ -360,12 +510,6 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
   target.affinity = route.affinity == conf::Affinity::source_ip;
   target.timeout = context.listener.config->handshake_timeout;
   target.reuse = true;
-
-  auto finish_with_error = [&](int status, std::string detail) {
-    result.error = detail;
-    result.status = status;
-    send_error(down, status, detail, head_request);
-  };
 
   // Gives the server's active count back however this ends.
   struct Lease {
@@ -411,50 +555,41 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
       exchange.set_cookie(std::string(kAffinityCookie) + "=" +
                           context.generation.affinity_cookie(pool, backend->server_index) +
                           "; Path=/; Secure; HttpOnly");
-    const auto outcome = co_await exchange.run(may_retry);
+    const auto outcome = co_await exchange.run(may_retry, binding != nullptr, auth_binds);
     if (outcome == Exchange::Outcome::retry) {
       lease.release();
       result = ExchangeResult{};
       result.request_body_done = !has_body;
+      if (auth) {
+        result.auth_scheme = auth->scheme;
+        result.auth_user = auth->user;
+      }
       target.reuse = false;
       continue;
     }
+    if (outcome == Exchange::Outcome::http11_required) {
+      result.http11_required = true;
+      co_return result;  // the lease closes the connection that offered it
+    }
     if (outcome == Exchange::Outcome::done && exchange.reusable()) {
-      const bool current = context.worker.generation().get() == &context.generation;
-      keep_backend(context.generation, context.worker.index(), std::move(*backend), &pool, current);
-      backend.reset();
+      if (exchange.binds()) {
+        // From now on this connection is the client's alone.
+        binding->bind(std::move(*backend), &pool);
+        backend.reset();
+        result.bound = true;
+      } else {
+        const bool current = context.worker.generation().get() == &context.generation;
+        keep_backend(context.generation, context.worker.index(), std::move(*backend), &pool, current);
+        backend.reset();
+      }
     } else {
       lease.release();
+      // The client believes its connection is (becoming) authenticated;
+      // without the backend connection that holds it, it must start over.
+      if (exchange.binds() && binding != nullptr) binding->close_client = true;
     }
-    switch (outcome) {
-      case Exchange::Outcome::failed_before_response:
-        if (!result.client_failed) {
-          const std::string why = result.error;
-          finish_with_error(502, "backend \"" + result.server + "\" failed before answering");
-          result.error = why;
-          co_await down.flush();
-        }
-        break;
-      case Exchange::Outcome::timed_out: {
-        const std::string why = result.error;
-        finish_with_error(504, "backend \"" + result.server + "\" did not answer in time");
-        result.error = why;
-        co_await down.flush();
-        break;
-      }
-      case Exchange::Outcome::failed_after_head:
-        down.abort();
-        break;
-      default:
-        break;
-    }
-    if (!result.error.empty())
-      log::warning("request_failed", {{"listener", context.listener.config->name},
-                                      {"client", context.client_address},
-                                      {"pool", pool.config->name},
-                                      {"server", result.server},
-                                      {"status", result.status},
-                                      {"error", result.error}});
+    co_await report(outcome);
+    remember_auth();
     co_return result;
   }
   finish_with_error(502, "no server of pool \"" + pool.config->name + "\" answered");

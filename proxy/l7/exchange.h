@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "proxy/l7/http_message.h"
+#include "proxy/l7/windows_auth.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/server.h"
@@ -45,6 +46,47 @@ class Downstream {
   // (an exchange that timed out before its response head, which then sends
   // 504). Only the HTTP/1.1 front end, whose connection guard needs it.
   virtual void cancel() {}
+  // The client connection ends after this response (its bound backend
+  // connection does): HTTP/1.1 says so in the head (Connection: close).
+  virtual void close_after() {}
+};
+
+// A backend connection that belongs to one client connection, because it
+// carried Windows authentication (NTLM, Negotiate) or was offered it: IIS
+// serves every later request on it as the user who authenticated. It is
+// never pooled or lent; every later request of its client goes on it; it
+// closes with the client connection, and when the backend ends it, the
+// client connection ends too. HTTP/1.1 front end only.
+class BackendBinding {
+ public:
+  BackendBinding(const Generation& generation, std::size_t worker) : generation_(generation), worker_(worker) {}
+  ~BackendBinding() { release(); }
+  BackendBinding(const BackendBinding&) = delete;
+  BackendBinding& operator=(const BackendBinding&) = delete;
+
+  bool bound() const { return connection_.has_value(); }
+  BackendConnection& connection() { return *connection_; }
+  // The pool whose route bound it (later requests may route elsewhere).
+  const PoolRuntime* pool() const { return routed_pool_; }
+  // Takes a connection whose server's active count connect_backend took.
+  void bind(BackendConnection connection, const PoolRuntime* routed_pool);
+  // The backend ended it (or it broke): closes it, and the client
+  // connection must end after the response in flight.
+  void lose();
+  // Until the bound connection is closed by the backend (or confused by
+  // bytes nobody asked for); cancelled otherwise by the || it runs in.
+  asio::awaitable<void> watch();
+
+  bool close_client = false;  // the client connection ends after this response
+  std::string scheme;         // of the authentication the connection carries
+  std::string user;           // as the client stated it (NTLM Type 3); "" when unknown
+
+ private:
+  void release();
+  const Generation& generation_;
+  std::size_t worker_;
+  std::optional<BackendConnection> connection_;
+  const PoolRuntime* routed_pool_ = nullptr;
 };
 
 struct RequestContext {
@@ -71,13 +113,22 @@ struct ExchangeResult {
   bool response_done = false;      // the whole response reached the downstream
   bool client_failed = false;      // the client went away or broke; do not reuse its connection
   bool backend_closes = false;     // the response asked to close (HTTP/1.1 clients get the same)
+  bool bound = false;              // went on (or bound) a connection private to this client
+  // The request or its response needs a connection-bound backend, which an
+  // HTTP/2 front end does not give: the stream gets HTTP_1_1_REQUIRED.
+  bool http11_required = false;
+  std::string auth_scheme;         // from Authorization, or the bound connection's
+  std::string auth_user;
 };
 
 // Sends a short text/plain error through `down` (nothing must have been sent yet).
 void send_error(Downstream& down, int status, std::string_view detail, bool head_request);
 
 // `head` has Host, method and target; `route` is the l7 route it matched.
+// `binding` is the client connection's (HTTP/1.1); null where connections
+// cannot be bound (HTTP/2), and Windows authentication is then refused
+// with http11_required before anything of it reaches the client.
 asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
-                                        const PoolRuntime& pool, Downstream& down);
+                                        const PoolRuntime& pool, Downstream& down, BackendBinding* binding);
 
 }  // namespace gatehouse::proxy::l7

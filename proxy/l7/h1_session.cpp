@@ -97,6 +97,7 @@ class Http1Downstream final : public Downstream {
   }
 
   void cancel() override { stream_.cancel(); }
+  void close_after() override { close_ = true; }
 
   bool close() const { return close_ || aborted_; }
   const std::string& body_error() const { return body_error_; }
@@ -131,6 +132,9 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
   std::string in;
   Clock::time_point last_activity = Clock::now();
   WaitExpiry wait_expiry(stream);
+  // Declared after `in` and before anything of a request: it outlives every
+  // exchange on it, and closes its backend connection with the client's.
+  BackendBinding binding(connection.generation, connection.worker.index());
 
   for (;;) {
     // The head of the next request, within the listener's idle_timeout.
@@ -150,8 +154,28 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
         parse_error = boost::beast::http::error::header_limit;
         break;
       }
-      guard.arm(&last_activity, config.idle_timeout, in.empty() && !parser->got_some(), &wait_expiry);
-      const error_code read_ec = co_await read_more(stream, in);
+      // A bound connection is not closed when a drain begins: like an l4
+      // stream, it may finish until drain_timeout (its client would have to
+      // authenticate again on a new one).
+      guard.arm(&last_activity, config.idle_timeout, in.empty() && !parser->got_some() && !binding.bound(),
+                &wait_expiry);
+      error_code read_ec;
+      if (binding.bound()) {
+        // The backend may end its (authenticated) connection while the
+        // client is quiet: then the client's connection ends too.
+        auto first = co_await (read_more(stream, in) || binding.watch());
+        if (first.index() == 0) {
+          read_ec = std::get<0>(first);
+        } else {
+          log::info("bound_backend_closed", {{"listener", config.name},
+                                             {"client", connection.client_text},
+                                             {"server", binding.connection().server->config->name}});
+          binding.lose();
+          read_ec = asio::error::connection_reset;
+        }
+      } else {
+        read_ec = co_await read_more(stream, in);
+      }
       guard.disarm();
       if (read_ec || wait_expiry.fired) {
         closed = true;
@@ -200,7 +224,7 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
       RequestContext context{connection.worker,         connection.generation, connection.listener,
                              connection.client,         connection.client_address, connection.handle,
                              connection.watchdog.get_executor(), guard};
-      result = co_await forward(context, forwarded, *routed.route, *routed.pool, down);
+      result = co_await forward(context, forwarded, *routed.route, *routed.pool, down, &binding);
       if (!down.body_error().empty()) {
         log::warning("bad_request", {{"listener", config.name},
                                      {"client", connection.client_text},
@@ -212,7 +236,7 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
     last_activity = Clock::now();
     // The next request can be read only where this one's body ended.
     if (!flushed || down.close() || result.client_failed || !result.request_body_done || !parser->is_done() ||
-        connection.handle.force_close || connection.handle.draining)
+        binding.close_client || connection.handle.force_close || (connection.handle.draining && !binding.bound()))
       break;
     parser.reset();
   }

@@ -519,8 +519,14 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
   } else {
     RequestContext context{connection_.worker, connection_.generation, connection_.listener, connection_.client,
                            connection_.client_address, connection_.handle, s.watchdog_.get_executor(), s.guard_};
-    result = co_await forward(context, head, *routed.route, *routed.pool, s);
-    if (result.response_done && !s.body_end_ && !s.closed_) {
+    result = co_await forward(context, head, *routed.route, *routed.pool, s, nullptr);
+    if (result.http11_required && !s.closed_) {
+      // NTLM and Negotiate authenticate a connection, which streams of one
+      // HTTP/2 connection cannot own: the client retries over HTTP/1.1
+      // (RFC 9113 8.1; IIS answers so too), where the connection is bound.
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_HTTP_1_1_REQUIRED);
+      want_write();
+    } else if (result.response_done && !s.body_end_ && !s.closed_) {
       // Answered before the request body ended: stop the upload (RFC 9113 8.1).
       nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_NO_ERROR);
       want_write();

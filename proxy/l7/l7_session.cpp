@@ -145,6 +145,13 @@ void finish_request(const ClientConnection& connection, std::string_view protoco
     fields["server"] = result.server;
     fields["backend_reused"] = result.backend_reused;
   }
+  if (!result.auth_scheme.empty()) {
+    // The scheme and the user as the client stated it; never a secret.
+    boost::json::object auth{{"scheme", result.auth_scheme}};
+    if (!result.auth_user.empty()) auth["user"] = result.auth_user;
+    fields["auth"] = std::move(auth);
+  }
+  if (result.bound) fields["bound"] = true;
   if (!result.error.empty()) fields["error"] = result.error;
   else if (!routed.detail.empty()) fields["error"] = routed.detail;
   log::access(std::move(fields));

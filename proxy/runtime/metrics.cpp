@@ -20,6 +20,16 @@ void Metrics::request(const std::string& listener, const std::string& pool, int 
   l.sum += seconds;
 }
 
+void Metrics::bound_connections(const std::string& pool, int delta) {
+  std::lock_guard lock(mutex_);
+  bound_[pool] += delta;
+}
+
+std::map<std::string, std::int64_t> Metrics::bound() const {
+  std::lock_guard lock(mutex_);
+  return bound_;
+}
+
 void Metrics::note_problem(std::string line) {
   std::lock_guard lock(mutex_);
   problems_.push_back(std::move(line));

@@ -25,6 +25,9 @@ class Metrics {
   void sni(sni::MatchKind kind) { sni_hits[static_cast<int>(kind)].fetch_add(1, std::memory_order_relaxed); }
   // One HTTP request answered (status 0: the client went away first).
   void request(const std::string& listener, const std::string& pool, int status, double seconds);
+  // Backend connections bound to one client (Windows authentication), by pool.
+  void bound_connections(const std::string& pool, int delta);
+  std::map<std::string, std::int64_t> bound() const;
   // A warning or error event, kept for /status (the last 50).
   void note_problem(std::string line);
 
@@ -53,6 +56,7 @@ class Metrics {
   std::map<RequestKey, std::uint64_t> requests_;
   std::map<LatencyKey, Latency> latency_;
   std::deque<std::string> problems_;
+  std::map<std::string, std::int64_t> bound_;
 };
 
 Metrics& metrics();
