@@ -10,8 +10,10 @@
 
 #include "conf/config.h"
 #include "sni/boringssl_util.h"
+#include "sni/extended_protection.h"
 #include "sni/hostname.h"
 #include "sni/index.h"
+#include "sni/pin.h"
 #include "sni/tooling.h"
 
 namespace gatehouse::sni {
@@ -274,6 +276,57 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
   for (const auto& row : rows) print(row.host, row.certificate, row.match);
 }
 
+// Windows logins through a route whose servers present another certificate
+// than the front end fail once Extended Protection is on (Exchange 2019 CU14
+// turns it on): the channel binding names the certificate the client saw.
+void extended_protection_warnings(const conf::Config& config, const Loaded& loaded, Clock::time_point now,
+                                  Report& report) {
+  for (const auto& listener : config.listeners) {
+    if (listener.mode != conf::ListenerMode::l7) continue;
+    std::vector<std::shared_ptr<const LoadedCertificate>> certs;
+    for (const auto& name : listener.certificates)
+      if (const auto it = loaded.find(name); it != loaded.end()) certs.push_back(it->second);
+    if (certs.empty()) continue;
+    const bool default_loaded = loaded.contains(listener.default_certificate);
+    const SniIndex index(certs, default_loaded ? listener.default_certificate : std::string(), false);
+    for (std::size_t r = 0; r < config.routes.size(); ++r) {
+      const conf::Route& route = config.routes[r];
+      if (route.listener != listener.name || route.pool.empty() || !carries_windows_auth(route.paths)) continue;
+      const auto fronts = front_certificates(index, route.hosts, now);
+      std::set<std::string> visited;
+      for (std::string pool_name = route.pool; !pool_name.empty() && visited.insert(pool_name).second;) {
+        const auto pool = std::find_if(config.pools.begin(), config.pools.end(),
+                                       [&](const conf::Pool& p) { return p.name == pool_name; });
+        if (pool == config.pools.end()) break;
+        if (pool->tls != conf::BackendTls::plain) {
+          for (const auto& server_name : pool->servers) {
+            const auto server = std::find_if(config.servers.begin(), config.servers.end(),
+                                              [&](const conf::Server& s) { return s.name == server_name; });
+            if (server == config.servers.end() || server->pin.empty()) continue;  // known only at run time
+            const auto pin = parse_pin(server->pin);
+            if (!pin) continue;
+            for (const LoadedCertificate* front : fronts) {
+              if (pin->matches(front->leaf())) continue;
+              std::string paths;
+              for (const auto& p : route.paths) paths += (paths.empty() ? "" : ", ") + p;
+              const std::string key = "route[" + std::to_string(r) + "].pool";
+              report.warning({config.file.string(), config.line_of(key, route.line), key,
+                              "Extended Protection: route (" + paths + ") sends Windows logins to pool \"" +
+                                  pool->name + "\", whose server \"" + server->name + "\" is pinned to " +
+                                  server->pin + ", but Gatehouse serves these hosts with certificate \"" +
+                                  front->name + "\" (thumbprint " + front->info.thumbprint +
+                                  "); NTLM and Kerberos logins will fail where Extended Protection is on: "
+                                  "install that certificate on the server and pin its thumbprint, or turn "
+                                  "Extended Protection off for these virtual directories"});
+            }
+          }
+        }
+        pool_name = pool->fallback;
+      }
+    }
+  }
+}
+
 // Trust-anchor bundles must hold certificates, as the proxy will load them.
 void check_trust_bundles(const conf::Config& config, Report& report) {
   auto check = [&](const std::filesystem::path& file, const std::string& key, int table_line) {
@@ -302,6 +355,7 @@ int run_check(const std::filesystem::path& config_file, bool strict, std::ostrea
     const Loaded loaded = load_certificates(config, report);
     certificate_warnings(config, loaded, now, report);
     check_trust_bundles(config, report);
+    extended_protection_warnings(config, loaded, now, report);
     for (const auto& listener : config.listeners) check_listener(config, listener, loaded, now, report);
   }
   out << "check: " << plural(report.errors(), "error") << ", " << plural(report.warnings(), "warning") << '\n';

@@ -111,11 +111,12 @@ json::value status_json(const Server& server) {
     for (std::size_t i = 0; i < p.servers.size(); ++i) {
       const ServerRuntime& s = *p.servers[i];
       PoolMember& m = *p.members[i];
-      std::string last_check, last_error;
+      std::string last_check, last_error, presented;
       {
         std::lock_guard lock(m.mutex);
         last_check = m.last_check;
         last_error = m.last_error;
+        presented = m.presented_thumbprint;
       }
       const bool healthy = m.healthy.load();
       const bool drained = m.drained.load();
@@ -131,6 +132,14 @@ json::value status_json(const Server& server) {
                                      {"failures", m.failures.load()},
                                      {"last_check", last_check},
                                      {"last_error", last_error}});
+      json::object& so = servers.back().as_object();
+      if (!presented.empty()) so["presented_thumbprint"] = presented;
+      if (!p.front_thumbprints.empty()) {
+        // Whether Windows logins with Extended Protection can pass: the
+        // server must present what clients see on the front end.
+        const bool same = !presented.empty() && p.front_thumbprints.size() == 1 && p.front_thumbprints[0] == presented;
+        so["extended_protection"] = presented.empty() ? "unknown" : same ? "same certificate" : "different certificate";
+      }
     }
     const conf::Health& health = p.config->health;
     json::object h{{"kind", health.kind == conf::HealthKind::none  ? "none"
@@ -191,7 +200,7 @@ std::string status_html(const json::value& status) {
     std::map<std::string, std::vector<const json::object*>> by_site;
     for (const auto& sv : p.at("servers").as_array()) by_site[str(sv.as_object().at("site"))].push_back(&sv.as_object());
     h << "<table><tr><th>site</th><th>server</th><th>address</th><th>state</th><th>active</th><th>connections</th>"
-         "<th>failures</th><th>last check</th><th>last error</th></tr>";
+         "<th>failures</th><th>last check</th><th>last error</th><th>Extended Protection</th></tr>";
     for (const auto& [site, servers] : by_site) {
       for (const json::object* sv : servers) {
         const std::string state = str(sv->at("state"));
@@ -200,6 +209,8 @@ std::string status_html(const json::value& status) {
           << (state == "up" ? "UP" : state == "down" ? "DOWN" : "DRAINED") << "</td><td>" << str(sv->at("active"))
           << "</td><td>" << str(sv->at("connections")) << "</td><td>" << str(sv->at("failures")) << "</td><td>"
           << html_escape(str(sv->at("last_check"))) << "</td><td>" << html_escape(str(sv->at("last_error")))
+          << "</td><td>"
+          << html_escape(sv->contains("extended_protection") ? str(sv->at("extended_protection")) : "-")
           << "</td></tr>";
       }
     }

@@ -27,7 +27,8 @@ struct HealthChecker::State {
   std::vector<std::unique_ptr<asio::steady_timer>> timers;
 };
 
-asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerRuntime& server) {
+asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerRuntime& server,
+                                          std::string* presented) {
   const conf::Health& health = pool.config->health;
   auto executor = co_await asio::this_coro::executor;
   tcp::socket socket(executor);
@@ -39,7 +40,9 @@ asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerR
   check.server = server.config;
   check.pin = server.pin ? &*server.pin : nullptr;
   TlsStream stream(std::move(socket), pool.tls->new_connection(&check));
-  if (auto ec = co_await stream.handshake()) {
+  const error_code handshake_ec = co_await stream.handshake();
+  if (presented != nullptr) *presented = check.presented_thumbprint;
+  if (auto ec = handshake_ec) {
     if (!check.failure.empty())
       co_return "TLS: " + check.failure + " (presented " + check.presented_thumbprint + ")";
     co_return "TLS: " + ec.message();
@@ -86,7 +89,8 @@ asio::awaitable<void> probe_loop(std::shared_ptr<HealthChecker::State> state, as
   timer.expires_after(std::chrono::milliseconds(20 * static_cast<int>(index % 16)));
   co_await timer.async_wait(use_tuple);
   while (!state->stopped) {
-    auto outcome = co_await with_timeout(probe_server(pool, server), health.timeout);
+    std::string presented;
+    auto outcome = co_await with_timeout(probe_server(pool, server, &presented), health.timeout);
     if (state->stopped) break;
     const std::string failure = outcome ? *outcome : "timed out after " + std::to_string(health.timeout.count()) + " ms";
     bool changed = false;
@@ -96,6 +100,7 @@ asio::awaitable<void> probe_loop(std::shared_ptr<HealthChecker::State> state, as
       changed = member.health.record(failure.empty());
       up = member.health.up();
       member.last_check = log::now_rfc3339() + (failure.empty() ? " ok" : " " + failure);
+      if (!presented.empty()) member.presented_thumbprint = presented;
     }
     if (changed) {
       member.healthy = up;

@@ -34,6 +34,9 @@ class HealthChecker {
 };
 
 // One probe of `server` as `pool` checks it: "" when it passed, else why not.
-boost::asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerRuntime& server);
+// `presented` gets the SHA-1 thumbprint of the certificate the server
+// presented (TLS and HTTP probes), for Extended Protection's check.
+boost::asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerRuntime& server,
+                                                 std::string* presented = nullptr);
 
 }  // namespace gatehouse::proxy

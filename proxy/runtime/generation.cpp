@@ -5,11 +5,13 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 
 #include "proxy/tls/ticket_keys.h"
 #include "sni/certificate.h"
+#include "sni/extended_protection.h"
 #include "sni/hostname.h"
 
 namespace gatehouse::proxy {
@@ -99,6 +101,22 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     gen->listeners_.push_back(std::move(rt));
   }
 
+  // What Extended Protection needs of each pool's servers.
+  for (const auto& l : gen->listeners_) {
+    if (!l.tls || l.config->mode != conf::ListenerMode::l7) continue;
+    for (const conf::Route* r : l.routes) {
+      if (r->pool.empty() || !sni::carries_windows_auth(r->paths)) continue;
+      const auto fronts = sni::front_certificates(l.tls->index(), r->hosts);
+      const PoolRuntime* p = gen->pool(r->pool);
+      for (int hops = 0; p != nullptr && hops < 8; ++hops, p = p->fallback) {
+        auto& thumbprints = const_cast<PoolRuntime*>(p)->front_thumbprints;
+        for (const sni::LoadedCertificate* c : fronts)
+          if (std::find(thumbprints.begin(), thumbprints.end(), c->info.thumbprint) == thumbprints.end())
+            thumbprints.push_back(c->info.thumbprint);
+      }
+    }
+  }
+
   gen->per_worker_.resize(workers);
   for (auto& worker : gen->per_worker_) {
     worker.resize(gen->pools_.size());
@@ -172,6 +190,7 @@ void Generation::inherit_state(const Generation& previous) {
       pool.members[i]->health = balancer::HealthState(pool.config->health.rise, pool.config->health.fall,
                                                       old->members[j]->health.up());
       pool.members[i]->last_check = old->members[j]->last_check;
+      pool.members[i]->presented_thumbprint = old->members[j]->presented_thumbprint;
     }
   }
 }

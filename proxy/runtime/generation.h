@@ -54,6 +54,7 @@ struct PoolMember {
   balancer::HealthState health;
   std::string last_check;  // outcome of the last probe, for /status
   std::string last_error;  // of real traffic
+  std::string presented_thumbprint;  // of the certificate the last TLS/HTTP probe saw ("" = none yet)
 };
 
 struct PoolRuntime {
@@ -62,6 +63,10 @@ struct PoolRuntime {
   std::vector<std::unique_ptr<PoolMember>> members;  // parallel to servers
   std::unique_ptr<PoolTls> tls;
   const PoolRuntime* fallback = nullptr;
+  // SHA-1 thumbprints of the certificates clients see on the l7 routes that
+  // send Windows logins (/EWS, /mapi, ...) to this pool: Extended Protection
+  // works only where a server presents the same. Empty: no such route.
+  std::vector<std::string> front_thumbprints;
   bool any_available() const {
     for (const auto& m : members)
       if (m->available()) return true;

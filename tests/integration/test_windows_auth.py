@@ -278,3 +278,80 @@ if __name__ == "__main__":
     import unittest
 
     unittest.main()
+
+
+class ExtendedProtectionTest(h.GatehouseTestCase):
+    """Windows logins pass Extended Protection only when the Mailbox server
+    presents the certificate clients see on Gatehouse's front end."""
+
+    def setUp(self):
+        super().setUp()
+        self.front = h.Cert(self.dir.path, "front", MAIL, [MAIL], key="rsa2048")
+        self.other = h.Cert(self.dir.path, "mbx01", "mbx01", [], key="rsa2048")
+
+    def config(self, mapi_pin, owa_pin, admin="", health=""):
+        return h.config(
+            h.server_section().replace('admin = ""', f'admin = "{admin}"'),
+            h.certificate_section("front", self.front),
+            '[[listener]]\nname = "web"\nbind = "127.0.0.1:0"\nmode = "l7"\n',
+            f'[[route]]\nlistener = "web"\nhosts = ["{MAIL}"]\npaths = ["/mapi", "/EWS"]\npool = "mapi"\n',
+            f'[[route]]\nlistener = "web"\nhosts = ["{MAIL}"]\npaths = ["/owa"]\npool = "owa"\n',
+            f'[[server]]\nname = "mbx01"\naddress = "{self.addr1}"\npin = "{mapi_pin}"\n',
+            f'[[server]]\nname = "mbx02"\naddress = "{self.addr2}"\npin = "{owa_pin}"\n',
+            f'[[pool]]\nname = "mapi"\nservers = ["mbx01"]\n{health}',
+            f'[[pool]]\nname = "owa"\nservers = ["mbx02"]\n{health}',
+        )
+
+    addr1 = "127.0.0.1:1"
+    addr2 = "127.0.0.1:2"
+
+    def test_check_warns_on_a_mismatch_and_strict_fails(self):
+        path = self.dir.write("ep.toml", self.config(self.other.thumbprint, self.other.thumbprint))
+        p = h.run(["check", "-c", path], check=False)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        warnings = [l for l in p.stdout.splitlines() if "Extended Protection" in l]
+        # Only the /mapi + /EWS route: /owa takes forms logins.
+        self.assertEqual(len(warnings), 1, p.stdout)
+        w = warnings[0]
+        for part in ('pool "mapi"', 'server "mbx01"', self.other.thumbprint, self.front.thumbprint, "/mapi", 'certificate "front"'):
+            self.assertIn(part, w)
+        self.assertIn("route[0].pool", w)
+        strict = h.run(["check", "--strict", "-c", path], check=False)
+        self.assertEqual(strict.returncode, 2, strict.stdout)
+
+    def test_check_is_quiet_when_the_server_presents_the_front_certificate(self):
+        path = self.dir.write("ep.toml", self.config(self.front.thumbprint, self.other.thumbprint))
+        p = h.run(["check", "-c", path], check=False)
+        self.assertNotIn("Extended Protection", p.stdout + p.stderr)
+        # The same with the SHA-256 pin form.
+        path = self.dir.write("ep2.toml", self.config(self.front.pin(), self.other.thumbprint))
+        p = h.run(["check", "-c", path], check=False)
+        self.assertNotIn("Extended Protection", p.stdout + p.stderr)
+
+    def test_status_shows_per_server_whether_extended_protection_works(self):
+        same = self.backend(nb.NtlmBackend("mbx01", self.front, USERS))
+        different = self.backend(nb.NtlmBackend("mbx02", self.other, USERS))
+        self.addr1, self.addr2 = same.address, different.address
+        admin = f"127.0.0.1:{h.free_port()}"
+        health = 'health = { kind = "tls", interval = "200ms", timeout = "2s", rise = 1, fall = 1 }\n'
+        text = self.config(self.front.thumbprint, self.other.thumbprint, admin=admin, health=health)
+        # The owa pool carries no Windows logins; give mbx02 a /mapi route too.
+        text += '[[route]]\nlistener = "web"\nhosts = ["mail.contoso.test"]\npaths = ["/oab"]\npool = "oab"\n'
+        text += f'[[pool]]\nname = "oab"\nservers = ["mbx02"]\n{health}'
+        self.start(text)
+        import json
+
+        deadline = time.monotonic() + 10 * h.SLOW
+        while True:
+            status = json.loads(urllib.request.urlopen(f"http://{admin}/status.json", timeout=10).read())
+            servers = {(p["name"], s["name"]): s for p in status["pools"] for s in p["servers"]}
+            if all(s.get("presented_thumbprint") for s in servers.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(servers[("mapi", "mbx01")]["extended_protection"], "same certificate")
+        self.assertEqual(servers[("oab", "mbx02")]["extended_protection"], "different certificate")
+        self.assertEqual(servers[("oab", "mbx02")]["presented_thumbprint"], self.other.thumbprint)
+        self.assertNotIn("extended_protection", servers[("owa", "mbx02")])
+        html = urllib.request.urlopen(f"http://{admin}/status", timeout=10).read().decode()
+        self.assertIn("Extended Protection", html)
+        self.assertIn("different certificate", html)
