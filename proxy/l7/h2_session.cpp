@@ -8,14 +8,22 @@
 // Debian's nghttp2 1.52 predates the upstream fixes for Rapid Reset
 // (CVE-2023-44487) and the CONTINUATION flood (CVE-2024-28182), so both are
 // bounded here: client stream resets draw from a token bucket, and a header
-// block may span only so many CONTINUATION frames and bytes. A connection
-// over either limit gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
+// block may span only so many CONTINUATION frames and bytes. The rest of the
+// 2019 denial-of-service catalogue is bounded the same way: PING, SETTINGS
+// and PRIORITY floods, resets the client provokes, malformed (zero-length)
+// header names, runs of empty frames, and header blocks that decode to far
+// more than they weigh (HPACK bombs). A connection over any budget gets
+// GOAWAY(ENHANCE_YOUR_CALM), an h2_abuse event naming the pattern, and is
+// closed. And whatever a connection sends, the reader yields to the worker's
+// other connections after a bounded amount of work (frames, decoded header
+// bytes, streams opened), so one connection cannot starve the rest.
 
 #include <nghttp2/nghttp2.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/string.hpp>
@@ -48,6 +56,47 @@ constexpr int kMaxContinuations = 6;
 constexpr std::size_t kMaxHeaderBlock = 256 * 1024;    // encoded bytes of one header block
 constexpr double kResetBurst = 200;                    // client resets allowed at once
 constexpr double kResetRate = 100;                     // and per second after that
+
+// A token bucket: `burst` events at once, then `rate` per second.
+class Budget {
+ public:
+  Budget(double burst, double rate) : burst_(burst), rate_(rate), tokens_(burst) {}
+  // false once the events come faster than the budget allows.
+  bool spend(Clock::time_point now) {
+    tokens_ = std::min(burst_, tokens_ + std::chrono::duration<double>(now - refill_).count() * rate_);
+    refill_ = now;
+    tokens_ -= 1;
+    return tokens_ >= 0;
+  }
+  std::string describe() const {
+    return "more than " + std::to_string(static_cast<int>(burst_)) + " at once or " +
+           std::to_string(static_cast<int>(rate_)) + "/s";
+  }
+
+ private:
+  double burst_;
+  double rate_;
+  double tokens_;
+  Clock::time_point refill_ = Clock::now();
+};
+
+// Budgets of the rest of the catalogue. A browser sends a handful of
+// PING/SETTINGS frames per connection and a few PRIORITY frames per page.
+constexpr double kPingBurst = 50, kPingRate = 10;                 // CVE-2019-9512
+constexpr double kSettingsBurst = 20, kSettingsRate = 5;          // CVE-2019-9515
+constexpr double kPriorityBurst = 1000, kPriorityRate = 500;      // CVE-2019-9513
+constexpr double kServerResetBurst = 200, kServerResetRate = 100;  // CVE-2019-9514: resets the client provokes
+constexpr double kInvalidHeaderBurst = 100, kInvalidHeaderRate = 20;  // CVE-2019-9516
+constexpr int kMaxEmptyFrames = 16;  // in a row without END_STREAM (CVE-2019-9518)
+// A header list over its limit that decodes to this many times the bytes
+// its block weighed is a bomb (CVE-2016-6581), not a big request: literal
+// fields decode to about their size, Huffman-coded ones to under twice it.
+constexpr std::size_t kBombRatio = 8;
+// Work one connection may do before the reader lets other connections run.
+constexpr std::size_t kSliceBytes = 4096;      // fed to nghttp2 at a time
+constexpr std::size_t kYieldFrames = 256;
+constexpr std::size_t kYieldHeaderBytes = 256 * 1024;
+constexpr std::size_t kYieldStreams = 32;
 
 void wait_forever(asio::steady_timer& timer) { timer.expires_at(Clock::time_point::max()); }
 
@@ -154,6 +203,12 @@ class Http2Session {
   static int on_data_chunk(nghttp2_session*, std::uint8_t flags, std::int32_t stream_id, const std::uint8_t* data,
                            std::size_t len, void* user);
   static int on_stream_close(nghttp2_session*, std::int32_t stream_id, std::uint32_t error_code, void* user);
+  static int on_invalid_header(nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name,
+                               std::size_t namelen, const std::uint8_t* value, std::size_t valuelen,
+                               std::uint8_t flags, void* user);
+  static int on_frame_send(nghttp2_session*, const nghttp2_frame* frame, void* user);
+  // Spends one event of `budget`; over it, the connection ends as `pattern`.
+  bool within(Budget& budget, const char* pattern, const char* what);
 
   ClientConnection& connection_;
   nghttp2_session* session_ = nullptr;
@@ -172,6 +227,16 @@ class Http2Session {
   // Rapid Reset: a token bucket of client stream resets.
   double reset_tokens_ = kResetBurst;
   Clock::time_point reset_refill_ = Clock::now();
+  Budget pings_{kPingBurst, kPingRate};
+  Budget settings_{kSettingsBurst, kSettingsRate};
+  Budget priorities_{kPriorityBurst, kPriorityRate};
+  Budget server_resets_{kServerResetBurst, kServerResetRate};
+  Budget invalid_headers_{kInvalidHeaderBurst, kInvalidHeaderRate};
+  int empty_frames_ = 0;
+  // Work since the reader last yielded.
+  std::size_t frames_since_yield_ = 0;
+  std::size_t header_bytes_since_yield_ = 0;
+  std::size_t streams_since_yield_ = 0;
 };
 
 // --- Stream -------------------------------------------------------------
@@ -328,6 +393,8 @@ bool Http2Session::start() {
   nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, &Http2Session::on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, &Http2Session::on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, &Http2Session::on_stream_close);
+  nghttp2_session_callbacks_set_on_invalid_header_callback(callbacks, &Http2Session::on_invalid_header);
+  nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, &Http2Session::on_frame_send);
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
@@ -357,8 +424,43 @@ void Http2Session::abuse(std::string reason) {
   want_write();
 }
 
+bool Http2Session::within(Budget& budget, const char* pattern, const char* what) {
+  if (budget.spend(Clock::now())) return true;
+  abuse(std::string(pattern) + ": the client sent " + what + " " + budget.describe());
+  return false;
+}
+
 int Http2Session::on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* user) {
   auto* self = static_cast<Http2Session*>(user);
+  ++self->frames_since_yield_;
+  switch (hd->type) {
+    case NGHTTP2_PING:
+      if ((hd->flags & NGHTTP2_FLAG_ACK) == 0 && !self->within(self->pings_, "ping_flood", "PING frames"))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      break;
+    case NGHTTP2_SETTINGS:
+      if ((hd->flags & NGHTTP2_FLAG_ACK) == 0 && !self->within(self->settings_, "settings_flood", "SETTINGS frames"))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      break;
+    case NGHTTP2_PRIORITY:
+      if (!self->within(self->priorities_, "priority_flood", "PRIORITY frames")) return NGHTTP2_ERR_CALLBACK_FAILURE;
+      break;
+    default:
+      break;
+  }
+  // Frames that carry nothing and end nothing (CVE-2019-9518). DATA is
+  // judged when its padding is known (on_frame_recv).
+  if (hd->type == NGHTTP2_CONTINUATION || hd->type == NGHTTP2_HEADERS) {
+    const bool ends = (hd->flags & (NGHTTP2_FLAG_END_STREAM | NGHTTP2_FLAG_END_HEADERS)) != 0;
+    if (hd->length == 0 && !ends) {
+      if (++self->empty_frames_ > kMaxEmptyFrames) {
+        self->abuse("empty_frames: " + std::to_string(kMaxEmptyFrames) + " empty HEADERS/CONTINUATION frames in a row");
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      }
+    } else if (hd->length > 0) {
+      self->empty_frames_ = 0;
+    }
+  }
   if (hd->type == NGHTTP2_HEADERS) {
     self->continuations_ = 0;
     self->block_bytes_ = hd->length;
@@ -377,6 +479,7 @@ int Http2Session::on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, v
 int Http2Session::on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* user) {
   auto* self = static_cast<Http2Session*>(user);
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  ++self->streams_since_yield_;
   auto stream = std::make_shared<Stream>(*self, frame->hd.stream_id, self->connection_.stream.socket().get_executor(),
                                          self->connection_.handle);
   self->streams_[frame->hd.stream_id] = std::move(stream);
@@ -390,10 +493,20 @@ int Http2Session::on_header(nghttp2_session*, const nghttp2_frame* frame, const 
   Stream* s = self->find(frame->hd.stream_id);
   if (s == nullptr) return 0;
   s->header_bytes_ += namelen + valuelen + 32;
+  self->header_bytes_since_yield_ += namelen + valuelen;
   if (s->header_bytes_ > kMaxHeaderList || ++s->field_count_ > kMaxHeaderFields) {
+    // Counted, never kept: the stream is refused when its block ends. Until
+    // then the count goes on, so that a list decoding to far more than its
+    // block weighed shows itself as an HPACK bomb, which ends the connection.
     s->bad_ = true;
-    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // RST_STREAM; the backend never sees it
+    if (s->header_bytes_ > kBombRatio * self->block_bytes_) {
+      self->abuse("hpack_bomb: a header block of " + std::to_string(self->block_bytes_) + " bytes decoded to over " +
+                  std::to_string(s->header_bytes_ / 1024) + " KiB");
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
   }
+  if (s->bad_) return 0;
   const std::string_view name(reinterpret_cast<const char*>(name_data), namelen);
   const std::string_view value(reinterpret_cast<const char*>(value_data), valuelen);
   if (s->headers_done_) {  // trailers
@@ -440,6 +553,12 @@ int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, vo
       if (it == self->streams_.end()) break;
       Stream& s = *it->second;
       const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+      if (s.bad_) {
+        // Over the header list limits: refused; the backend never sees it.
+        nghttp2_submit_rst_stream(self->session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR);
+        self->want_write();
+        break;
+      }
       if (!s.headers_done_) {
         s.headers_done_ = true;
         s.body_end_ = end_stream;
@@ -451,6 +570,14 @@ int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, vo
       break;
     }
     case NGHTTP2_DATA:
+      if (frame->hd.length <= frame->data.padlen && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) {
+        if (++self->empty_frames_ > kMaxEmptyFrames) {
+          self->abuse("empty_frames: " + std::to_string(kMaxEmptyFrames) + " empty DATA frames in a row");
+          return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+      } else {
+        self->empty_frames_ = 0;
+      }
       if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
         if (Stream* s = self->find(frame->hd.stream_id)) {
           s->body_end_ = true;
@@ -487,6 +614,28 @@ int Http2Session::on_data_chunk(nghttp2_session* session, std::uint8_t, std::int
   }
   s->body_in_.append(reinterpret_cast<const char*>(data), len);
   s->wake();
+  return 0;
+}
+
+int Http2Session::on_invalid_header(nghttp2_session*, const nghttp2_frame*, const std::uint8_t*, std::size_t,
+                                    const std::uint8_t*, std::size_t, std::uint8_t, void* user) {
+  // A zero-length or malformed field name (CVE-2019-9516): the stream is
+  // refused; a stream of them ends the connection.
+  auto* self = static_cast<Http2Session*>(user);
+  if (!self->within(self->invalid_headers_, "invalid_headers", "header fields with empty or malformed names"))
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
+int Http2Session::on_frame_send(nghttp2_session*, const nghttp2_frame* frame, void* user) {
+  // Resets the client makes Gatehouse send: each costs a frame the client
+  // may never read (CVE-2019-9514). Resets that end an answered upload
+  // early are not the client's doing.
+  auto* self = static_cast<Http2Session*>(user);
+  // (Not a callback failure: the GOAWAY that abuse() queues must still go out.)
+  if (frame->hd.type == NGHTTP2_RST_STREAM && frame->rst_stream.error_code != NGHTTP2_NO_ERROR &&
+      frame->rst_stream.error_code != NGHTTP2_HTTP_1_1_REQUIRED && !self->terminated_)
+    self->within(self->server_resets_, "reset_flood", "streams that had to be reset");
   return 0;
 }
 
@@ -552,14 +701,29 @@ asio::awaitable<void> Http2Session::reader() {
       std::tie(ec, n) = co_await tls.read_some(buffer.data(), IoBuffer::size);
     if (ec) break;
     touch();
-    const ssize_t rv = nghttp2_session_mem_recv(session_, reinterpret_cast<const std::uint8_t*>(buffer.data()), n);
-    if (rv < 0) {
-      if (!terminated_)
-        log::info("h2_protocol_error", {{"listener", connection_.listener.config->name},
-                                        {"client", connection_.client_text},
-                                        {"error", nghttp2_strerror(static_cast<int>(rv))}});
-      break;
+    bool failed = false;
+    for (std::size_t at = 0; at < n && !terminated_;) {
+      const std::size_t piece = std::min(kSliceBytes, n - at);
+      const ssize_t rv =
+          nghttp2_session_mem_recv(session_, reinterpret_cast<const std::uint8_t*>(buffer.data() + at), piece);
+      if (rv < 0) {
+        if (!terminated_)
+          log::info("h2_protocol_error", {{"listener", connection_.listener.config->name},
+                                          {"client", connection_.client_text},
+                                          {"error", nghttp2_strerror(static_cast<int>(rv))}});
+        failed = true;
+        break;
+      }
+      at += piece;
+      if (frames_since_yield_ > kYieldFrames || header_bytes_since_yield_ > kYieldHeaderBytes ||
+          streams_since_yield_ > kYieldStreams) {
+        // Enough for one turn: the worker's other connections go first.
+        frames_since_yield_ = header_bytes_since_yield_ = streams_since_yield_ = 0;
+        want_write();
+        co_await asio::post(tls.socket().get_executor(), asio::use_awaitable);
+      }
     }
+    if (failed) break;
     want_write();
     if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0) break;
   }
@@ -572,16 +736,20 @@ asio::awaitable<void> Http2Session::writer() {
   std::string out;
   for (;;) {
     out.clear();
+    std::size_t frames = 0;
     for (;;) {
       const std::uint8_t* data = nullptr;
       const ssize_t n = nghttp2_session_mem_send(session_, &data);
       if (n <= 0) break;
       out.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
-      if (out.size() >= 64 * 1024) break;
+      if (out.size() >= 64 * 1024 || ++frames >= kYieldFrames) break;
     }
     if (!out.empty()) {
       if (co_await tls.write_all(out.data(), out.size())) break;
       touch();
+      // Many small frames (a client dribbling its window a byte at a
+      // time): the worker's other connections go first.
+      if (frames >= kYieldFrames) co_await asio::post(tls.socket().get_executor(), asio::use_awaitable);
       continue;
     }
     if (reading_done_ || terminated_) break;
