@@ -4,6 +4,8 @@
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
+#include <functional>
+
 #include "proxy/l7/l7_session.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
@@ -26,8 +28,12 @@ asio::awaitable<error_code> read_more(TlsStream& stream, std::string& in) {
 
 class Http1Downstream final : public Downstream {
  public:
-  Http1Downstream(TlsStream& stream, RequestParser& parser, std::string& in, const RequestHead& request)
-      : stream_(stream), parser_(parser), in_(in), request_(request) {
+  // `closing` says whether this connection is ending (a drain): its
+  // responses then say Connection: close, so that the client sends its next
+  // request on a new connection rather than into the close.
+  Http1Downstream(TlsStream& stream, RequestParser& parser, std::string& in, const RequestHead& request,
+                  std::function<bool()> closing)
+      : stream_(stream), parser_(parser), in_(in), request_(request), closing_(std::move(closing)) {
     close_ = !request.keep_alive;
   }
 
@@ -69,6 +75,7 @@ class Http1Downstream final : public Downstream {
   }
 
   void head(const ResponseHead& head, bool has_body) override {
+    if (closing_()) close_ = true;
     chunked_ = has_body && !head.content_length && request_.version >= 11;
     if (has_body && !head.content_length && !chunked_) close_ = true;  // HTTP/1.0: the end is the close
     out_ += serialize_response(head, chunked_, close_, request_.version);
@@ -107,6 +114,7 @@ class Http1Downstream final : public Downstream {
   RequestParser& parser_;
   std::string& in_;
   const RequestHead& request_;
+  std::function<bool()> closing_;
   std::string out_;
   std::string body_error_;
   bool chunked_ = false;
@@ -209,7 +217,10 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
     const std::string_view target_authority = authority_of(head.target);
     const Routed routed =
         route_request(connection, target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
-    Http1Downstream down(stream, *parser, in, head);
+    // A bound connection finishes like an l4 stream: its client would have
+    // to authenticate again on a new connection.
+    Http1Downstream down(stream, *parser, in, head,
+                         [&] { return connection.handle.draining && !binding.bound(); });
     ExchangeResult result;
     if (routed.status != 0) {
       result.status = routed.status;
@@ -235,8 +246,11 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
     finish_request(connection, "HTTP/1.1", head, result, routed, started);
     last_activity = Clock::now();
     // The next request can be read only where this one's body ended.
+    // A drain that began after this response's head went out closes the
+    // connection at the next request (answered with Connection: close) or
+    // once the client has been quiet for kDrainQuiet.
     if (!flushed || down.close() || result.client_failed || !result.request_body_done || !parser->is_done() ||
-        binding.close_client || connection.handle.force_close || (connection.handle.draining && !binding.bound()))
+        binding.close_client || connection.handle.force_close)
       break;
     parser.reset();
   }

@@ -220,6 +220,8 @@ class Http2Session {
   std::size_t running_ = 0;
   bool reading_done_ = false;
   bool terminated_ = false;
+  bool notice_sent_ = false;     // the first, graceful GOAWAY of a drain
+  Clock::time_point notice_at_;
   bool goaway_sent_ = false;
   // CONTINUATION accounting of the header block being received.
   int continuations_ = 0;
@@ -766,14 +768,23 @@ asio::awaitable<void> Http2Session::idle_guard() {
   connection_.handle.watchdog = &idle_timer_;
   for (;;) {
     if (connection_.handle.draining) {
-      if (!goaway_sent_) {
-        // Graceful: streams already open finish, no new ones start.
+      // Graceful, in two steps (RFC 9113 6.8): a GOAWAY that still accepts
+      // every stream, so that the client stops opening new ones, and after
+      // a round trip's grace the final one naming the last stream taken.
+      // Streams already open finish; none the client sent is dropped.
+      const auto now = Clock::now();
+      if (!notice_sent_) {
+        notice_sent_ = true;
+        notice_at_ = now;
+        nghttp2_submit_shutdown_notice(session_);
+        want_write();
+      } else if (!goaway_sent_ && now >= notice_at_ + kDrainQuiet) {
         goaway_sent_ = true;
         nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
                               NGHTTP2_NO_ERROR, nullptr, 0);
         want_write();
       }
-      if (running_ == 0) {
+      if (goaway_sent_ && running_ == 0) {
         co_await flush_pending();
         co_return;
       }

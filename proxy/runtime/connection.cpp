@@ -134,20 +134,24 @@ void IdleGuard::arm(const Clock::time_point* last_activity, Clock::duration idle
   expiry_ = expiry;
   // The watcher sleeps until the deadline it last saw; wake it only when
   // this one is earlier (a later one is found when that sleep ends).
-  if (*last_ + idle_ < timer_.expiry() || (between_requests && handle_.draining)) timer_.cancel();
+  if (*last_ + idle_ < timer_.expiry() || (between_requests && handle_.draining && *last_ + kDrainQuiet < timer_.expiry()))
+    timer_.cancel();
 }
 
 asio::awaitable<void> IdleGuard::watch() {
   while (!stopped_) {
     auto deadline = Clock::time_point::max();
     if (expiry_ != nullptr) {
-      const bool drained = handle_.force_close || (between_requests_ && handle_.draining);
-      if (drained || Clock::now() >= *last_ + idle_) {
+      const auto now = Clock::now();
+      const bool quiet_drain = between_requests_ && handle_.draining;
+      const bool drained = handle_.force_close || (quiet_drain && now >= *last_ + kDrainQuiet);
+      if (drained || now >= *last_ + idle_) {
         IdleExpiry* expiry = std::exchange(expiry_, nullptr);
         expiry->expire(drained);
         continue;
       }
       deadline = *last_ + idle_;
+      if (quiet_drain) deadline = std::min(deadline, *last_ + kDrainQuiet);
     }
     timer_.expires_at(deadline);
     auto [ec] = co_await timer_.async_wait(use_tuple);

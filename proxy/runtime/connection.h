@@ -22,6 +22,11 @@ namespace gatehouse::proxy {
 
 using Clock = std::chrono::steady_clock;
 
+// How long a connection between requests must have been quiet before a
+// drain closes it. A client that is still sending gets its next request
+// answered (with Connection: close) instead of losing it to the close.
+inline constexpr auto kDrainQuiet = std::chrono::milliseconds(1000);
+
 // Ends when the connection has been idle for `idle` since `last_activity`, or
 // when a drain force-closes it, or (with `between_requests`) as soon as a
 // drain begins. Cancelled (by the || it runs in) otherwise.
@@ -53,7 +58,8 @@ class IdleGuard {
   IdleGuard(asio::steady_timer& timer, const ConnectionHandle& handle) : timer_(timer), handle_(handle) {}
 
   // While armed, `expiry` runs once when *last_activity is `idle` old, or at
-  // a drain: force_close, or (with `between_requests`) draining.
+  // a drain: force_close, or (with `between_requests`) once the connection
+  // has been quiet for kDrainQuiet while draining.
   void arm(const Clock::time_point* last_activity, Clock::duration idle, bool between_requests, IdleExpiry* expiry);
   void disarm() { expiry_ = nullptr; }
   asio::awaitable<void> watch();  // until cancelled, or stop()
