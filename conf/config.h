@@ -78,6 +78,7 @@ struct Listener {
   ProxyProtocol proxy_protocol = ProxyProtocol::none;
   Duration handshake_timeout = std::chrono::seconds(10);
   Duration idle_timeout = std::chrono::minutes(5);
+  std::uint64_t max_connections = 0;  // open at once on this listener, all workers; 0 = only [server]'s limit
   int line = 0;
 };
 

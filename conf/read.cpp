@@ -171,7 +171,7 @@ constexpr std::string_view certificate_keys[] = {"name", "cert", "key"};
 constexpr std::string_view listener_keys[] = {
     "name",       "bind", "mode", "certificates",   "default_certificate", "strict_sni",   "tls",
     "alpn",       "client_certificates",            "client_ca",           "pool",         "proxy_protocol",
-    "handshake_timeout", "idle_timeout"};
+    "handshake_timeout", "idle_timeout", "max_connections"};
 constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool", "affinity", "idle_timeout"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
 constexpr std::string_view pool_keys[] = {"name",     "servers", "balance", "hash_key", "local_site",
@@ -530,6 +530,7 @@ void Loader::read(const toml::table& table, Origin& origin, Listener& out) {
   r.choice("proxy_protocol", proxy_protocol_choices, out.proxy_protocol);
   r.duration("handshake_timeout", out.handshake_timeout, true);
   r.duration("idle_timeout", out.idle_timeout, true);
+  r.integer("max_connections", 0, INT64_MAX, out.max_connections);
 }
 
 void Loader::read(const toml::table& table, Origin& origin, Route& out) {

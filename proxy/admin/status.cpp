@@ -262,6 +262,12 @@ std::string prometheus_text(const Server& server) {
   o << "gatehouse_connections_total " << m.connections_total.load() << "\n";
   family("gatehouse_connections_active", "gauge", "Client connections open now.");
   o << "gatehouse_connections_active " << server.active_connections() << "\n";
+  family("gatehouse_connections_refused_total", "counter",
+         "Client connections closed at accept, by listener and reason (max_connections: the [server] limit; "
+         "listener_max_connections: the listener's).");
+  for (const auto& [key, n] : m.refusals())
+    o << "gatehouse_connections_refused_total{listener=\"" << label(key.first) << "\",reason=\"" << label(key.second)
+      << "\"} " << n << "\n";
   family("gatehouse_handshakes_total", "counter", "Client TLS handshakes by result.");
   o << "gatehouse_handshakes_total{result=\"full\"} " << m.handshakes_full.load() << "\n";
   o << "gatehouse_handshakes_total{result=\"resumed\"} " << m.handshakes_resumed.load() << "\n";

@@ -178,6 +178,8 @@ Generation::RouteChoice Generation::route_http(const ListenerRuntime& listener, 
 }
 
 void Generation::inherit_state(const Generation& previous) {
+  for (auto& listener : listeners_)
+    if (const ListenerRuntime* old = previous.listener(listener.config->name)) listener.open = old->open;
   for (auto& pool : pools_) {
     const PoolRuntime* old = previous.pool(pool.config->name);
     if (old == nullptr) continue;

@@ -20,6 +20,16 @@ void Metrics::request(const std::string& listener, const std::string& pool, int 
   l.sum += seconds;
 }
 
+void Metrics::refused(const std::string& listener, const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  ++refused_[{listener, reason}];
+}
+
+std::map<std::pair<std::string, std::string>, std::uint64_t> Metrics::refusals() const {
+  std::lock_guard lock(mutex_);
+  return refused_;
+}
+
 void Metrics::bound_connections(const std::string& pool, int delta) {
   std::lock_guard lock(mutex_);
   bound_[pool] += delta;

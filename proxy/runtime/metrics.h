@@ -25,6 +25,10 @@ class Metrics {
   void sni(sni::MatchKind kind) { sni_hits[static_cast<int>(kind)].fetch_add(1, std::memory_order_relaxed); }
   // One HTTP request answered (status 0: the client went away first).
   void request(const std::string& listener, const std::string& pool, int status, double seconds);
+  // A connection refused at accept (listener, reason: "max_connections",
+  // "listener_max_connections").
+  void refused(const std::string& listener, const std::string& reason);
+  std::map<std::pair<std::string, std::string>, std::uint64_t> refusals() const;
   // Backend connections bound to one client (Windows authentication), by pool.
   void bound_connections(const std::string& pool, int delta);
   std::map<std::string, std::int64_t> bound() const;
@@ -57,6 +61,7 @@ class Metrics {
   std::map<LatencyKey, Latency> latency_;
   std::deque<std::string> problems_;
   std::map<std::string, std::int64_t> bound_;
+  std::map<std::pair<std::string, std::string>, std::uint64_t> refused_;
 };
 
 Metrics& metrics();

@@ -56,9 +56,16 @@ tcp::endpoint resolve_bind(const conf::Listener& listener) {
 asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generation> generation,
                                        const ListenerRuntime* listener, tcp::socket socket) {
   struct Count {
-    Count() { process_connections.fetch_add(1, std::memory_order_relaxed); }
-    ~Count() { process_connections.fetch_sub(1, std::memory_order_relaxed); }
-  } count;
+    explicit Count(std::shared_ptr<std::atomic<std::uint64_t>> open) : open(std::move(open)) {
+      process_connections.fetch_add(1, std::memory_order_relaxed);
+      this->open->fetch_add(1, std::memory_order_relaxed);
+    }
+    ~Count() {
+      process_connections.fetch_sub(1, std::memory_order_relaxed);
+      open->fetch_sub(1, std::memory_order_relaxed);
+    }
+    std::shared_ptr<std::atomic<std::uint64_t>> open;
+  } count(listener->open);
   metrics().connections_total.fetch_add(1, std::memory_order_relaxed);
   switch (listener->config->mode) {
     case conf::ListenerMode::l4:
@@ -72,16 +79,47 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
   }
 }
 
+// An event that may repeat many times a second (every refused accept): logged
+// at most once a second, with how many were not.
+class OncePerSecond {
+ public:
+  template <typename Log>
+  void operator()(Log&& log) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::seconds(1) && logged_) {
+      ++suppressed_;
+      return;
+    }
+    log(suppressed_);
+    logged_ = true;
+    last_ = now;
+    suppressed_ = 0;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_{};
+  bool logged_ = false;
+  std::uint64_t suppressed_ = 0;
+};
+
 asio::awaitable<void> accept_loop(Worker& worker, std::string name, tcp::acceptor& acceptor) {
   auto executor = co_await asio::this_coro::executor;
+  OncePerSecond accept_failed, refused;
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
-      log::error("accept_failed", {{"listener", name}, {"error", ec.message()}});
-      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
-        // Out of descriptors: back off instead of spinning on the same error.
-        asio::steady_timer pause(executor, std::chrono::milliseconds(50));
+      accept_failed([&](std::uint64_t suppressed) {
+        log::error("accept_failed", {{"listener", name},
+                                     {"error", ec.message()},
+                                     {"worker", worker.index()},
+                                     {"suppressed", suppressed}});
+      });
+      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
+          ec == asio::error::no_memory) {
+        // Out of descriptors or memory: the connection waits in the backlog
+        // until some are freed. Back off instead of spinning on the error.
+        asio::steady_timer pause(executor, std::chrono::milliseconds(100));
         co_await pause.async_wait(use_tuple);
       }
       continue;
@@ -89,8 +127,19 @@ asio::awaitable<void> accept_loop(Worker& worker, std::string name, tcp::accepto
     const auto& generation = worker.generation();
     const ListenerRuntime* listener = generation ? generation->listener(name) : nullptr;
     if (listener == nullptr) continue;  // closes the socket
-    if (process_connections.load(std::memory_order_relaxed) >= generation->config().server.max_connections) {
-      log::warning("max_connections", {{"listener", name}, {"limit", generation->config().server.max_connections}});
+    const std::uint64_t server_limit = generation->config().server.max_connections;
+    const std::uint64_t listener_limit = listener->config->max_connections;
+    const bool over_server = process_connections.load(std::memory_order_relaxed) >= server_limit;
+    if (over_server || (listener_limit > 0 && listener->open->load(std::memory_order_relaxed) >= listener_limit)) {
+      // Closed before a byte is read: the client sees a clean end.
+      const char* reason = over_server ? "max_connections" : "listener_max_connections";
+      metrics().refused(name, reason);
+      refused([&](std::uint64_t suppressed) {
+        log::warning("max_connections", {{"listener", name},
+                                         {"reason", reason},
+                                         {"limit", over_server ? server_limit : listener_limit},
+                                         {"suppressed", suppressed}});
+      });
       continue;
     }
     asio::co_spawn(executor, serve_connection(worker, generation, listener, std::move(socket)), asio::detached);

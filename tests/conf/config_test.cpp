@@ -306,6 +306,9 @@ const ErrorCase error_cases[] = {
     // Value checks.
     {"workers_negative", true, "[server]\nworkers = -1\n", "server.workers", "at least 0", 2},
     {"max_connections_zero", true, "[server]\nmax_connections = 0\n", "server.max_connections", "at least 1", 2},
+    {"listener_max_connections_negative", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "max_connections = -5\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n", "listener \"b\".max_connections",
+     "at least 0", 4},
     {"weight_too_big", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\nweight = 257\n",
      "server \"mbx02\".weight", "between 0 and 256", 4},
     {"health_rise_zero", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nhealth = { kind = \"tcp\", rise = 0 }\n",

@@ -86,14 +86,14 @@ class Gatehouse:
     """`gatehouse run -c FILE` as a child process. Events (stderr) and access
     log lines (stdout) are collected as parsed JSON objects."""
 
-    def __init__(self, config_path, expect_ready=True, env=None):
+    def __init__(self, config_path, expect_ready=True, env=None, wrapper=()):
         self.config_path = config_path
         self.events = []
         self.access = []
         self.raw_stderr = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [GATEHOUSE, "run", "-c", config_path],
+            [*wrapper, GATEHOUSE, "run", "-c", config_path],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
