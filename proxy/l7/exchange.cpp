@@ -196,9 +196,9 @@ class Exchange final : IdleExpiry {
         co_return;
       }
       if (ec) {
-        if (!any_byte && may_retry_ && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
-          // A kept-alive connection the backend closed just as it was
-          // reused: nothing was processed, so it is safe to go again.
+        if (!any_byte && may_retry_ && ec != asio::error::operation_aborted) {
+          // Not a byte of answer: see forward() for when that may be sent
+          // again.
           retry_ = true;
           backend_.abort();
           body_cancel_.cancel();
@@ -309,6 +309,12 @@ class Exchange final : IdleExpiry {
   bool http11_required_ = false;
   std::string set_cookie_;
 };
+
+// Methods a proxy may send twice (RFC 9110 9.2.2).
+bool idempotent(std::string_view method) {
+  return method == "GET" || method == "HEAD" || method == "OPTIONS" || method == "PUT" || method == "DELETE" ||
+         method == "TRACE";
+}
 
 constexpr std::string_view kAffinityCookie = "GatehouseAffinity";
 
@@ -537,7 +543,12 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     }
     result.server = backend->server->config->name;
     result.backend_reused = backend->reused;
-    const bool may_retry = backend->reused && attempt == 0 && !has_body;
+    // Sent again, once, when the backend ends the connection before a byte
+    // of answer: a kept-alive connection it closed just then (nothing was
+    // processed), or a server that died under an idempotent request without
+    // a body (RFC 9110 9.2.2), which another server may answer instead. Never
+    // a request that carries Windows credentials: its connection is its own.
+    const bool may_retry = attempt == 0 && !has_body && !auth_binds && (backend->reused || idempotent(head.method));
 
     if (auto ec = co_await backend->stream->write_all(request_head.data(), request_head.size())) {
       lease.release();
