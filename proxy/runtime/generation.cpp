@@ -1,5 +1,6 @@
 #include "proxy/runtime/generation.h"
 
+#include <malloc.h>
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>
 
@@ -36,7 +37,12 @@ std::vector<boost::asio::ip::tcp::endpoint> resolve(const conf::Server& server) 
 
 std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t workers,
                                               std::shared_ptr<TicketKeys> ticket_keys, std::uint64_t number) {
-  std::shared_ptr<Generation> gen(new Generation());
+  // Freed with its last connection. Give its pages back to the system then:
+  // a process that reloads often must not keep every generation's heap.
+  std::shared_ptr<Generation> gen(new Generation(), [](Generation* g) {
+    delete g;
+    ::malloc_trim(0);
+  });
   gen->number_ = number;
   gen->config_ = std::move(config);
   gen->ticket_keys_ = std::move(ticket_keys);

@@ -69,10 +69,30 @@ void set_access_log(const std::string& destination) {
       throw std::runtime_error(destination + ": cannot open the access log ([server] access_log): " +
                                std::strerror(errno));
   }
+  const int current = access_fd.load();
+  if (fd > STDERR_FILENO && current > STDERR_FILENO) {
+    // File to file (every reload, also to reopen a rotated log): the new
+    // file takes the current descriptor's number, so a worker writing right
+    // now reaches the old file or the new one, never a closed descriptor.
+    const int moved = ::dup3(fd, current, O_CLOEXEC);
+    const int err = errno;
+    ::close(fd);
+    if (moved < 0)
+      throw std::runtime_error(destination + ": cannot switch the access log ([server] access_log): " +
+                               std::strerror(err));
+    return;
+  }
   const int old = access_fd.exchange(fd);
-  // Old descriptors of files are leaked on purpose: a worker may be writing
-  // to it right now, and reloads are rare.
-  (void)old;
+  if (old > STDERR_FILENO) {
+    // No longer written to, but a worker may be writing to it right now:
+    // point it at /dev/null rather than close it, so its number is not
+    // reused under that write (one descriptor per switch away from a file).
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null >= 0) {
+      ::dup3(null, old, O_CLOEXEC);
+      ::close(null);
+    }
+  }
 }
 
 bool access_enabled() { return access_fd.load(std::memory_order_relaxed) >= 0; }

@@ -275,9 +275,13 @@ void Server::retire(std::shared_ptr<Generation> old_generation) {
       }
     });
   }
+  // The old generation lives as long as a connection uses it, not as long
+  // as this timer: a reload a second must not keep thirty of them.
   auto timer = std::make_shared<asio::steady_timer>(main_io_, current_->config().server.drain_timeout);
-  timer->async_wait([this, timer, old = std::move(old_generation)](error_code ec) {
+  timer->async_wait([this, timer, weak = std::weak_ptr<Generation>(old_generation)](error_code ec) {
     if (ec) return;
+    auto old = weak.lock();
+    if (!old) return;
     for (auto& w : workers_) {
       asio::post(w->io_, [worker = w.get(), old] {
         for (ConnectionHandle* c : worker->connections_) {
