@@ -164,7 +164,7 @@ constexpr Choice<BackendTls> backend_tls_choices[] = {
 constexpr Choice<HealthKind> health_kind_choices[] = {
     {"none", HealthKind::none}, {"tcp", HealthKind::tcp}, {"tls", HealthKind::tls}, {"http", HealthKind::http}};
 
-constexpr std::string_view top_level_keys[] = {"server", "certificate", "listener", "route", "pool"};
+constexpr std::string_view top_level_keys[] = {"global", "server", "certificate", "listener", "route", "pool"};
 constexpr std::string_view settings_keys[] = {"workers",     "admin",         "access_log",
                                               "ticket_keys", "drain_timeout", "max_connections"};
 constexpr std::string_view certificate_keys[] = {"name", "cert", "key"};
@@ -427,7 +427,18 @@ void Loader::read_root(const toml::table& root) {
   Origin top;
   for (auto&& [key, node] : root) {
     std::string_view name = key.str();
-    if (name == settings_key || (name == "server" && node.is_table())) {
+    if (name == settings_key || (name == "server" && node.is_table()) || name == "global") {
+      // [global] is the name; [server] is what older files say.
+      if (settings_origin_.line != 0) {
+        error(top, std::string(name == settings_key ? "server" : name),
+              "process settings are given twice ([global] and [server]); keep one [global] table", line_of(node));
+        continue;
+      }
+      if (!node.is_table()) {
+        error(top, std::string(name), "must be a table: [global]", line_of(node));
+        continue;
+      }
+      settings_origin_.label = name == "global" ? "global" : "server";
       settings_origin_.line = line_of(node);
       read(*node.as_table(), settings_origin_, config_.server);
     } else if (name == "server") {

@@ -450,6 +450,18 @@ TEST(Load, ServerTableAndServerArrayLiveTogether) {
   EXPECT_EQ(result.config->servers.size(), 1u);
 }
 
+TEST(Load, GlobalIsTheSettingsTableServerTheOlderName) {
+  auto result = load_string("[global]\nworkers = 3\n" + base, files().config());
+  ASSERT_TRUE(result.ok()) << dump(result);
+  EXPECT_EQ(result.config->server.workers, 3);
+  result = load_string("[global]\nworkers = -1\n" + base, files().config());
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.errors[0].key, "global.workers");
+  result = load_string("[global]\nworkers = 1\n[server]\nworkers = 2\n" + base, files().config());
+  ASSERT_FALSE(result.ok());
+  EXPECT_NE(dump(result).find("given twice"), std::string::npos) << dump(result);
+}
+
 TEST(Load, DefaultsAreResolved) {
   auto result = load_string(base + "[[certificate]]\nname = \"second\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
                                    "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
