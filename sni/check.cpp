@@ -289,6 +289,17 @@ void check_trust_bundles(const conf::Config& config, Report& report) {
     check(listener.client_ca, "listener \"" + listener.name + "\".client_ca", listener.line);
 }
 
+// `run` refuses these listeners; check says so before anyone tries.
+void check_client_certificates(const conf::Config& config, Report& report) {
+  for (const auto& listener : config.listeners) {
+    if (listener.client_certificates == conf::ClientCertificates::none) continue;
+    const std::string key = "listener \"" + listener.name + "\".client_certificates";
+    report.error({config.file.string(), config.line_of(key, listener.line), key,
+                  "client certificates are not enforced yet, so gatehouse run refuses this listener (it would "
+                  "serve clients without one); set client_certificates = \"none\" or remove it"});
+  }
+}
+
 }  // namespace
 
 int run_check(const std::filesystem::path& config_file, bool strict, std::ostream& out, std::ostream& err) {
@@ -302,6 +313,7 @@ int run_check(const std::filesystem::path& config_file, bool strict, std::ostrea
     const Loaded loaded = load_certificates(config, report);
     certificate_warnings(config, loaded, now, report);
     check_trust_bundles(config, report);
+    check_client_certificates(config, report);
     for (const auto& listener : config.listeners) check_listener(config, listener, loaded, now, report);
   }
   out << "check: " << plural(report.errors(), "error") << ", " << plural(report.warnings(), "warning") << '\n';

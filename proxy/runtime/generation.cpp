@@ -86,6 +86,14 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     if (!p.config->fallback.empty()) p.fallback = gen->pool(p.config->fallback);
 
   for (const auto& l : cfg.listeners) {
+    // A listener that names client certificates must not serve clients that
+    // have none: refuse to start rather than promise authentication.
+    if (l.client_certificates != conf::ClientCertificates::none)
+      throw std::runtime_error(cfg.file.string() + ":" + std::to_string(cfg.line_of(
+                                   "listener \"" + l.name + "\".client_certificates", l.line)) +
+                               ": listener \"" + l.name +
+                               "\".client_certificates: client certificates are not enforced yet, so this listener "
+                               "would serve clients without one; set client_certificates = \"none\" or remove it");
     ListenerRuntime rt;
     rt.config = &l;
     if (l.mode != conf::ListenerMode::passthrough) {
