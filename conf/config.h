@@ -73,7 +73,9 @@ struct Listener {
   TlsPolicy tls = TlsPolicy::modern;
   std::vector<std::string> alpn;          // resolved default: l7 {"h2","http/1.1"}, l4 {}; passthrough always {}
   ClientCertificates client_certificates = ClientCertificates::none;
-  std::filesystem::path client_ca;
+  std::filesystem::path client_ca;        // PEM bundle of the CAs that issue client certificates
+  std::filesystem::path client_crl;       // PEM CRLs checked for the client's leaf; empty = none
+  int client_verify_depth = 4;            // most intermediate CAs between a client's leaf and client_ca
   std::string pool;                       // l4/passthrough default pool, may be ""
   ProxyProtocol proxy_protocol = ProxyProtocol::none;
   Duration handshake_timeout = std::chrono::seconds(10);

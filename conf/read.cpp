@@ -170,8 +170,8 @@ constexpr std::string_view settings_keys[] = {"workers",     "admin",         "a
 constexpr std::string_view certificate_keys[] = {"name", "cert", "key"};
 constexpr std::string_view listener_keys[] = {
     "name",       "bind", "mode", "certificates",   "default_certificate", "strict_sni",   "tls",
-    "alpn",       "client_certificates",            "client_ca",           "pool",         "proxy_protocol",
-    "handshake_timeout", "idle_timeout"};
+    "alpn",       "client_certificates",            "client_ca",           "client_crl",   "client_verify_depth",
+    "pool",       "proxy_protocol",                 "handshake_timeout",   "idle_timeout"};
 constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool", "affinity", "idle_timeout"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
 constexpr std::string_view pool_keys[] = {"name",     "servers", "balance", "hash_key", "local_site",
@@ -526,6 +526,8 @@ void Loader::read(const toml::table& table, Origin& origin, Listener& out) {
         r.value_error(r.element_key("alpn", i), "an ALPN protocol name is 1 to 255 bytes, e.g. \"h2\"");
   r.choice("client_certificates", client_certificate_choices, out.client_certificates);
   r.file("client_ca", out.client_ca);
+  r.file("client_crl", out.client_crl);
+  r.integer("client_verify_depth", 1, 16, out.client_verify_depth);
   r.string("pool", out.pool);
   r.choice("proxy_protocol", proxy_protocol_choices, out.proxy_protocol);
   r.duration("handshake_timeout", out.handshake_timeout, true);

@@ -30,7 +30,7 @@ class Files {
     fs::create_directories(dir_ / "certs");
     fs::create_directories(dir_ / "adir");
     for (const char* name : {"cert.pem", "key.pem", "certs/mail.crt", "certs/mail.key", "ecdsa.crt", "ecdsa.key",
-                             "clients.pem", "backend-ca.pem"})
+                             "clients.pem", "clients.crl", "backend-ca.pem"})
       std::ofstream(dir_ / name) << "x\n";
     std::ofstream(dir_ / "tickets.bin") << std::string(80, 'k');  // one key, as the format requires
   }
@@ -290,6 +290,18 @@ const ErrorCase error_cases[] = {
     {"passthrough_client_certificates", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "mode = \"passthrough\"\npool = \"owa\"\nclient_certificates = \"optional\"\nclient_ca = \"clients.pem\"\n",
      "client_certificates", "does not terminate TLS", 6, 2},
+    {"passthrough_client_crl", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "mode = \"passthrough\"\npool = \"owa\"\nclient_crl = \"clients.crl\"\n",
+     "listener \"b\".client_crl", "does not terminate TLS", 6},
+    {"passthrough_client_verify_depth", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "mode = \"passthrough\"\npool = \"owa\"\nclient_verify_depth = 3\n",
+     "listener \"b\".client_verify_depth", "does not terminate TLS", 6},
+    {"client_verify_depth_range", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "client_certificates = \"require\"\nclient_ca = \"clients.pem\"\nclient_verify_depth = 0\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".client_verify_depth", "between 1 and 16", 6},
+    {"unreadable_client_crl", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "client_certificates = \"require\"\nclient_ca = \"clients.pem\"\nclient_crl = \"missing.crl\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".client_crl", "cannot read", 6},
     {"client_certificates_without_ca", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "client_certificates = \"require\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".client_certificates", "need client_ca", 4},
@@ -567,6 +579,8 @@ tls = "tls13"
 alpn = ["http/1.1"]
 client_certificates = "optional"
 client_ca = "clients.pem"
+client_crl = "clients.crl"
+client_verify_depth = 2
 pool = ""
 proxy_protocol = ""
 handshake_timeout = "5s"
@@ -683,6 +697,8 @@ health = { kind = "tls", interval = "10s" }
   EXPECT_THAT(https.alpn, ::testing::ElementsAre("http/1.1"));
   EXPECT_EQ(https.client_certificates, ClientCertificates::optional);
   EXPECT_EQ(https.client_ca, dir / "clients.pem");
+  EXPECT_EQ(https.client_crl, dir / "clients.crl");
+  EXPECT_EQ(https.client_verify_depth, 2);
   EXPECT_EQ(https.pool, "");
   EXPECT_EQ(https.proxy_protocol, ProxyProtocol::none);
   EXPECT_EQ(https.handshake_timeout, seconds(5));
