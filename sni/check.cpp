@@ -10,6 +10,7 @@
 
 #include "conf/config.h"
 #include "sni/boringssl_util.h"
+#include "sni/client_trust.h"
 #include "sni/hostname.h"
 #include "sni/index.h"
 #include "sni/tooling.h"
@@ -285,18 +286,32 @@ void check_trust_bundles(const conf::Config& config, Report& report) {
     }
   };
   for (const auto& pool : config.pools) check(pool.ca, "pool \"" + pool.name + "\".ca", pool.line);
-  for (const auto& listener : config.listeners)
-    check(listener.client_ca, "listener \"" + listener.name + "\".client_ca", listener.line);
 }
 
-// `run` refuses these listeners; check says so before anyone tries.
+// Client certificates: the CA bundle and CRLs load as the listener will
+// load them, and the report says what the listener enforces.
 void check_client_certificates(const conf::Config& config, Report& report) {
   for (const auto& listener : config.listeners) {
-    if (listener.client_certificates == conf::ClientCertificates::none) continue;
-    const std::string key = "listener \"" + listener.name + "\".client_certificates";
-    report.error({config.file.string(), config.line_of(key, listener.line), key,
-                  "client certificates are not enforced yet, so gatehouse run refuses this listener (it would "
-                  "serve clients without one); set client_certificates = \"none\" or remove it"});
+    if (listener.client_certificates == conf::ClientCertificates::none ||
+        listener.mode == conf::ListenerMode::passthrough)
+      continue;
+    const std::string table = "listener \"" + listener.name + "\"";
+    try {
+      const ClientTrust trust(listener.client_ca, listener.client_crl, listener.client_verify_depth);
+      report.out() << "listener " << listener.name << ": client certificates "
+                   << (listener.client_certificates == conf::ClientCertificates::require ? "required" : "optional")
+                   << ", " << plural(static_cast<int>(trust.ca_names().size()), "CA") << " in "
+                   << listener.client_ca.string() << ", "
+                   << (listener.client_crl.empty() ? std::string("no CRL")
+                                                   : plural(static_cast<int>(trust.crl_count()), "CRL") + " in " +
+                                                         listener.client_crl.string())
+                   << ", depth " << listener.client_verify_depth << '\n';
+    } catch (const CertificateError& e) {
+      const bool crl = std::string_view(e.what()).starts_with(listener.client_crl.string() + ":") &&
+                       !listener.client_crl.empty();
+      const std::string key = table + (crl ? ".client_crl" : ".client_ca");
+      report.error({config.file.string(), config.line_of(key, listener.line), key, e.what()});
+    }
   }
 }
 

@@ -184,8 +184,13 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
     const std::string reason = handshake ? handshake->message() : "handshake timed out";
     metrics().handshake_failed(info.rejected ? "unrecognized_name" : reason);
     if (info.rejected) metrics().sni(sni::MatchKind::rejected);
-    log::info("handshake_failed",
-              {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", reason}});
+    boost::json::object fields{{"listener", config.name},
+                               {"client", client},
+                               {"sni", info.sni},
+                               {"error", reason},
+                               {"reason", handshake_failure_reason(info, reason)}};
+    if (!info.client_subject.empty()) fields["client_subject"] = info.client_subject;
+    log::info("handshake_failed", std::move(fields));
     co_return false;
   }
   // TLS 1.3 tickets go out now, not with the first response byte.

@@ -86,20 +86,16 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     if (!p.config->fallback.empty()) p.fallback = gen->pool(p.config->fallback);
 
   for (const auto& l : cfg.listeners) {
-    // A listener that names client certificates must not serve clients that
-    // have none: refuse to start rather than promise authentication.
-    if (l.client_certificates != conf::ClientCertificates::none)
-      throw std::runtime_error(cfg.file.string() + ":" + std::to_string(cfg.line_of(
-                                   "listener \"" + l.name + "\".client_certificates", l.line)) +
-                               ": listener \"" + l.name +
-                               "\".client_certificates: client certificates are not enforced yet, so this listener "
-                               "would serve clients without one; set client_certificates = \"none\" or remove it");
     ListenerRuntime rt;
     rt.config = &l;
     if (l.mode != conf::ListenerMode::passthrough) {
       std::vector<std::shared_ptr<const sni::LoadedCertificate>> certs;
       for (const auto& name : l.certificates) certs.push_back(certificates.at(name));
-      rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_);
+      try {
+        rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_);
+      } catch (const std::exception& e) {
+        throw std::runtime_error(cfg.file.string() + ":" + std::to_string(l.line) + ": " + e.what());
+      }
     }
     for (const auto& r : cfg.routes)
       if (r.listener == l.name) rt.routes.push_back(&r);
