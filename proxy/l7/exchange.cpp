@@ -344,7 +344,7 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
   result.request_body_done = !has_body;
   const bool head_request = head.method == "HEAD";
   const std::string request_head =
-      serialize_request(head, ForwardedFor{context.client_address, head.host, "https"}, has_body);
+      serialize_request(head, ForwardedFor{context.client_address, head.host, "https", context.client_cert}, has_body);
   const Clock::duration idle =
       route.idle_timeout ? Clock::duration(*route.idle_timeout) : Clock::duration(context.listener.config->idle_timeout);
 
