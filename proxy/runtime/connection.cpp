@@ -221,6 +221,16 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
     log::info("handshake_failed", std::move(fields));
     co_return false;
   }
+  // Belt and braces: the session context already keeps sessions made
+  // without a certificate off a "require" listener.
+  if (config.client_certificates == conf::ClientCertificates::require && !info.client_verified()) {
+    metrics().handshake_failed("no client certificate");
+    log::info("handshake_failed", {{"listener", config.name},
+                                   {"client", client},
+                                   {"sni", info.sni},
+                                   {"reason", "no client certificate (resumed session without one)"}});
+    co_return false;
+  }
   // TLS 1.3 tickets go out now, not with the first response byte.
   if (auto ec = co_await front.flush()) {
     log::info("handshake_failed", {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});

@@ -3,9 +3,12 @@
 #include <cstring>
 
 #include <openssl/bytestring.h>
+#include <openssl/digest.h>
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
+#include <array>
 #include <stdexcept>
 
 #include "proxy/tls/ticket_keys.h"
@@ -74,6 +77,39 @@ uint8_t alert_for(int x509_error) {
     default:
       return SSL_AD_BAD_CERTIFICATE;
   }
+}
+
+// Binds resumption to everything that decided whether a client was let in:
+// the listener, the certificate served, and the client-certificate policy
+// with its CA bundle, CRLs and depth. A session or ticket made under another
+// policy (client_certificates = "none", another CA) never resumes here, even
+// with ticket keys shared across listeners and instances (CVE-2025-23419).
+std::array<uint8_t, SSL_MAX_SID_CTX_LENGTH> session_context(const conf::Listener& listener,
+                                                             const sni::LoadedCertificate& cert,
+                                                             const sni::ClientTrust* trust) {
+  static_assert(SSL_MAX_SID_CTX_LENGTH == SHA256_DIGEST_LENGTH);
+  SHA256_CTX sha;
+  SHA256_Init(&sha);
+  auto add = [&](std::string_view bytes) {
+    const uint64_t size = bytes.size();
+    SHA256_Update(&sha, &size, sizeof size);
+    SHA256_Update(&sha, bytes.data(), bytes.size());
+  };
+  add("gatehouse session context 1");
+  add(listener.name);
+  add(cert.name);
+  uint8_t leaf[SHA256_DIGEST_LENGTH];
+  unsigned int leaf_len = 0;
+  X509_digest(cert.leaf(), EVP_sha256(), leaf, &leaf_len);
+  add(std::string_view(reinterpret_cast<const char*>(leaf), leaf_len));
+  add(listener.client_certificates == conf::ClientCertificates::require    ? "require"
+      : listener.client_certificates == conf::ClientCertificates::optional ? "optional"
+                                                                            : "none");
+  if (trust != nullptr)
+    add(std::string_view(reinterpret_cast<const char*>(trust->fingerprint().data()), trust->fingerprint().size()));
+  std::array<uint8_t, SSL_MAX_SID_CTX_LENGTH> out{};
+  SHA256_Final(out.data(), &sha);
+  return out;
 }
 
 int verify_mode(conf::ClientCertificates mode) {
@@ -188,10 +224,10 @@ ListenerTls::ListenerTls(const conf::Listener& listener,
     if (!ok)
       throw std::runtime_error("listener \"" + listener.name + "\": certificate \"" + cert->name + "\" (" +
                                cert->cert_file.string() + ") refused by TLS: " + ssl_errors());
-    // Sessions resume only under the certificate that created them.
-    const std::string sid = listener.name + "/" + cert->name;
-    SSL_CTX_set_session_id_context(ctx.get(), reinterpret_cast<const uint8_t*>(sid.data()),
-                                   std::min<std::size_t>(sid.size(), SSL_MAX_SID_CTX_LENGTH));
+    // Sessions resume only under the certificate and client-certificate
+    // policy that created them.
+    const auto sid = session_context(listener, *cert, client_trust_.get());
+    SSL_CTX_set_session_id_context(ctx.get(), sid.data(), sid.size());
     contexts_.emplace(cert.get(), std::move(ctx));
   }
 }
@@ -277,8 +313,9 @@ void ListenerTls::on_info(const SSL* ssl, int type, int) {
   auto* info = static_cast<HandshakeInfo*>(SSL_get_ex_data(ssl, info_index()));
   if (info == nullptr) return;
   // From the session, full or resumed: a resumed one holds the certificate
-  // verified when it was made. Only verified certificates are ever stored: a
-  // failed verification ends the handshake.
+  // verified when it was made (sessions of another policy never resume, see
+  // session_context). Only verified certificates are ever stored: a failed
+  // verification ends the handshake.
   const STACK_OF(CRYPTO_BUFFER)* buffers = SSL_get0_peer_certificates(ssl);
   if (buffers == nullptr || sk_CRYPTO_BUFFER_num(buffers) == 0 || SSL_get_verify_result(ssl) != X509_V_OK) {
     if (info->client_verify == "SUCCESS") info->client_verify = "NONE";
