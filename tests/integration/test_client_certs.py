@@ -17,6 +17,7 @@ cross from a listener without client certificates to one that requires them
 its certificate's identity, the PROXY v2 SSL TLV of l4 listeners, and
 reloading client_ca."""
 
+import hashlib
 import os
 import re
 import signal
@@ -278,8 +279,8 @@ class Require(ClientCertTestCase):
         self.assertIn(f'Subject="{ALICE_SUBJECT}"', xfcc)
         self.assertIn("URI=spiffe://contoso.test/alice", xfcc)
         self.assertIn("DNS=alice.contoso.test", xfcc)
-        der = ssl.PEM_cert_to_DER_cert(open(self.alice.cert).read())
-        import hashlib
+        with open(self.alice.cert) as f:
+            der = ssl.PEM_cert_to_DER_cert(f.read())
         self.assertTrue(xfcc.startswith("Hash=" + hashlib.sha256(der).hexdigest() + ";"), xfcc)
         line = g.wait_access(client_subject=ALICE_SUBJECT)
         self.assertEqual(line["client_verify"], "SUCCESS")
