@@ -55,10 +55,14 @@ struct ServerSettings {
   std::uint64_t max_connections = 100000;
 };
 
+enum class OcspMode { none, automatic, file };
+
 struct Certificate {
   std::string name;
   std::filesystem::path cert;  // absolute (relative paths resolved against the config's directory)
   std::filesystem::path key;
+  OcspMode ocsp = OcspMode::none;  // `ocsp`: "" none, "auto", or a path (file)
+  std::filesystem::path ocsp_file; // the DER OCSP response when ocsp is a path
   int line = 0;                // where the [[certificate]] table starts, for messages
 };
 

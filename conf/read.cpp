@@ -167,7 +167,7 @@ constexpr Choice<HealthKind> health_kind_choices[] = {
 constexpr std::string_view top_level_keys[] = {"server", "certificate", "listener", "route", "pool"};
 constexpr std::string_view settings_keys[] = {"workers",     "admin",         "access_log",
                                               "ticket_keys", "drain_timeout", "max_connections"};
-constexpr std::string_view certificate_keys[] = {"name", "cert", "key"};
+constexpr std::string_view certificate_keys[] = {"name", "cert", "key", "ocsp"};
 constexpr std::string_view listener_keys[] = {
     "name",       "bind", "mode", "certificates",   "default_certificate", "strict_sni",   "tls",
     "alpn",       "client_certificates",            "client_ca",           "client_crl",   "client_verify_depth",
@@ -507,6 +507,10 @@ void Loader::read(const toml::table& table, Origin& origin, Certificate& out) {
   r.name("name", out.name);
   if (r.file("cert", out.cert) && out.cert.empty()) r.value_error("cert", "must name a PEM certificate file");
   if (r.file("key", out.key) && out.key.empty()) r.value_error("key", "must name a PEM private key file");
+  if (std::string ocsp; r.string("ocsp", ocsp) && !ocsp.empty()) {
+    if (ocsp == "auto") out.ocsp = OcspMode::automatic;
+    else if (r.file("ocsp", out.ocsp_file)) out.ocsp = OcspMode::file;
+  }
 }
 
 void Loader::read(const toml::table& table, Origin& origin, Listener& out) {

@@ -5,12 +5,15 @@
 // operator believes they do).
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 
 #include "conf/config.h"
 #include "sni/boringssl_util.h"
 #include "sni/client_trust.h"
+#include "sni/ocsp.h"
 #include "sni/hostname.h"
 #include "sni/index.h"
 #include "sni/tooling.h"
@@ -288,6 +291,31 @@ void check_trust_bundles(const conf::Config& config, Report& report) {
   for (const auto& pool : config.pools) check(pool.ca, "pool \"" + pool.name + "\".ca", pool.line);
 }
 
+// OCSP stapling: what each certificate will staple, and why not.
+void check_ocsp(const conf::Config& config, const Loaded& loaded, Clock::time_point now, Report& report) {
+  for (const auto& certificate : config.certificates) {
+    if (certificate.ocsp == conf::OcspMode::none) continue;
+    const std::string key = certificate_key(certificate.name) + ".ocsp";
+    const int line = config.line_of(key, certificate.line);
+    if (certificate.ocsp == conf::OcspMode::automatic) {
+      report.error({config.file.string(), line, key,
+                    "ocsp = \"auto\" (fetching from the responder) is not supported yet, so gatehouse run refuses "
+                    "it; fetch the response yourself (openssl ocsp -respout FILE) and set ocsp = \"FILE\""});
+      continue;
+    }
+    const auto it = loaded.find(certificate.name);
+    if (it == loaded.end()) continue;
+    std::ifstream in(certificate.ocsp_file, std::ios::binary);
+    const std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const OcspVerdict verdict = check_ocsp_response(der, it->second->leaf(), ocsp_issuer(*it->second), now);
+    report.out() << "certificate " << certificate.name << ": OCSP response " << certificate.ocsp_file.string()
+                 << ": " << (verdict.stapleable ? describe(verdict) : "NOT STAPLED") << '\n';
+    if (!verdict.stapleable)
+      report.warning({config.file.string(), line, key,
+                      certificate.ocsp_file.string() + " is not stapled: " + verdict.problem});
+  }
+}
+
 // Client certificates: the CA bundle and CRLs load as the listener will
 // load them, and the report says what the listener enforces.
 void check_client_certificates(const conf::Config& config, Report& report) {
@@ -329,6 +357,7 @@ int run_check(const std::filesystem::path& config_file, bool strict, std::ostrea
     certificate_warnings(config, loaded, now, report);
     check_trust_bundles(config, report);
     check_client_certificates(config, report);
+    check_ocsp(config, loaded, now, report);
     for (const auto& listener : config.listeners) check_listener(config, listener, loaded, now, report);
   }
   out << "check: " << plural(report.errors(), "error") << ", " << plural(report.warnings(), "warning") << '\n';

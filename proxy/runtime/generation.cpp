@@ -5,11 +5,15 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 
 #include "proxy/tls/ticket_keys.h"
+#include "proxy/runtime/log.h"
 #include "sni/certificate.h"
+#include "sni/ocsp.h"
 #include "sni/hostname.h"
 
 namespace gatehouse::proxy {
@@ -48,6 +52,37 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
       throw std::runtime_error(cfg.file.string() + ":" + std::to_string(c.line) + ": certificate \"" + c.name +
                                "\": " + e.what());
     }
+  }
+
+  // OCSP responses to staple. A file is read again at every reload; one that
+  // is not for the certificate, not signed by its issuer, not current or not
+  // "good" is not stapled, and the log says why.
+  std::map<std::string, std::shared_ptr<StapleSlot>, std::less<>> staples;
+  for (const auto& c : cfg.certificates) {
+    const std::string where = cfg.file.string() + ":" +
+                              std::to_string(cfg.line_of("certificate \"" + c.name + "\".ocsp", c.line)) +
+                              ": certificate \"" + c.name + "\".ocsp: ";
+    if (c.ocsp == conf::OcspMode::automatic)
+      throw std::runtime_error(where + "ocsp = \"auto\" (fetching from the responder) is not supported yet; "
+                               "fetch the response yourself (openssl ocsp -respout FILE) and set ocsp = \"FILE\", "
+                               "or remove ocsp");
+    if (c.ocsp != conf::OcspMode::file) continue;
+    const sni::LoadedCertificate& cert = *certificates.at(c.name);
+    std::ifstream in(c.ocsp_file, std::ios::binary);
+    if (!in) throw std::runtime_error(where + "cannot read " + c.ocsp_file.string());
+    std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto verdict = sni::check_ocsp_response(der, cert.leaf(), sni::ocsp_issuer(cert), sni::Clock::now());
+    auto slot = std::make_shared<StapleSlot>();
+    if (verdict.stapleable) {
+      slot->set(std::make_shared<const Staple>(Staple{std::move(der), verdict.next_update}));
+      log::info("ocsp_staple", {{"certificate", c.name},
+                                {"file", c.ocsp_file.string()},
+                                {"state", sni::describe(verdict)}});
+    } else {
+      log::warning("ocsp_not_stapled",
+                   {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"reason", verdict.problem}});
+    }
+    staples[c.name] = std::move(slot);
   }
 
   std::map<std::string, ServerRuntime*, std::less<>> servers;
@@ -90,9 +125,13 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     rt.config = &l;
     if (l.mode != conf::ListenerMode::passthrough) {
       std::vector<std::shared_ptr<const sni::LoadedCertificate>> certs;
-      for (const auto& name : l.certificates) certs.push_back(certificates.at(name));
+      ListenerTls::Staples listener_staples;
+      for (const auto& name : l.certificates) {
+        certs.push_back(certificates.at(name));
+        if (auto it = staples.find(name); it != staples.end()) listener_staples.emplace(certs.back().get(), it->second);
+      }
       try {
-        rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_);
+        rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_, std::move(listener_staples));
       } catch (const std::exception& e) {
         throw std::runtime_error(cfg.file.string() + ":" + std::to_string(l.line) + ": " + e.what());
       }

@@ -171,9 +171,10 @@ void apply_tls_policy(SSL_CTX* ctx, conf::TlsPolicy policy) {
 
 ListenerTls::ListenerTls(const conf::Listener& listener,
                          std::vector<std::shared_ptr<const sni::LoadedCertificate>> certificates,
-                         TicketKeys& ticket_keys)
+                         TicketKeys& ticket_keys, Staples staples)
     : index_(certificates, listener.default_certificate, listener.strict_sni),
-      client_mode_(listener.client_certificates) {
+      client_mode_(listener.client_certificates),
+      staples_(std::move(staples)) {
   for (const auto& protocol : listener.alpn) alpn_.push_back(protocol);
   if (client_mode_ != conf::ClientCertificates::none) {
     try {
@@ -356,6 +357,11 @@ ssl_select_cert_result_t ListenerTls::select_certificate(const SSL_CLIENT_HELLO*
   if (it == self->contexts_.end()) return ssl_select_cert_error;
   SSL_set_SSL_CTX(ssl, it->second.get());
   self->require_client_certificates(ssl);
+  // Per connection, so that a response is never stapled past its
+  // nextUpdate (BoringSSL sends it only to clients that asked).
+  if (auto staple = self->staples_.find(selection.certificate); staple != self->staples_.end())
+    if (auto current = staple->second->current(sni::Clock::now()))
+      SSL_set_ocsp_response(ssl, reinterpret_cast<const uint8_t*>(current->der.data()), current->der.size());
   return ssl_select_cert_success;
 }
 

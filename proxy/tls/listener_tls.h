@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "proxy/tls/ocsp_staple.h"
 #include "sni/certificate.h"
 #include "sni/client_trust.h"
 #include "sni/index.h"
@@ -46,9 +47,11 @@ class ListenerTls {
  public:
   // Throws std::runtime_error naming the listener when BoringSSL refuses the
   // certificate or the policy.
+  // `staples`: the OCSP response slot of each certificate that has one.
+  using Staples = std::unordered_map<const sni::LoadedCertificate*, std::shared_ptr<const StapleSlot>>;
   ListenerTls(const conf::Listener& listener,
               std::vector<std::shared_ptr<const sni::LoadedCertificate>> certificates,
-              TicketKeys& ticket_keys);
+              TicketKeys& ticket_keys, Staples staples = {});
   ~ListenerTls();
   ListenerTls(const ListenerTls&) = delete;
   ListenerTls& operator=(const ListenerTls&) = delete;
@@ -72,6 +75,7 @@ class ListenerTls {
   std::vector<std::string> alpn_;  // the listener's `alpn`, in preference order
   bssl::UniquePtr<SSL_CTX> front_;
   std::unordered_map<const sni::LoadedCertificate*, bssl::UniquePtr<SSL_CTX>> contexts_;
+  Staples staples_;
 };
 
 // Applies a listener's `tls` policy: "modern" = TLS 1.2 + 1.3 with ECDHE and

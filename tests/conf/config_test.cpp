@@ -136,7 +136,7 @@ const ErrorCase error_cases[] = {
     {"unknown_top_level_setting", false, "workers = 4\n", "workers", "belongs in the [server] table", 1},
     {"unknown_in_server", true, "[server]\nworkres = 2\n", "server.workres", "did you mean \"workers\"", 2},
     {"unknown_in_certificate", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-     "chain = \"x\"\n", "certificate \"c2\".chain", "known keys: \"name\", \"cert\", \"key\"", 5},
+     "chain = \"x\"\n", "certificate \"c2\".chain", "known keys: \"name\", \"cert\", \"key\", \"ocsp\"", 5},
     {"unknown_in_listener", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nbnid = \"x\"\n",
      "listener \"b\".bnid", "did you mean \"bind\"", 4},  // no route for "b" is only a warning
     {"unknown_in_route", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nhost = [\"a.contoso.com\"]\n",
@@ -262,6 +262,8 @@ const ErrorCase error_cases[] = {
      "listener \"b\".client_ca", "is a directory", 5},
     {"unreadable_ticket_keys", true, "[server]\nticket_keys = \"tickets.missing\"\n", "server.ticket_keys",
      "cannot read", 2},
+    {"unreadable_ocsp_response", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+     "ocsp = \"missing.der\"\n", "certificate \"c2\".ocsp", "cannot read", 5},
     {"certificate_empty_path", true, "[[certificate]]\nname = \"c2\"\ncert = \"\"\nkey = \"key.pem\"\n",
      "certificate \"c2\".cert", "must name a PEM certificate file", 3},
 
@@ -545,6 +547,22 @@ TEST(Load, AcceptedPinAndHostForms) {
               ::testing::ElementsAre("mail.contoso.com", "*.contoso.com", "autodiscover.contoso.com"));
   EXPECT_EQ(result.config->find_server("hex")->pin,
             "1F 2E 3D 4C 5B 6A 79 88 97 A6 b5 c4 d3 e2 f1 00 11 22 33 44");  // kept as written
+}
+
+TEST(Load, OcspModes) {
+  std::ofstream(files().dir() / "mail.ocsp") << "x";
+  const std::string text = base + "[[certificate]]\nname = \"auto\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+                                  "ocsp = \"auto\"\n[[certificate]]\nname = \"file\"\ncert = \"cert.pem\"\n"
+                                  "key = \"key.pem\"\nocsp = \"mail.ocsp\"\n[[certificate]]\nname = \"none\"\n"
+                                  "cert = \"cert.pem\"\nkey = \"key.pem\"\nocsp = \"\"\n";
+  auto result = load_string(text, files().config());
+  ASSERT_TRUE(result.ok()) << dump(result);
+  const Config& c = *result.config;
+  EXPECT_EQ(c.find_certificate("main")->ocsp, OcspMode::none);
+  EXPECT_EQ(c.find_certificate("auto")->ocsp, OcspMode::automatic);
+  EXPECT_EQ(c.find_certificate("file")->ocsp, OcspMode::file);
+  EXPECT_EQ(c.find_certificate("file")->ocsp_file, files().dir() / "mail.ocsp");
+  EXPECT_EQ(c.find_certificate("none")->ocsp, OcspMode::none);
 }
 
 // Every key of SPEC.md's schema, checked field by field.
