@@ -297,14 +297,24 @@ void check_ocsp(const conf::Config& config, const Loaded& loaded, Clock::time_po
     if (certificate.ocsp == conf::OcspMode::none) continue;
     const std::string key = certificate_key(certificate.name) + ".ocsp";
     const int line = config.line_of(key, certificate.line);
-    if (certificate.ocsp == conf::OcspMode::automatic) {
-      report.error({config.file.string(), line, key,
-                    "ocsp = \"auto\" (fetching from the responder) is not supported yet, so gatehouse run refuses "
-                    "it; fetch the response yourself (openssl ocsp -respout FILE) and set ocsp = \"FILE\""});
-      continue;
-    }
     const auto it = loaded.find(certificate.name);
     if (it == loaded.end()) continue;
+    if (certificate.ocsp == conf::OcspMode::automatic) {
+      std::string url;
+      for (const auto& responder : ocsp_responders(it->second->leaf()))
+        if (url.empty() && responder.starts_with("http://")) url = responder;
+      if (ocsp_issuer(*it->second) == nullptr)
+        report.error({config.file.string(), line, key,
+                      it->second->cert_file.string() + " has no issuer certificate after the leaf, so no OCSP "
+                      "request can be made nor response checked; append the issuing CA's certificate"});
+      else if (url.empty())
+        report.error({config.file.string(), line, key,
+                      "the certificate names no http:// OCSP responder (Authority Information Access); use "
+                      "ocsp = \"FILE\" or remove ocsp"});
+      else
+        report.out() << "certificate " << certificate.name << ": OCSP fetched from " << url << '\n';
+      continue;
+    }
     std::ifstream in(certificate.ocsp_file, std::ios::binary);
     const std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const OcspVerdict verdict = check_ocsp_response(der, it->second->leaf(), ocsp_issuer(*it->second), now);

@@ -62,12 +62,26 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     const std::string where = cfg.file.string() + ":" +
                               std::to_string(cfg.line_of("certificate \"" + c.name + "\".ocsp", c.line)) +
                               ": certificate \"" + c.name + "\".ocsp: ";
-    if (c.ocsp == conf::OcspMode::automatic)
-      throw std::runtime_error(where + "ocsp = \"auto\" (fetching from the responder) is not supported yet; "
-                               "fetch the response yourself (openssl ocsp -respout FILE) and set ocsp = \"FILE\", "
-                               "or remove ocsp");
-    if (c.ocsp != conf::OcspMode::file) continue;
+    if (c.ocsp == conf::OcspMode::none) continue;
     const sni::LoadedCertificate& cert = *certificates.at(c.name);
+    if (c.ocsp == conf::OcspMode::automatic) {
+      OcspAuto task{c.name, certificates.at(c.name), sni::ocsp_issuer(cert), {}, std::make_shared<StapleSlot>()};
+      if (task.issuer == nullptr)
+        throw std::runtime_error(where + cert.cert_file.string() + " has no issuer certificate after the leaf, so "
+                                 "no OCSP request can be made nor response checked; append the issuing CA's "
+                                 "certificate to the file");
+      for (const auto& url : sni::ocsp_responders(cert.leaf()))
+        if (url.starts_with("http://")) {
+          task.url = url;
+          break;
+        }
+      if (task.url.empty())
+        throw std::runtime_error(where + "the certificate names no http:// OCSP responder (Authority Information "
+                                 "Access), so there is nothing to fetch from; use ocsp = \"FILE\" or remove ocsp");
+      staples[c.name] = task.slot;
+      gen->ocsp_auto_.push_back(std::move(task));
+      continue;
+    }
     std::ifstream in(c.ocsp_file, std::ios::binary);
     if (!in) throw std::runtime_error(where + "cannot read " + c.ocsp_file.string());
     std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -203,6 +217,10 @@ Generation::RouteChoice Generation::route_http(const ListenerRuntime& listener, 
 }
 
 void Generation::inherit_state(const Generation& previous) {
+  for (auto& task : ocsp_auto_)
+    for (const auto& old : previous.ocsp_auto_)
+      if (old.name == task.name && X509_cmp(old.certificate->leaf(), task.certificate->leaf()) == 0)
+        task.slot->set(old.slot->get());
   for (auto& pool : pools_) {
     const PoolRuntime* old = previous.pool(pool.config->name);
     if (old == nullptr) continue;

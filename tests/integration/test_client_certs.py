@@ -92,7 +92,7 @@ class TestCA:
                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         self.crl = os.path.join(self.dir, "ca.crl")
 
-    def issue(self, stem, subject, eku="clientAuth", sans=(), start=None, end=None):
+    def issue(self, stem, subject, eku="clientAuth", sans=(), start=None, end=None, extra=""):
         key = os.path.join(self.dir, stem + ".key")
         csr = os.path.join(self.dir, stem + ".csr")
         crt = os.path.join(self.dir, stem + ".crt")
@@ -100,7 +100,7 @@ class TestCA:
                 "-out", csr, "-subj", subject)
         ext = os.path.join(self.dir, stem + ".ext")
         with open(ext, "w") as f:
-            f.write(CLIENT_EXT.format(eku=eku, san=("subjectAltName = " + ", ".join(sans)) if sans else ""))
+            f.write(CLIENT_EXT.format(eku=eku, san=("subjectAltName = " + ", ".join(sans)) if sans else "") + extra)
         args = ["ca", "-batch", "-config", self.conf, "-in", csr, "-out", crt, "-extfile", ext, "-extensions", "ext",
                 "-notext"]
         if start:

@@ -1,4 +1,4 @@
-"""OCSP stapling from a response file (`ocsp = "PATH"` of a [[certificate]]).
+"""OCSP stapling: `ocsp = "PATH"` (a response file) and `ocsp = "auto"`.
 
 A CA run by `openssl ca` issues the served certificate (the PEM file holds
 the leaf, then the CA); a local `openssl ocsp -index ... -port` responder
@@ -6,7 +6,10 @@ answers for it. `openssl s_client -status` shows what gatehouse staples: the
 good response, and never one for another certificate, one signed by a key
 the issuer did not authorise, or an expired one (made with Python's
 cryptography, since `openssl ocsp` only issues current responses). A reload
-re-reads the file. `ocsp = "auto"` is refused with a clear message."""
+re-reads the file. With "auto", gatehouse fetches from the responder in the
+certificate's Authority Information Access, refreshes at half the validity,
+keeps the last good response while the responder is down, and stops
+stapling (with a warning) when that response expires."""
 
 import datetime
 import os
@@ -178,17 +181,71 @@ class Ocsp(h.GatehouseTestCase):
         self.assertIn("NOT STAPLED", p.stdout)
         self.assertIn('certificate "front".ocsp', p.stdout)
 
-    def test_auto_is_refused_with_a_clear_message(self):
+    def test_auto_without_responder_url_is_refused(self):
+        # The served certificate names no OCSP responder: nothing to fetch from.
         config = self.dir.write("gatehouse.toml", h.config(h.server_section(),
                                                            certificate_section(self.chain, self.key, "auto"),
                                                            listener_section()))
         p = h.run(["run", "-c", config], check=False, timeout=30)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn('certificate "front".ocsp', p.stderr)
-        self.assertIn("not supported yet", p.stderr)
+        self.assertIn("no http:// OCSP responder", p.stderr)
         p = h.run(["check", "-c", config], check=False)
         self.assertEqual(p.returncode, 1)
-        self.assertIn("not supported yet", p.stderr)
+        self.assertIn("no http:// OCSP responder", p.stderr)
+
+
+class OcspAuto(h.GatehouseTestCase):
+    """ocsp = "auto" against a real `openssl ocsp` responder named in the
+    certificate's Authority Information Access, whose responses are valid
+    for one minute (the shortest it makes), so refresh and expiry happen
+    within the test."""
+
+    def test_fetches_refreshes_and_stops_stapling_when_the_responder_is_gone(self):
+        d = self.dir.path
+        port = h.free_port()
+        ca = TestCA(d, "ca", "Gatehouse Test Server CA")
+        leaf = ca.issue("mail", f"/CN={MAIL}", eku="serverAuth", sans=[f"DNS:{MAIL}"],
+                        extra=f"authorityInfoAccess = OCSP;URI:http://127.0.0.1:{port}/ocsp\n")
+        chain = os.path.join(d, "mail-chain.pem")
+        with open(chain, "w") as f:
+            f.write(read(leaf.cert) + read(ca.cert))
+        responder = subprocess.Popen(
+            ["openssl", "ocsp", "-index", os.path.join(ca.dir, "index.txt"), "-port", str(port), "-rsigner", ca.cert,
+             "-rkey", ca.key, "-CA", ca.cert, "-nmin", "1", "-ignore_err"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self._stops.append(lambda: (responder.kill(), responder.wait()))
+
+        config = self.dir.write("gatehouse.toml", h.config(h.server_section(), certificate_section(chain, leaf.key, "auto"),
+                                                           listener_section()))
+        p = h.run(["check", "-c", config], check=False)
+        self.assertIn(f"certificate front: OCSP fetched from http://127.0.0.1:{port}/ocsp", p.stdout)
+        g = self.start(h.config(h.server_section(), certificate_section(chain, leaf.key, "auto"), listener_section()))
+        web = g.port("web")
+        g.wait_event("ocsp_fetched", certificate="front", timeout=30)
+        status, out = stapled(web)
+        self.assertEqual(status, "good", out)
+
+        # Refreshed at half the validity (30 s of 60 s), not at its end.
+        g.wait_for(lambda _: sum(1 for o in list(g.events) if o.get("event") == "ocsp_fetched") >= 2, [None],
+                   timeout=60, what="a second ocsp_fetched")
+        fetched = [o for o in list(g.events) if o.get("event") == "ocsp_fetched"]
+        self.assertNotIn("ocsp_staple_expired", [o.get("event") for o in g.events])
+
+        # Responder down: the last good response is kept while it is current,
+        # then nothing is stapled and a warning says so.
+        responder.kill()
+        responder.wait()
+        failed = g.wait_event("ocsp_fetch_failed", certificate="front", timeout=60)
+        self.assertIn("last good response", failed["stapling"])
+        self.assertEqual(stapled(web)[0], "good", "the last good response is stapled until its nextUpdate")
+        g.wait_event("ocsp_staple_expired", certificate="front", timeout=90)
+        status, out = stapled(web)
+        self.assertIsNone(status, "an expired response must never be stapled:\n" + out)
+        retries = [o["retry_in"] for o in list(g.events) if o.get("event") == "ocsp_fetch_failed"]
+        seconds = [int(r.rstrip("s")) for r in retries]
+        self.assertEqual(seconds, sorted(seconds), f"retries back off: {retries}")
+        self.assertGreaterEqual(len(fetched), 2)
 
 
 if __name__ == "__main__":
