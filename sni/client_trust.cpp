@@ -198,7 +198,9 @@ ClientVerdict ClientTrust::verify(const std::vector<X509*>& chain) const {
   // Client authentication: the clientAuth EKU when the leaf has any EKU.
   X509_STORE_CTX_set_default(ctx.get(), "ssl_client");
   X509_STORE_CTX_set_purpose(ctx.get(), X509_PURPOSE_SSL_CLIENT);
-  X509_VERIFY_PARAM_set_depth(X509_STORE_CTX_get0_param(ctx.get()), depth_);
+  // BoringSSL's depth counts the trust anchor too (OpenSSL 1.0 semantics);
+  // client_verify_depth counts intermediate CAs, as OpenSSL 1.1+ and nginx do.
+  X509_VERIFY_PARAM_set_depth(X509_STORE_CTX_get0_param(ctx.get()), depth_ + 1);
   const int ok = X509_verify_cert(ctx.get());
   const int error = X509_STORE_CTX_get_error(ctx.get());
   ERR_clear_error();
@@ -208,6 +210,12 @@ ClientVerdict ClientTrust::verify(const std::vector<X509*>& chain) const {
   }
   verdict.error = error == X509_V_OK ? X509_V_ERR_UNSPECIFIED : error;
   const int at = X509_STORE_CTX_get_error_depth(ctx.get());
+  // Past the depth BoringSSL stops looking for issuers, so an over-long chain
+  // reads as an unknown issuer: say which it is.
+  if ((verdict.error == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+       verdict.error == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT) &&
+      chain.size() > static_cast<std::size_t>(depth_) + 1)
+    verdict.error = X509_V_ERR_CERT_CHAIN_TOO_LONG;
   const std::string where = at > 0 ? " (chain certificate " + std::to_string(at + 1) + ")" : "";
   switch (verdict.error) {
     case X509_V_ERR_CERT_HAS_EXPIRED: verdict.reason = "client certificate expired" + where; break;

@@ -507,6 +507,65 @@ class Reload(ClientCertTestCase):
         self.assertEqual((rc, code), (0, "200"), err)
 
 
+class Depth(ClientCertTestCase):
+    def make_chain(self):
+        """Root -> int1 -> int2 CAs; a leaf under int1 and one under int2,
+        each as a PEM file with its intermediates (Python sends the file)."""
+        d = self.dir.path
+
+        def path(name):
+            return os.path.join(d, name)
+
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                path("root.key"), "-out", path("root.crt"), "-days", "30", "-subj", "/CN=Depth Root",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+        with open(path("ca.ext"), "w") as f:
+            f.write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n")
+        with open(path("leaf.ext"), "w") as f:
+            f.write("extendedKeyUsage=clientAuth\n")
+
+        def sign(name, issuer, ext):
+            openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                    path(name + ".key"), "-out", path(name + ".csr"), "-subj", f"/CN={name}")
+            openssl("x509", "-req", "-in", path(name + ".csr"), "-CA", path(issuer + ".crt"), "-CAkey",
+                    path(issuer + ".key"), "-CAcreateserial", "-out", path(name + ".crt"), "-days", "30",
+                    "-extfile", path(ext))
+
+        sign("int1", "root", "ca.ext")
+        sign("int2", "int1", "ca.ext")
+        sign("leaf1", "int1", "leaf.ext")
+        sign("leaf2", "int2", "leaf.ext")
+        chains = []
+        for leaf, ints in (("leaf1", ["int1"]), ("leaf2", ["int2", "int1"])):
+            with open(path(leaf + "-chain.pem"), "w") as out:
+                for part in [leaf] + ints:
+                    with open(path(part + ".crt")) as f:
+                        out.write(f.read())
+            chains.append(Client(path(leaf + "-chain.pem"), path(leaf + ".key")))
+        return path("root.crt"), chains
+
+    def test_client_verify_depth_counts_intermediates_and_reloads(self):
+        root, (one, two) = self.make_chain()
+        backend = self.backend(HeadEchoBackend(self.mbx))
+        text = h.config(h.server_section(), h.certificate_section("front", self.front),
+                        web_listener(ca=root, extra="client_verify_depth = 1"), backend_sections(backend, self.mbx))
+        g = self.start(text)
+        port = g.port("web")
+        _, _, body, _ = self.get(port, self.python_client(one))
+        self.assertIn('Subject="CN=leaf1"', body)
+        with self.assertRaises((ssl.SSLError, OSError)):
+            self.get(port, self.python_client(two))
+        g.wait_for(lambda o: o.get("event") == "handshake_failed" and
+                   o.get("reason") == "chain longer than client_verify_depth (1)", g.events)
+
+        with open(g.config_path, "w") as f:
+            f.write(text.replace("client_verify_depth = 1", "client_verify_depth = 2"))
+        g.signal(signal.SIGHUP)
+        g.wait_event("reloaded")
+        _, _, body, _ = self.get(port, self.python_client(two))
+        self.assertIn('Subject="CN=leaf2"', body)
+
+
 class Check(ClientCertTestCase):
     def test_check_reports_the_policy_and_bad_files(self):
         backend = self.backend(HeadEchoBackend(self.mbx))
