@@ -358,8 +358,13 @@ ssl_select_cert_result_t ListenerTls::select_certificate(const SSL_CLIENT_HELLO*
   SSL_set_SSL_CTX(ssl, it->second.get());
   self->require_client_certificates(ssl);
   // Per connection, so that a response is never stapled past its
-  // nextUpdate (BoringSSL sends it only to clients that asked).
-  if (auto staple = self->staples_.find(selection.certificate); staple != self->staples_.end())
+  // nextUpdate; only for clients that ask (status_request), since BoringSSL
+  // copies it into each connection.
+  const uint8_t* status_request = nullptr;
+  size_t status_request_len = 0;
+  if (auto staple = self->staples_.find(selection.certificate);
+      staple != self->staples_.end() &&
+      SSL_early_callback_ctx_extension_get(hello, TLSEXT_TYPE_status_request, &status_request, &status_request_len))
     if (auto current = staple->second->current(sni::Clock::now()))
       SSL_set_ocsp_response(ssl, reinterpret_cast<const uint8_t*>(current->der.data()), current->der.size());
   return ssl_select_cert_success;
