@@ -99,6 +99,8 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     staples[c.name] = std::move(slot);
   }
 
+  gen->staples_ = staples;
+
   std::map<std::string, ServerRuntime*, std::less<>> servers;
   for (const auto& s : cfg.servers) {
     auto rt = std::make_unique<ServerRuntime>();

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -133,6 +134,11 @@ class Generation {
   const std::vector<ListenerRuntime>& listeners() const { return listeners_; }
   const std::vector<PoolRuntime>& pools() const { return pools_; }
   const std::vector<OcspAuto>& ocsp_auto() const { return ocsp_auto_; }
+  // The OCSP staple slot of a certificate with `ocsp` set, else nullptr.
+  const StapleSlot* staple_slot(std::string_view certificate) const {
+    auto it = staples_.find(certificate);
+    return it == staples_.end() ? nullptr : it->second.get();
+  }
 
   // Where a connection on an l4/passthrough listener goes, by SNI: the most
   // specific route host (exact beats wildcard beats any), else the listener's
@@ -178,6 +184,7 @@ class Generation {
   std::vector<PoolRuntime> pools_;
   std::vector<ListenerRuntime> listeners_;
   std::vector<OcspAuto> ocsp_auto_;
+  std::map<std::string, std::shared_ptr<StapleSlot>, std::less<>> staples_;  // by certificate name
   mutable std::vector<std::vector<WorkerPool>> per_worker_;  // [worker][pool]
 };
 

@@ -12,12 +12,15 @@ keeps the last good response while the responder is down, and stops
 stapling (with a warning) when that response expires."""
 
 import datetime
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 import unittest
+import urllib.request
 
 import harness as h
 from test_client_certs import TestCA, openssl
@@ -121,21 +124,33 @@ class Ocsp(h.GatehouseTestCase):
     def tearDownClass(cls):
         cls.certs.cleanup()
 
-    def start_with(self, response_file):
+    def start_with(self, response_file, admin=False):
         path = self.dir.file("staple.der")
         shutil.copy(response_file, path)
-        g = self.start(h.config(h.server_section(), certificate_section(self.chain, self.key, path),
-                                listener_section()))
+        server = h.server_section()
+        if admin:
+            server = server.replace('admin = ""', 'admin = "127.0.0.1:0"')
+        g = self.start(h.config(server, certificate_section(self.chain, self.key, path), listener_section()))
         return g, g.port("web"), path
 
     def test_good_response_is_stapled(self):
-        g, port, _ = self.start_with(self.good)
+        g, port, _ = self.start_with(self.good, admin=True)
         for tls in ("-tls1_2", "-tls1_3"):
             with self.subTest(tls=tls):
                 status, out = stapled(port, tls)
                 self.assertEqual(status, "good", out)
         ev = g.wait_event("ocsp_staple", certificate="front")
         self.assertTrue(ev["state"].startswith("good until"), ev)
+        admin = f"http://127.0.0.1:{g.port('admin')}"
+        with urllib.request.urlopen(admin + "/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        m = re.search(r'^gatehouse_ocsp_staple_expiry_seconds\{certificate="front"\} (\d+)$', metrics, re.M)
+        self.assertIsNotNone(m, metrics)
+        self.assertGreater(int(m.group(1)), 3600)  # `openssl ocsp -ndays 1`
+        with urllib.request.urlopen(admin + "/status.json", timeout=10) as r:
+            status = json.load(r)
+        [front] = [c for c in status["certificates"] if c["name"] == "front"]
+        self.assertTrue(front["ocsp"].startswith("good until"), front)
 
     def test_unusable_responses_are_never_stapled(self):
         cases = [("for another certificate", self.for_other, "another certificate"),
@@ -220,7 +235,8 @@ class OcspAuto(h.GatehouseTestCase):
                                                            listener_section()))
         p = h.run(["check", "-c", config], check=False)
         self.assertIn(f"certificate front: OCSP fetched from http://127.0.0.1:{port}/ocsp", p.stdout)
-        g = self.start(h.config(h.server_section(), certificate_section(chain, leaf.key, "auto"), listener_section()))
+        server = h.server_section().replace('admin = ""', 'admin = "127.0.0.1:0"')
+        g = self.start(h.config(server, certificate_section(chain, leaf.key, "auto"), listener_section()))
         web = g.port("web")
         g.wait_event("ocsp_fetched", certificate="front", timeout=30)
         status, out = stapled(web)
@@ -242,6 +258,8 @@ class OcspAuto(h.GatehouseTestCase):
         g.wait_event("ocsp_staple_expired", certificate="front", timeout=90)
         status, out = stapled(web)
         self.assertIsNone(status, "an expired response must never be stapled:\n" + out)
+        with urllib.request.urlopen(f"http://127.0.0.1:{g.port('admin')}/metrics", timeout=10) as r:
+            self.assertIn('gatehouse_ocsp_staple_expiry_seconds{certificate="front"} 0\n', r.read().decode())
         retries = [o["retry_in"] for o in list(g.events) if o.get("event") == "ocsp_fetch_failed"]
         seconds = [int(r.rstrip("s")) for r in retries]
         self.assertEqual(seconds, sorted(seconds), f"retries back off: {retries}")
