@@ -100,7 +100,10 @@ class TestCA:
                 "-out", csr, "-subj", subject)
         ext = os.path.join(self.dir, stem + ".ext")
         with open(ext, "w") as f:
-            f.write(CLIENT_EXT.format(eku=eku, san=("subjectAltName = " + ", ".join(sans)) if sans else "") + extra)
+            ext_text = CLIENT_EXT.format(eku=eku, san=("subjectAltName = " + ", ".join(sans)) if sans else "")
+            if eku is None:  # no Extended Key Usage extension at all
+                ext_text = "\n".join(line for line in ext_text.splitlines() if "extendedKeyUsage" not in line) + "\n"
+            f.write(ext_text + extra)
         args = ["ca", "-batch", "-config", self.conf, "-in", csr, "-out", crt, "-extfile", ext, "-extensions", "ext",
                 "-notext"]
         if start:
@@ -133,6 +136,7 @@ class HeadEchoBackend(h.LoopbackServer):
         super().__init__(cert, join_connections=True)
 
     def _serve(self, raw):
+        conn = raw
         try:
             raw.settimeout(30 * h.SLOW)
             conn = self.ctx.wrap_socket(raw, server_side=True)
@@ -159,6 +163,8 @@ class HeadEchoBackend(h.LoopbackServer):
                              + body)
         except (OSError, ssl.SSLError):
             pass
+        finally:
+            conn.close()
 
 
 def xfcc_lines(head):
@@ -198,6 +204,7 @@ class ClientCertTestCase(h.GatehouseTestCase):
         cls.expired = cls.ca.issue("expired", "/O=Contoso/CN=expired", start="20200101000000Z",
                                    end="20200201000000Z")
         cls.server_eku = cls.ca.issue("servereku", "/O=Contoso/CN=servereku", eku="serverAuth")
+        cls.no_eku = cls.ca.issue("noeku", "/O=Contoso/CN=noeku", eku=None)
         cls.ca.revoke(cls.mallory)
         cls.crl = cls.ca.gencrl()
         cls.other_ca = TestCA(d, "other", "Unrelated CA")
@@ -284,6 +291,10 @@ class Require(ClientCertTestCase):
         self.assertTrue(xfcc.startswith("Hash=" + hashlib.sha256(der).hexdigest() + ";"), xfcc)
         line = g.wait_access(client_subject=ALICE_SUBJECT)
         self.assertEqual(line["client_verify"], "SUCCESS")
+        # Without an Extended Key Usage extension a certificate is good for any use.
+        rc, code, body, err = self.curl(port, self.no_eku)
+        self.assertEqual((rc, code), (0, "200"), err)
+        self.assertIn('Subject="CN=noeku,O=Contoso"', body)
 
     def test_refused_clients_in_tls12_and_tls13(self):
         g, port, backend = self.start_web()

@@ -101,6 +101,10 @@ class Ocsp(h.GatehouseTestCase):
                 cls.other_ca.cert, "-rkey", cls.other_ca.key, "-reqin", request, "-respout", cls.wrong_signer,
                 "-ndays", "1")
 
+        cls.truncated = os.path.join(d, "truncated.der")
+        with open(cls.good, "rb") as f, open(cls.truncated, "wb") as out:
+            out.write(f.read()[:300])
+
         cls.expired = os.path.join(d, "expired.der")
         try:
             from cryptography import x509
@@ -154,7 +158,8 @@ class Ocsp(h.GatehouseTestCase):
 
     def test_unusable_responses_are_never_stapled(self):
         cases = [("for another certificate", self.for_other, "another certificate"),
-                 ("signed by another CA", self.wrong_signer, "signature does not verify")]
+                 ("signed by another CA", self.wrong_signer, "signature does not verify"),
+                 ("truncated", self.truncated, "not a DER OCSP response")]
         if self.expired:
             cases.append(("expired", self.expired, "expired"))
         else:
