@@ -318,10 +318,7 @@ void ListenerTls::on_info(const SSL* ssl, int type, int) {
   // session_context). Only verified certificates are ever stored: a failed
   // verification ends the handshake.
   const STACK_OF(CRYPTO_BUFFER)* buffers = SSL_get0_peer_certificates(ssl);
-  if (buffers == nullptr || sk_CRYPTO_BUFFER_num(buffers) == 0 || SSL_get_verify_result(ssl) != X509_V_OK) {
-    if (info->client_verify == "SUCCESS") info->client_verify = "NONE";
-    return;
-  }
+  if (buffers == nullptr || sk_CRYPTO_BUFFER_num(buffers) == 0 || SSL_get_verify_result(ssl) != X509_V_OK) return;
   bssl::UniquePtr<X509> leaf(X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(buffers, 0)));
   ERR_clear_error();
   if (!leaf) return;
