@@ -114,9 +114,10 @@ class TestCA:
     def revoke(self, client):
         openssl("ca", "-config", self.conf, "-revoke", client.cert)
 
-    def gencrl(self):
-        openssl("ca", "-config", self.conf, "-gencrl", "-out", self.crl)
-        return self.crl
+    def gencrl(self, out=None):
+        out = out or self.crl
+        openssl("ca", "-config", self.conf, "-gencrl", "-out", out)
+        return out
 
 
 class Client:
@@ -503,6 +504,26 @@ class Reload(ClientCertTestCase):
         self.assertIn('Subject="CN=eve,O=Fabrikam"', body)
         rc, _, _, _ = self.curl(port, self.alice)
         self.assertNotEqual(rc, 0, "the old CA must no longer be trusted")
+
+    def test_a_new_crl_on_reload_refuses_the_revoked_client(self):
+        g, port, backend = self.start_web()
+        carol = self.ca.issue("carol", "/O=Contoso/CN=carol")
+        rc, code, _, err = self.curl(port, carol)
+        self.assertEqual((rc, code), (0, "200"), err)
+        self.ca.revoke(carol)
+        crl = self.ca.gencrl(self.dir.file("new.crl"))
+        with open(g.config_path) as f:
+            text = f.read()
+        with open(g.config_path, "w") as f:
+            f.write(text.replace(self.crl, crl))
+        g.signal(signal.SIGHUP)
+        g.wait_event("reloaded")
+        rc, code, _, _ = self.curl(port, carol)
+        self.assertNotEqual(rc, 0, "a client revoked by the reloaded CRL was served")
+        g.wait_for(lambda o: o.get("event") == "handshake_failed" and o.get("reason") == "revoked" and
+                   o.get("client_subject") == "CN=carol,O=Contoso", g.events)
+        rc, code, _, err = self.curl(port, self.alice)
+        self.assertEqual((rc, code), (0, "200"), err)
 
     def test_unreadable_crl_is_refused_on_reload_and_old_config_keeps_serving(self):
         g, port, backend = self.start_web()
