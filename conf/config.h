@@ -55,10 +55,14 @@ struct ServerSettings {
   std::uint64_t max_connections = 100000;
 };
 
+enum class OcspMode { none, automatic, file };
+
 struct Certificate {
   std::string name;
   std::filesystem::path cert;  // absolute (relative paths resolved against the config's directory)
   std::filesystem::path key;
+  OcspMode ocsp = OcspMode::none;  // `ocsp`: "" none, "auto", or a path (file)
+  std::filesystem::path ocsp_file; // the DER OCSP response when ocsp is a path
   int line = 0;                // where the [[certificate]] table starts, for messages
 };
 
@@ -73,7 +77,9 @@ struct Listener {
   TlsPolicy tls = TlsPolicy::modern;
   std::vector<std::string> alpn;          // resolved default: l7 {"h2","http/1.1"}, l4 {}; passthrough always {}
   ClientCertificates client_certificates = ClientCertificates::none;
-  std::filesystem::path client_ca;
+  std::filesystem::path client_ca;        // PEM bundle of the CAs that issue client certificates
+  std::filesystem::path client_crl;       // PEM CRLs checked for the client's leaf; empty = none
+  int client_verify_depth = 4;            // most intermediate CAs between a client's leaf and client_ca
   std::string pool;                       // l4/passthrough default pool, may be ""
   ProxyProtocol proxy_protocol = ProxyProtocol::none;
   Duration handshake_timeout = std::chrono::seconds(10);

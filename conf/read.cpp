@@ -167,11 +167,11 @@ constexpr Choice<HealthKind> health_kind_choices[] = {
 constexpr std::string_view top_level_keys[] = {"global", "server", "certificate", "listener", "route", "pool"};
 constexpr std::string_view settings_keys[] = {"workers",     "admin",         "access_log",
                                               "ticket_keys", "drain_timeout", "max_connections"};
-constexpr std::string_view certificate_keys[] = {"name", "cert", "key"};
+constexpr std::string_view certificate_keys[] = {"name", "cert", "key", "ocsp"};
 constexpr std::string_view listener_keys[] = {
     "name",       "bind", "mode", "certificates",   "default_certificate", "strict_sni",   "tls",
-    "alpn",       "client_certificates",            "client_ca",           "pool",         "proxy_protocol",
-    "handshake_timeout", "idle_timeout", "max_connections"};
+    "alpn",       "client_certificates",            "client_ca",           "client_crl",   "client_verify_depth",
+    "pool",       "proxy_protocol",                 "handshake_timeout",   "idle_timeout", "max_connections"};
 constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool", "affinity", "idle_timeout"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
 constexpr std::string_view pool_keys[] = {"name",     "servers", "balance", "hash_key", "local_site",
@@ -518,6 +518,10 @@ void Loader::read(const toml::table& table, Origin& origin, Certificate& out) {
   r.name("name", out.name);
   if (r.file("cert", out.cert) && out.cert.empty()) r.value_error("cert", "must name a PEM certificate file");
   if (r.file("key", out.key) && out.key.empty()) r.value_error("key", "must name a PEM private key file");
+  if (std::string ocsp; r.string("ocsp", ocsp) && !ocsp.empty()) {
+    if (ocsp == "auto") out.ocsp = OcspMode::automatic;
+    else if (r.file("ocsp", out.ocsp_file)) out.ocsp = OcspMode::file;
+  }
 }
 
 void Loader::read(const toml::table& table, Origin& origin, Listener& out) {
@@ -537,6 +541,8 @@ void Loader::read(const toml::table& table, Origin& origin, Listener& out) {
         r.value_error(r.element_key("alpn", i), "an ALPN protocol name is 1 to 255 bytes, e.g. \"h2\"");
   r.choice("client_certificates", client_certificate_choices, out.client_certificates);
   r.file("client_ca", out.client_ca);
+  r.file("client_crl", out.client_crl);
+  r.integer("client_verify_depth", 1, 16, out.client_verify_depth);
   r.string("pool", out.pool);
   r.choice("proxy_protocol", proxy_protocol_choices, out.proxy_protocol);
   r.duration("handshake_timeout", out.handshake_timeout, true);

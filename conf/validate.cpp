@@ -99,6 +99,8 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
         {"alpn", !listener.alpn.empty()},
         {"client_certificates", listener.client_certificates != ClientCertificates::none},
         {"client_ca", !listener.client_ca.empty()},
+        {"client_crl", !listener.client_crl.empty()},
+        {"client_verify_depth", origin.has("client_verify_depth")},
     };
     for (auto [key, set] : tls_keys)
       if (set && origin.valid(key))
@@ -144,8 +146,15 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
       !origin.invalid.contains("client_ca"))
     error(origin, "client_certificates", "client certificates need client_ca = \"PEM bundle of the CAs that issue "
                                          "them\"; add it, or set client_certificates = \"none\"");
-  if (listener.client_certificates == ClientCertificates::none && !listener.client_ca.empty())
-    warning(origin, "client_ca", "client_ca is unused because client_certificates = \"none\"");
+  if (listener.client_certificates == ClientCertificates::none) {
+    if (!listener.client_ca.empty())
+      warning(origin, "client_ca", "client_ca is unused because client_certificates = \"none\"");
+    if (!listener.client_crl.empty())
+      warning(origin, "client_crl", "client_crl is unused because client_certificates = \"none\"");
+    if (origin.has("client_verify_depth"))
+      warning(origin, "client_verify_depth",
+              "client_verify_depth is unused because client_certificates = \"none\"");
+  }
 
   if (!origin.has("alpn") && listener.mode == ListenerMode::l7) listener.alpn = {"h2", "http/1.1"};
   if (listener.mode == ListenerMode::l7 && origin.valid("alpn"))

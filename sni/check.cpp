@@ -5,14 +5,18 @@
 // operator believes they do).
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 
 #include "conf/config.h"
 #include "sni/boringssl_util.h"
+#include "sni/client_trust.h"
 #include "sni/extended_protection.h"
 #include "sni/hostname.h"
 #include "sni/index.h"
+#include "sni/ocsp.h"
 #include "sni/pin.h"
 #include "sni/tooling.h"
 
@@ -338,8 +342,68 @@ void check_trust_bundles(const conf::Config& config, Report& report) {
     }
   };
   for (const auto& pool : config.pools) check(pool.ca, "pool \"" + pool.name + "\".ca", pool.line);
-  for (const auto& listener : config.listeners)
-    check(listener.client_ca, "listener \"" + listener.name + "\".client_ca", listener.line);
+}
+
+// OCSP stapling: what each certificate will staple, and why not.
+void check_ocsp(const conf::Config& config, const Loaded& loaded, Clock::time_point now, Report& report) {
+  for (const auto& certificate : config.certificates) {
+    if (certificate.ocsp == conf::OcspMode::none) continue;
+    const std::string key = certificate_key(certificate.name) + ".ocsp";
+    const int line = config.line_of(key, certificate.line);
+    const auto it = loaded.find(certificate.name);
+    if (it == loaded.end()) continue;
+    if (certificate.ocsp == conf::OcspMode::automatic) {
+      std::string url;
+      for (const auto& responder : ocsp_responders(it->second->leaf()))
+        if (url.empty() && responder.starts_with("http://")) url = responder;
+      if (ocsp_issuer(*it->second) == nullptr)
+        report.error({config.file.string(), line, key,
+                      it->second->cert_file.string() + " has no issuer certificate after the leaf, so no OCSP "
+                      "request can be made nor response checked; append the issuing CA's certificate"});
+      else if (url.empty())
+        report.error({config.file.string(), line, key,
+                      "the certificate names no http:// OCSP responder (Authority Information Access); use "
+                      "ocsp = \"FILE\" or remove ocsp"});
+      else
+        report.out() << "certificate " << certificate.name << ": OCSP fetched from " << url << '\n';
+      continue;
+    }
+    std::ifstream in(certificate.ocsp_file, std::ios::binary);
+    const std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const OcspVerdict verdict = check_ocsp_response(der, it->second->leaf(), ocsp_issuer(*it->second), now);
+    report.out() << "certificate " << certificate.name << ": OCSP response " << certificate.ocsp_file.string()
+                 << ": " << (verdict.stapleable ? describe(verdict) : "NOT STAPLED") << '\n';
+    if (!verdict.stapleable)
+      report.warning({config.file.string(), line, key,
+                      certificate.ocsp_file.string() + " is not stapled: " + verdict.problem});
+  }
+}
+
+// Client certificates: the CA bundle and CRLs load as the listener will
+// load them, and the report says what the listener enforces.
+void check_client_certificates(const conf::Config& config, Report& report) {
+  for (const auto& listener : config.listeners) {
+    if (listener.client_certificates == conf::ClientCertificates::none ||
+        listener.mode == conf::ListenerMode::passthrough)
+      continue;
+    const std::string table = "listener \"" + listener.name + "\"";
+    try {
+      const ClientTrust trust(listener.client_ca, listener.client_crl, listener.client_verify_depth);
+      report.out() << "listener " << listener.name << ": client certificates "
+                   << (listener.client_certificates == conf::ClientCertificates::require ? "required" : "optional")
+                   << ", " << plural(static_cast<int>(trust.ca_names().size()), "CA") << " in "
+                   << listener.client_ca.string() << ", "
+                   << (listener.client_crl.empty() ? std::string("no CRL")
+                                                   : plural(static_cast<int>(trust.crl_count()), "CRL") + " in " +
+                                                         listener.client_crl.string())
+                   << ", depth " << listener.client_verify_depth << '\n';
+    } catch (const CertificateError& e) {
+      const bool crl = std::string_view(e.what()).starts_with(listener.client_crl.string() + ":") &&
+                       !listener.client_crl.empty();
+      const std::string key = table + (crl ? ".client_crl" : ".client_ca");
+      report.error({config.file.string(), config.line_of(key, listener.line), key, e.what()});
+    }
+  }
 }
 
 }  // namespace
@@ -356,6 +420,8 @@ int run_check(const std::filesystem::path& config_file, bool strict, std::ostrea
     certificate_warnings(config, loaded, now, report);
     check_trust_bundles(config, report);
     extended_protection_warnings(config, loaded, now, report);
+    check_client_certificates(config, report);
+    check_ocsp(config, loaded, now, report);
     for (const auto& listener : config.listeners) check_listener(config, listener, loaded, now, report);
   }
   out << "check: " << plural(report.errors(), "error") << ", " << plural(report.warnings(), "warning") << '\n';

@@ -33,6 +33,21 @@ std::string iso_date(sni::Clock::time_point t) {
   return buf;
 }
 
+// A certificate's OCSP staple as /status shows it: "" when it has no `ocsp`.
+std::string ocsp_state(const Generation& g, const std::string& certificate) {
+  const StapleSlot* slot = g.staple_slot(certificate);
+  if (slot == nullptr) return {};
+  const auto staple = slot->get();
+  if (!staple) return "no response";
+  if (sni::Clock::now() >= staple->next_update) return "expired, not stapled";
+  const std::time_t tt = sni::Clock::to_time_t(staple->next_update);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return std::string("good until ") + buf;
+}
+
 std::string html_escape(std::string_view s) {
   std::string out;
   for (char c : s) {
@@ -101,7 +116,8 @@ json::value status_json(const Server& server) {
                                  {"names", std::move(names)},
                                  {"thumbprint", c->info.thumbprint},
                                  {"not_after", iso_date(c->info.not_after)},
-                                 {"days_left", static_cast<std::int64_t>(days_left(c->info.not_after))}});
+                                 {"days_left", static_cast<std::int64_t>(days_left(c->info.not_after))},
+                                 {"ocsp", ocsp_state(g, name)}});
   }
   out["certificates"] = std::move(certs);
 
@@ -218,7 +234,7 @@ std::string status_html(const json::value& status) {
   }
 
   h << "<h2>Certificates</h2><table><tr><th>name</th><th>names</th><th>thumbprint</th><th>expires</th>"
-       "<th>days left</th></tr>";
+       "<th>days left</th><th>OCSP staple</th></tr>";
   for (const auto& cv : s.at("certificates").as_array()) {
     const auto& c = cv.as_object();
     std::string names;
@@ -226,7 +242,8 @@ std::string status_html(const json::value& status) {
     const auto days = c.at("days_left").to_number<std::int64_t>();
     h << "<tr" << (days < 30 ? " class=\"down\"" : "") << "><td>" << html_escape(str(c.at("name"))) << "</td><td>"
       << html_escape(names) << "</td><td>" << html_escape(str(c.at("thumbprint"))) << "</td><td>"
-      << html_escape(str(c.at("not_after"))) << "</td><td>" << days << "</td></tr>";
+      << html_escape(str(c.at("not_after"))) << "</td><td>" << days << "</td><td>"
+      << html_escape(str(c.at("ocsp"))) << "</td></tr>";
   }
   h << "</table><h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>address</th><th>certificates</th></tr>";
   for (const auto& lv : s.at("listeners").as_array()) {
@@ -341,6 +358,16 @@ std::string prometheus_text(const Server& server) {
       if (seen.insert(c->name).second)
         o << "gatehouse_certificate_expiry_days{certificate=\"" << label(c->name) << "\"} "
           << days_left(c->info.not_after) << "\n";
+  }
+  family("gatehouse_ocsp_staple_expiry_seconds", "gauge",
+         "Seconds until the stapled OCSP response's nextUpdate (0: nothing is stapled).");
+  for (const auto& c : g.config().certificates) {
+    const StapleSlot* slot = g.staple_slot(c.name);
+    if (slot == nullptr) continue;
+    const auto staple = slot->get();
+    const double left = staple ? std::chrono::duration<double>(staple->next_update - sni::Clock::now()).count() : 0;
+    o << "gatehouse_ocsp_staple_expiry_seconds{certificate=\"" << label(c.name) << "\"} "
+      << static_cast<std::int64_t>(std::max(0.0, left)) << "\n";
   }
   return o.str();
 }

@@ -78,7 +78,9 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
                              {"sni", info.sni},
                              {"certificate", info.certificate ? info.certificate->name : ""},
                              {"tls_version", SSL_get_version(front.ssl())},
-                             {"resumed", resumed}};
+                             {"resumed", resumed},
+                             {"client_subject", info.client_subject},
+                             {"client_verify", info.client_verify}};
 
   const auto [route, pool] = generation->route_by_sni(listener, info.sni);
   if (pool == nullptr) {
@@ -98,6 +100,8 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
   target.proxy_protocol = config.proxy_protocol;
   target.client = client_endpoint;
   target.local = local_endpoint;
+  target.tls_info = &info;
+  target.tls_version = SSL_get_version(front.ssl());
   auto backend = co_await connect_backend(*generation, worker.index(), target);
   if (!backend) {
     log::warning("no_backend", {{"listener", config.name}, {"client", client}, {"pool", pool->config->name}});

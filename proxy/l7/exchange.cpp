@@ -412,7 +412,7 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     co_return result;
   }
   const std::string request_head =
-      serialize_request(head, ForwardedFor{context.client_address, head.host, "https"}, has_body);
+      serialize_request(head, ForwardedFor{context.client_address, head.host, "https", context.client_cert}, has_body);
   const Clock::duration idle =
       route.idle_timeout ? Clock::duration(*route.idle_timeout) : Clock::duration(context.listener.config->idle_timeout);
 

@@ -100,6 +100,9 @@ struct RequestContext {
   // The connection's (HTTP/1.1) or the stream's (HTTP/2) idle guard, which
   // the exchange arms with its route's idle_timeout.
   IdleGuard& guard;
+  // X-Forwarded-Client-Cert for the backend, made once per client connection
+  // (HandshakeInfo::client_xfcc); "" without a verified client certificate.
+  std::string_view client_cert = {};
 };
 
 struct ExchangeResult {

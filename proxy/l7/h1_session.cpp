@@ -235,6 +235,7 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
       RequestContext context{connection.worker,         connection.generation, connection.listener,
                              connection.client,         connection.client_address, connection.handle,
                              connection.watchdog.get_executor(), guard};
+      context.client_cert = connection.info.client_xfcc;
       result = co_await forward(context, forwarded, *routed.route, *routed.pool, down, &binding);
       if (!down.body_error().empty()) {
         log::warning("bad_request", {{"listener", config.name},

@@ -512,7 +512,8 @@ int Http2Session::on_header(nghttp2_session*, const nghttp2_frame* frame, const 
   const std::string_view name(reinterpret_cast<const char*>(name_data), namelen);
   const std::string_view value(reinterpret_cast<const char*>(value_data), valuelen);
   if (s->headers_done_) {  // trailers
-    if (!name.starts_with(':')) s->trailers_in_.push_back({std::string(name), std::string(value)});
+    if (!name.starts_with(':') && !is_hop_by_hop(name) && !is_forwarding_field(name))
+      s->trailers_in_.push_back({std::string(name), std::string(value)});
     return 0;
   }
   if (name == ":method") s->head_.method = value;
@@ -539,8 +540,7 @@ int Http2Session::on_header(nghttp2_session*, const nghttp2_frame* frame, const 
       }
     }
     s->head_.fields.push_back({"cookie", std::string(value)});
-  } else if (!is_hop_by_hop(name) && name != "x-forwarded-for" && name != "x-forwarded-proto" &&
-             name != "x-forwarded-host" && name != "forwarded") {
+  } else if (!is_hop_by_hop(name) && !is_forwarding_field(name)) {
     s->head_.fields.push_back({std::string(name), std::string(value)});
   }
   return 0;
@@ -670,6 +670,7 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
   } else {
     RequestContext context{connection_.worker, connection_.generation, connection_.listener, connection_.client,
                            connection_.client_address, connection_.handle, s.watchdog_.get_executor(), s.guard_};
+    context.client_cert = connection_.info.client_xfcc;
     result = co_await forward(context, head, *routed.route, *routed.pool, s, nullptr);
     if (result.http11_required && !s.closed_) {
       // NTLM and Negotiate authenticate a connection, which streams of one

@@ -39,11 +39,6 @@ std::vector<std::string_view> connection_tokens(const Fields& raw) {
   return tokens;
 }
 
-bool is_forwarding_field(std::string_view name) {
-  return iequals(name, "host") || iequals(name, "x-forwarded-for") || iequals(name, "x-forwarded-proto") ||
-         iequals(name, "x-forwarded-host") || iequals(name, "forwarded");
-}
-
 std::string describe(const error_code& ec) {
   if (ec == http::error::header_limit) return "request line or header block over 64 KiB";
   if (ec == http::error::bad_content_length) return "invalid Content-Length, or Content-Length with Transfer-Encoding";
@@ -91,6 +86,13 @@ const std::string* find_field(const Fields& fields, std::string_view name) {
   for (const auto& f : fields)
     if (iequals(f.name, name)) return &f.value;
   return nullptr;
+}
+
+bool is_forwarding_field(std::string_view name) {
+  // A client-sent X-Forwarded-Client-Cert would claim a certificate identity
+  // the client never proved.
+  return iequals(name, "host") || iequals(name, "x-forwarded-for") || iequals(name, "x-forwarded-proto") ||
+         iequals(name, "x-forwarded-host") || iequals(name, "forwarded") || iequals(name, "x-forwarded-client-cert");
 }
 
 bool is_hop_by_hop(std::string_view name) {
@@ -252,6 +254,11 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
          ";proto=" + forwarded.proto;
   if (!forwarded.host.empty()) out += ";host=" + forwarded_value(forwarded.host);
   out += "\r\n";
+  if (!forwarded.client_cert.empty()) {
+    out += "X-Forwarded-Client-Cert: ";
+    out += forwarded.client_cert;
+    out += "\r\n";
+  }
   if (head.content_length) {
     out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
   } else if (has_body) {

@@ -112,11 +112,15 @@ struct ForwardedFor {
   std::string client_address;  // "192.0.2.1" or "2001:db8::1"
   std::string host;            // the Host the client asked for
   std::string proto = "https";
+  // X-Forwarded-Client-Cert (Envoy's format) of the client's verified
+  // certificate; "" when it presented none.
+  std::string_view client_cert;
 };
 
 // Request head towards an HTTP/1.1 backend. Framing is the proxy's:
 // Content-Length when known, else chunked when a body follows.
-// X-Forwarded-For/-Proto/-Host and Forwarded are replaced, never trusted.
+// X-Forwarded-For/-Proto/-Host, Forwarded and X-Forwarded-Client-Cert are
+// replaced, never trusted.
 std::string serialize_request(const RequestHead& head, const ForwardedFor& forwarded, bool has_body);
 
 // Response head towards an HTTP/1.x client. `chunked` and `close` are the
@@ -134,5 +138,9 @@ void append_last_chunk(std::string& out, const Fields& trailers);
 // Whether a field never crosses the proxy: hop-by-hop (RFC 9110 7.6.1),
 // framing, and the forwarding fields the proxy sets itself.
 bool is_hop_by_hop(std::string_view name);
+// Whether a request field is one the proxy sets itself (Host, X-Forwarded-*,
+// Forwarded, X-Forwarded-Client-Cert): whatever the client sent in it is
+// dropped, in HTTP/1.1 and HTTP/2 alike, any case.
+bool is_forwarding_field(std::string_view name);
 
 }  // namespace gatehouse::proxy::l7

@@ -133,6 +133,8 @@ void finish_request(const ClientConnection& connection, std::string_view protoco
                              {"certificate", connection.info.certificate ? connection.info.certificate->name : ""},
                              {"tls_version", SSL_get_version(connection.stream.ssl())},
                              {"resumed", connection.resumed},
+                             {"client_subject", connection.info.client_subject},
+                             {"client_verify", connection.info.client_verify},
                              {"host", head.host},
                              {"method", head.method},
                              {"path", head.target}};

@@ -32,7 +32,35 @@ std::string proxy_header_v1(const tcp::endpoint& client, const tcp::endpoint& lo
          "\r\n";
 }
 
-std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& local) {
+// PP2_TYPE_SSL (PROXY protocol v2, section 2.2.5) as HAProxy's
+// send-proxy-v2-ssl-cn writes it: client flags, verify (0 only for a
+// verified certificate), then the TLS version and the client's CN.
+std::string proxy_ssl_tlv(const HandshakeInfo& tls, const char* version) {
+  constexpr uint8_t PP2_TYPE_SSL = 0x20, PP2_SUBTYPE_SSL_VERSION = 0x21, PP2_SUBTYPE_SSL_CN = 0x22;
+  constexpr uint8_t PP2_CLIENT_SSL = 0x01, PP2_CLIENT_CERT_CONN = 0x02, PP2_CLIENT_CERT_SESS = 0x04;
+  auto tlv = [](uint8_t type, std::string_view value) {
+    std::string out(1, static_cast<char>(type));
+    out += static_cast<char>((value.size() >> 8) & 0xff);
+    out += static_cast<char>(value.size() & 0xff);
+    out += value;
+    return out;
+  };
+  uint8_t client = PP2_CLIENT_SSL;
+  if (tls.client_verified()) {
+    client |= PP2_CLIENT_CERT_SESS;
+    if (tls.client_cert_this_connection) client |= PP2_CLIENT_CERT_CONN;
+  }
+  std::string value(1, static_cast<char>(client));
+  value += std::string("\0\0\0", 3) + static_cast<char>(tls.client_verified() ? 0 : 1);
+  if (version != nullptr) value += tlv(PP2_SUBTYPE_SSL_VERSION, version);
+  // A CN longer than a TLV can hold is left out rather than cut.
+  if (tls.client_verified() && !tls.client_cn.empty() && tls.client_cn.size() < 0x1000)
+    value += tlv(PP2_SUBTYPE_SSL_CN, tls.client_cn);
+  return tlv(PP2_TYPE_SSL, value);
+}
+
+std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& local, const ConnectTarget& target) {
+  const std::string tlvs = target.tls_info ? proxy_ssl_tlv(*target.tls_info, target.tls_version) : std::string();
   std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
   h += static_cast<char>(0x21);  // version 2, PROXY command
   auto put16 = [&](uint16_t v) {
@@ -41,7 +69,7 @@ std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& lo
   };
   if (client.address().is_v4() && local.address().is_v4()) {
     h += static_cast<char>(0x11);  // TCP over IPv4
-    put16(12);
+    put16(static_cast<uint16_t>(12 + tlvs.size()));
     for (auto b : client.address().to_v4().to_bytes()) h += static_cast<char>(b);
     for (auto b : local.address().to_v4().to_bytes()) h += static_cast<char>(b);
   } else {
@@ -50,13 +78,13 @@ std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& lo
                                  : asio::ip::make_address_v6(asio::ip::v4_mapped, e.address().to_v4());
     };
     h += static_cast<char>(0x21);  // TCP over IPv6
-    put16(36);
+    put16(static_cast<uint16_t>(36 + tlvs.size()));
     for (auto b : v6(client).to_bytes()) h += static_cast<char>(b);
     for (auto b : v6(local).to_bytes()) h += static_cast<char>(b);
   }
   put16(client.port());
   put16(local.port());
-  return h;
+  return h + tlvs;
 }
 
 // Keep-alive connections older than this are closed rather than reused: a
@@ -188,8 +216,23 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
     const std::string reason = handshake ? handshake->message() : "handshake timed out";
     metrics().handshake_failed(info.rejected ? "unrecognized_name" : reason);
     if (info.rejected) metrics().sni(sni::MatchKind::rejected);
-    log::info("handshake_failed",
-              {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", reason}});
+    boost::json::object fields{{"listener", config.name},
+                               {"client", client},
+                               {"sni", info.sni},
+                               {"error", reason},
+                               {"reason", handshake_failure_reason(info, reason)}};
+    if (!info.client_subject.empty()) fields["client_subject"] = info.client_subject;
+    log::info("handshake_failed", std::move(fields));
+    co_return false;
+  }
+  // Belt and braces: the session context already keeps sessions made
+  // without a certificate off a "require" listener.
+  if (config.client_certificates == conf::ClientCertificates::require && !info.client_verified()) {
+    metrics().handshake_failed("no client certificate");
+    log::info("handshake_failed", {{"listener", config.name},
+                                   {"client", client},
+                                   {"sni", info.sni},
+                                   {"reason", "no client certificate (resumed session without one)"}});
     co_return false;
   }
   // TLS 1.3 tickets go out now, not with the first response byte.
@@ -249,7 +292,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     if (target.proxy_protocol != conf::ProxyProtocol::none) {
       const std::string header = target.proxy_protocol == conf::ProxyProtocol::v1
                                      ? proxy_header_v1(target.client, target.local)
-                                     : proxy_header_v2(target.client, target.local);
+                                     : proxy_header_v2(target.client, target.local, target);
       auto [ec, n] = co_await asio::async_write(socket, asio::buffer(header), use_tuple);
       if (ec) {
         log::warning("backend_connect_failed", {{"pool", pool.config->name}, {"server", name}, {"error", ec.message()}});

@@ -102,6 +102,10 @@ struct ConnectTarget {
   conf::ProxyProtocol proxy_protocol = conf::ProxyProtocol::none;
   tcp::endpoint client;  // for the PROXY header
   tcp::endpoint local;
+  // The client's TLS, for the PROXY v2 SSL TLV (null: the listener does not
+  // terminate TLS); tls_version as SSL_get_version says it ("TLSv1.3").
+  const HandshakeInfo* tls_info = nullptr;
+  const char* tls_version = nullptr;
   bool reuse = false;    // l7: take an idle keep-alive connection to the picked server when one is alive
   // l7 cookie affinity: this server of the pool first, while it is available.
   std::optional<std::size_t> preferred;

@@ -7,13 +7,17 @@
 #include <boost/asio/io_context.hpp>
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 
 #include "proxy/tls/ticket_keys.h"
+#include "proxy/runtime/log.h"
 #include "sni/certificate.h"
 #include "sni/extended_protection.h"
 #include "sni/hostname.h"
+#include "sni/ocsp.h"
 
 namespace gatehouse::proxy {
 
@@ -58,6 +62,53 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     }
   }
 
+  // OCSP responses to staple. A file is read again at every reload; one that
+  // is not for the certificate, not signed by its issuer, not current or not
+  // "good" is not stapled, and the log says why.
+  std::map<std::string, std::shared_ptr<StapleSlot>, std::less<>> staples;
+  for (const auto& c : cfg.certificates) {
+    const std::string where = cfg.file.string() + ":" +
+                              std::to_string(cfg.line_of("certificate \"" + c.name + "\".ocsp", c.line)) +
+                              ": certificate \"" + c.name + "\".ocsp: ";
+    if (c.ocsp == conf::OcspMode::none) continue;
+    const sni::LoadedCertificate& cert = *certificates.at(c.name);
+    if (c.ocsp == conf::OcspMode::automatic) {
+      OcspAuto task{c.name, certificates.at(c.name), sni::ocsp_issuer(cert), {}, std::make_shared<StapleSlot>()};
+      if (task.issuer == nullptr)
+        throw std::runtime_error(where + cert.cert_file.string() + " has no issuer certificate after the leaf, so "
+                                 "no OCSP request can be made nor response checked; append the issuing CA's "
+                                 "certificate to the file");
+      for (const auto& url : sni::ocsp_responders(cert.leaf()))
+        if (url.starts_with("http://")) {
+          task.url = url;
+          break;
+        }
+      if (task.url.empty())
+        throw std::runtime_error(where + "the certificate names no http:// OCSP responder (Authority Information "
+                                 "Access), so there is nothing to fetch from; use ocsp = \"FILE\" or remove ocsp");
+      staples[c.name] = task.slot;
+      gen->ocsp_auto_.push_back(std::move(task));
+      continue;
+    }
+    std::ifstream in(c.ocsp_file, std::ios::binary);
+    if (!in) throw std::runtime_error(where + "cannot read " + c.ocsp_file.string());
+    std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto verdict = sni::check_ocsp_response(der, cert.leaf(), sni::ocsp_issuer(cert), sni::Clock::now());
+    auto slot = std::make_shared<StapleSlot>();
+    if (verdict.stapleable) {
+      slot->set(std::make_shared<const Staple>(Staple{std::move(der), verdict.next_update}));
+      log::info("ocsp_staple", {{"certificate", c.name},
+                                {"file", c.ocsp_file.string()},
+                                {"state", sni::describe(verdict)}});
+    } else {
+      log::warning("ocsp_not_stapled",
+                   {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"reason", verdict.problem}});
+    }
+    staples[c.name] = std::move(slot);
+  }
+
+  gen->staples_ = staples;
+
   std::map<std::string, ServerRuntime*, std::less<>> servers;
   for (const auto& s : cfg.servers) {
     auto rt = std::make_unique<ServerRuntime>();
@@ -98,8 +149,16 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     rt.config = &l;
     if (l.mode != conf::ListenerMode::passthrough) {
       std::vector<std::shared_ptr<const sni::LoadedCertificate>> certs;
-      for (const auto& name : l.certificates) certs.push_back(certificates.at(name));
-      rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_);
+      ListenerTls::Staples listener_staples;
+      for (const auto& name : l.certificates) {
+        certs.push_back(certificates.at(name));
+        if (auto it = staples.find(name); it != staples.end()) listener_staples.emplace(certs.back().get(), it->second);
+      }
+      try {
+        rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_, std::move(listener_staples));
+      } catch (const std::exception& e) {
+        throw std::runtime_error(cfg.file.string() + ":" + std::to_string(l.line) + ": " + e.what());
+      }
     }
     for (const auto& r : cfg.routes)
       if (r.listener == l.name) rt.routes.push_back(&r);
@@ -186,6 +245,10 @@ Generation::RouteChoice Generation::route_http(const ListenerRuntime& listener, 
 void Generation::inherit_state(const Generation& previous) {
   for (auto& listener : listeners_)
     if (const ListenerRuntime* old = previous.listener(listener.config->name)) listener.open = old->open;
+  for (auto& task : ocsp_auto_)
+    for (const auto& old : previous.ocsp_auto_)
+      if (old.name == task.name && X509_cmp(old.certificate->leaf(), task.certificate->leaf()) == 0)
+        task.slot->set(old.slot->get());
   for (auto& pool : pools_) {
     const PoolRuntime* old = previous.pool(pool.config->name);
     if (old == nullptr) continue;

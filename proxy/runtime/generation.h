@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -117,6 +118,16 @@ struct WorkerPool {
   std::vector<std::vector<IdleBackend>> idle;
 };
 
+// A certificate with ocsp = "auto": what the fetcher needs to keep its slot
+// filled.
+struct OcspAuto {
+  std::string name;  // the [[certificate]]
+  std::shared_ptr<const sni::LoadedCertificate> certificate;
+  X509* issuer = nullptr;  // in certificate->chain
+  std::string url;         // the http:// responder of its Authority Information Access
+  std::shared_ptr<StapleSlot> slot;
+};
+
 class Generation {
  public:
   // Throws std::runtime_error with every message naming the file, key or peer.
@@ -130,6 +141,12 @@ class Generation {
   std::size_t pool_index(const PoolRuntime* pool) const { return static_cast<std::size_t>(pool - pools_.data()); }
   const std::vector<ListenerRuntime>& listeners() const { return listeners_; }
   const std::vector<PoolRuntime>& pools() const { return pools_; }
+  const std::vector<OcspAuto>& ocsp_auto() const { return ocsp_auto_; }
+  // The OCSP staple slot of a certificate with `ocsp` set, else nullptr.
+  const StapleSlot* staple_slot(std::string_view certificate) const {
+    auto it = staples_.find(certificate);
+    return it == staples_.end() ? nullptr : it->second.get();
+  }
 
   // Where a connection on an l4/passthrough listener goes, by SNI: the most
   // specific route host (exact beats wildcard beats any), else the listener's
@@ -149,7 +166,8 @@ class Generation {
   // Drops this worker's idle keep-alive backend connections (on its thread).
   void close_idle(std::size_t worker) const;
   // Carries health and drain state over from the generation being replaced,
-  // for every (pool, server) pair both have.
+  // for every (pool, server) pair both have, and the fetched OCSP response
+  // of every ocsp = "auto" certificate whose leaf did not change.
   void inherit_state(const Generation& previous);
   // The pool to use for `pool`: itself while any server is available, else
   // its fallback chain's first pool with one (datacenter switchover).
@@ -173,6 +191,8 @@ class Generation {
   std::vector<std::unique_ptr<ServerRuntime>> servers_;
   std::vector<PoolRuntime> pools_;
   std::vector<ListenerRuntime> listeners_;
+  std::vector<OcspAuto> ocsp_auto_;
+  std::map<std::string, std::shared_ptr<StapleSlot>, std::less<>> staples_;  // by certificate name
   mutable std::vector<std::vector<WorkerPool>> per_worker_;  // [worker][pool]
 };
 

@@ -18,6 +18,7 @@
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
+#include "proxy/runtime/ocsp_fetcher.h"
 #include "proxy/tls/ticket_keys.h"
 
 namespace gatehouse::proxy {
@@ -323,6 +324,7 @@ bool Server::reload(std::string* errors) {
   auto old = current_;
   publish(next);
   health_ = std::make_unique<HealthChecker>(main_io_, next);
+  ocsp_ = std::make_unique<OcspFetcher>(main_io_, next);
   retire(std::move(old));
   log::info("reloaded", {{"config", config_file_.string()}, {"generation", next->number()}});
   return true;
@@ -387,6 +389,7 @@ int Server::run(std::function<void(Server&)> on_ready) {
   open_listeners(*current_);
   for (auto& w : workers_) w->generation_ = current_;
   health_ = std::make_unique<HealthChecker>(main_io_, current_);
+  ocsp_ = std::make_unique<OcspFetcher>(main_io_, current_);
   if (const auto& admin = current_->config().server.admin) {
     admin_ = std::make_unique<AdminServer>(main_io_, *this, *admin);
     log::info("listening", {{"listener", "admin"}, {"address", to_string(admin_->endpoint())}});
@@ -417,6 +420,7 @@ int Server::run(std::function<void(Server&)> on_ready) {
   main_io_.run();
   admin_.reset();
   health_.reset();
+  ocsp_.reset();
   guards.clear();
   for (auto& w : workers_) {
     w->io_.stop();

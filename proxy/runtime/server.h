@@ -25,6 +25,7 @@ namespace gatehouse::proxy {
 
 class TicketKeys;
 class HealthChecker;
+class OcspFetcher;
 class AdminServer;
 
 // A live connection as its worker sees it, so a drain can end it.
@@ -123,6 +124,7 @@ class Server {
   std::map<std::string, Bound> bound_;
   boost::asio::io_context main_io_{1};
   std::unique_ptr<HealthChecker> health_;  // runs on main_io_, so destroyed before it
+  std::unique_ptr<OcspFetcher> ocsp_;      // likewise
   std::unique_ptr<AdminServer> admin_;     // likewise
   std::atomic<bool> stopping_{false};
 };

@@ -30,7 +30,7 @@ class Files {
     fs::create_directories(dir_ / "certs");
     fs::create_directories(dir_ / "adir");
     for (const char* name : {"cert.pem", "key.pem", "certs/mail.crt", "certs/mail.key", "ecdsa.crt", "ecdsa.key",
-                             "clients.pem", "backend-ca.pem"})
+                             "clients.pem", "clients.crl", "backend-ca.pem"})
       std::ofstream(dir_ / name) << "x\n";
     std::ofstream(dir_ / "tickets.bin") << std::string(80, 'k');  // one key, as the format requires
   }
@@ -136,7 +136,7 @@ const ErrorCase error_cases[] = {
     {"unknown_top_level_setting", false, "workers = 4\n", "workers", "belongs in the [server] table", 1},
     {"unknown_in_server", true, "[server]\nworkres = 2\n", "server.workres", "did you mean \"workers\"", 2},
     {"unknown_in_certificate", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-     "chain = \"x\"\n", "certificate \"c2\".chain", "known keys: \"name\", \"cert\", \"key\"", 5},
+     "chain = \"x\"\n", "certificate \"c2\".chain", "known keys: \"name\", \"cert\", \"key\", \"ocsp\"", 5},
     {"unknown_in_listener", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nbnid = \"x\"\n",
      "listener \"b\".bnid", "did you mean \"bind\"", 4},  // no route for "b" is only a warning
     {"unknown_in_route", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nhost = [\"a.contoso.com\"]\n",
@@ -262,6 +262,8 @@ const ErrorCase error_cases[] = {
      "listener \"b\".client_ca", "is a directory", 5},
     {"unreadable_ticket_keys", true, "[server]\nticket_keys = \"tickets.missing\"\n", "server.ticket_keys",
      "cannot read", 2},
+    {"unreadable_ocsp_response", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+     "ocsp = \"missing.der\"\n", "certificate \"c2\".ocsp", "cannot read", 5},
     {"certificate_empty_path", true, "[[certificate]]\nname = \"c2\"\ncert = \"\"\nkey = \"key.pem\"\n",
      "certificate \"c2\".cert", "must name a PEM certificate file", 3},
 
@@ -290,6 +292,18 @@ const ErrorCase error_cases[] = {
     {"passthrough_client_certificates", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "mode = \"passthrough\"\npool = \"owa\"\nclient_certificates = \"optional\"\nclient_ca = \"clients.pem\"\n",
      "client_certificates", "does not terminate TLS", 6, 2},
+    {"passthrough_client_crl", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "mode = \"passthrough\"\npool = \"owa\"\nclient_crl = \"clients.crl\"\n",
+     "listener \"b\".client_crl", "does not terminate TLS", 6},
+    {"passthrough_client_verify_depth", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "mode = \"passthrough\"\npool = \"owa\"\nclient_verify_depth = 3\n",
+     "listener \"b\".client_verify_depth", "does not terminate TLS", 6},
+    {"client_verify_depth_range", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "client_certificates = \"require\"\nclient_ca = \"clients.pem\"\nclient_verify_depth = 0\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".client_verify_depth", "between 1 and 16", 6},
+    {"unreadable_client_crl", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "client_certificates = \"require\"\nclient_ca = \"clients.pem\"\nclient_crl = \"missing.crl\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".client_crl", "cannot read", 6},
     {"client_certificates_without_ca", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "client_certificates = \"require\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".client_certificates", "need client_ca", 4},
@@ -550,6 +564,22 @@ TEST(Load, AcceptedPinAndHostForms) {
             "1F 2E 3D 4C 5B 6A 79 88 97 A6 b5 c4 d3 e2 f1 00 11 22 33 44");  // kept as written
 }
 
+TEST(Load, OcspModes) {
+  std::ofstream(files().dir() / "mail.ocsp") << "x";
+  const std::string text = base + "[[certificate]]\nname = \"auto\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+                                  "ocsp = \"auto\"\n[[certificate]]\nname = \"file\"\ncert = \"cert.pem\"\n"
+                                  "key = \"key.pem\"\nocsp = \"mail.ocsp\"\n[[certificate]]\nname = \"none\"\n"
+                                  "cert = \"cert.pem\"\nkey = \"key.pem\"\nocsp = \"\"\n";
+  auto result = load_string(text, files().config());
+  ASSERT_TRUE(result.ok()) << dump(result);
+  const Config& c = *result.config;
+  EXPECT_EQ(c.find_certificate("main")->ocsp, OcspMode::none);
+  EXPECT_EQ(c.find_certificate("auto")->ocsp, OcspMode::automatic);
+  EXPECT_EQ(c.find_certificate("file")->ocsp, OcspMode::file);
+  EXPECT_EQ(c.find_certificate("file")->ocsp_file, files().dir() / "mail.ocsp");
+  EXPECT_EQ(c.find_certificate("none")->ocsp, OcspMode::none);
+}
+
 // Every key of SPEC.md's schema, checked field by field.
 TEST(Load, FullConfig) {
   std::string text = R"(# every key SPEC.md defines
@@ -582,6 +612,8 @@ tls = "tls13"
 alpn = ["http/1.1"]
 client_certificates = "optional"
 client_ca = "clients.pem"
+client_crl = "clients.crl"
+client_verify_depth = 2
 pool = ""
 proxy_protocol = ""
 handshake_timeout = "5s"
@@ -698,6 +730,8 @@ health = { kind = "tls", interval = "10s" }
   EXPECT_THAT(https.alpn, ::testing::ElementsAre("http/1.1"));
   EXPECT_EQ(https.client_certificates, ClientCertificates::optional);
   EXPECT_EQ(https.client_ca, dir / "clients.pem");
+  EXPECT_EQ(https.client_crl, dir / "clients.crl");
+  EXPECT_EQ(https.client_verify_depth, 2);
   EXPECT_EQ(https.pool, "");
   EXPECT_EQ(https.proxy_protocol, ProxyProtocol::none);
   EXPECT_EQ(https.handshake_timeout, seconds(5));

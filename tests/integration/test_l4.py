@@ -763,8 +763,11 @@ class Streams(L4TestCase):
                 if version == "v1":
                     header = b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d\r\n" % (cport, port)
                 else:
-                    header = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12)
-                              + socket.inet_aton("127.0.0.1") * 2 + struct.pack("!HH", cport, port))
+                    # PP2_TYPE_SSL: over TLS (0x01), no client certificate (verify 1), TLS version.
+                    version = b"\x21" + struct.pack("!H", 7) + b"TLSv1.3"
+                    ssl_tlv = b"\x20" + struct.pack("!H", 5 + len(version)) + b"\x01" + struct.pack("!I", 1) + version
+                    header = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12 + len(ssl_tlv))
+                              + socket.inet_aton("127.0.0.1") * 2 + struct.pack("!HH", cport, port) + ssl_tlv)
                 s.sendall(b"payload")
                 self.assertEqual(recv_exactly(s, len(header) + 7), header + b"payload")
 

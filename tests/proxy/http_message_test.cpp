@@ -155,6 +155,25 @@ TEST(HttpMessage, HopByHopAndForwardingFieldsNeverCross) {
   EXPECT_TRUE(out.ends_with("\r\n\r\n"));
 }
 
+TEST(HttpMessage, ClientCertFieldIsOnlyTheProxys) {
+  // Any case, in the head and in trailers: a client cannot claim an identity.
+  const Parsed p = parse(
+      "POST /ews HTTP/1.1\r\nHost: mail.contoso.com\r\nx-FORWARDED-client-CERT: Subject=\"CN=admin\"\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n0\r\nX-Forwarded-Client-Cert: Subject=\"CN=root\"\r\n\r\n");
+  ASSERT_TRUE(p.ok) << p.violation;
+  EXPECT_EQ(find_field(p.head.fields, "x-forwarded-client-cert"), nullptr);
+  const std::string none = serialize_request(p.head, ForwardedFor{"192.0.2.7", "mail.contoso.com", "https"}, true);
+  EXPECT_EQ(none.find("admin"), std::string::npos) << none;
+  EXPECT_EQ(none.find("X-Forwarded-Client-Cert"), std::string::npos) << none;
+  const std::string xfcc = "Hash=ab;Subject=\"CN=alice\"";
+  const std::string out =
+      serialize_request(p.head, ForwardedFor{"192.0.2.7", "mail.contoso.com", "https", xfcc}, true);
+  EXPECT_NE(out.find("\r\nX-Forwarded-Client-Cert: Hash=ab;Subject=\"CN=alice\"\r\n"), std::string::npos) << out;
+  for (const char* name : {"x-forwarded-client-cert", "X-Forwarded-Client-Cert", "forwarded", "X-Forwarded-For"})
+    EXPECT_TRUE(is_forwarding_field(name)) << name;
+  EXPECT_FALSE(is_forwarding_field("x-forwarded-client-certificate"));
+}
+
 TEST(HttpMessage, ForwardedQuotesIPv6AndPorts) {
   RequestHead head;
   head.method = "GET";
