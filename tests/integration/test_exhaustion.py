@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 import time
+import unittest
 import urllib.request
 
 import harness as h
@@ -110,6 +111,8 @@ class Exhaustion(h.GatehouseTestCase):
         for s in held:
             s.close()
 
+    @unittest.skipIf(h.SANITIZED, "UBSan's vptr check opens a pipe to probe memory; at the descriptor limit that "
+                     "fails and it reports a false 'invalid vptr' (the Release build runs this test)")
     def test_out_of_descriptors_neither_spins_nor_floods_and_recovers(self):
         backend = self.backend(h.EchoBackend(self.mbx))
         path = self.dir.write("g.toml", self.config(backend))
