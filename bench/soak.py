@@ -82,10 +82,14 @@ PATHS = ["/owa", "/ews", "/mapi"]
 H1_CLIENTS = 4
 H2_CLIENTS = 2
 L4_CLIENTS = 3
-REQUEST_TIMEOUT = 10.0
+# Under AddressSanitizer (CI's second pass sets GATEHOUSE_SANITIZED) the proxy
+# is several times slower and freed memory waits in ASan's quarantine, so RSS
+# says nothing about leaks there: only descriptors are checked, with more time.
+SANITIZED = bool(os.environ.get("GATEHOUSE_SANITIZED"))
+REQUEST_TIMEOUT = 40.0 if SANITIZED else 10.0
 WARMUP_SECONDS = 2.0
-RETURN_WITHIN = 5.0
-RSS_SLACK = 8 << 20
+RETURN_WITHIN = 20.0 if SANITIZED else 5.0
+RSS_SLACK = (1 << 40) if SANITIZED else 8 << 20
 LATER_WITHIN = 40.0  # after a miss: how much longer to watch (Gatehouse's default drain_timeout is 30 s)
 # Descriptors once the load has stopped, against the baseline: every
 # descriptor other than an established connection to an HTTP backend must be
