@@ -8,6 +8,7 @@
 
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
+#include "proxy/runtime/proxy_protocol.h"
 
 namespace gatehouse::proxy {
 
@@ -24,40 +25,6 @@ struct FreeBuffers {
 };
 thread_local FreeBuffers free_list;
 constexpr std::size_t kMaxFreeBuffers = 64;
-
-std::string proxy_header_v1(const tcp::endpoint& client, const tcp::endpoint& local) {
-  const bool v4 = client.address().is_v4() && local.address().is_v4();
-  return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + client.address().to_string() + " " +
-         local.address().to_string() + " " + std::to_string(client.port()) + " " + std::to_string(local.port()) +
-         "\r\n";
-}
-
-std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& local) {
-  std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
-  h += static_cast<char>(0x21);  // version 2, PROXY command
-  auto put16 = [&](uint16_t v) {
-    h += static_cast<char>(v >> 8);
-    h += static_cast<char>(v & 0xff);
-  };
-  if (client.address().is_v4() && local.address().is_v4()) {
-    h += static_cast<char>(0x11);  // TCP over IPv4
-    put16(12);
-    for (auto b : client.address().to_v4().to_bytes()) h += static_cast<char>(b);
-    for (auto b : local.address().to_v4().to_bytes()) h += static_cast<char>(b);
-  } else {
-    auto v6 = [](const tcp::endpoint& e) {
-      return e.address().is_v6() ? e.address().to_v6()
-                                 : asio::ip::make_address_v6(asio::ip::v4_mapped, e.address().to_v4());
-    };
-    h += static_cast<char>(0x21);  // TCP over IPv6
-    put16(36);
-    for (auto b : v6(client).to_bytes()) h += static_cast<char>(b);
-    for (auto b : v6(local).to_bytes()) h += static_cast<char>(b);
-  }
-  put16(client.port());
-  put16(local.port());
-  return h;
-}
 
 // Keep-alive connections older than this are closed rather than reused: a
 // backend (IIS 120 s, nginx 75 s) may be closing them just then.

@@ -1,0 +1,44 @@
+#include "proxy/runtime/proxy_protocol.h"
+
+#include <cstdint>
+
+namespace gatehouse::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+std::string proxy_header_v1(const tcp::endpoint& client, const tcp::endpoint& local) {
+  const bool v4 = client.address().is_v4() && local.address().is_v4();
+  return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + client.address().to_string() + " " +
+         local.address().to_string() + " " + std::to_string(client.port()) + " " + std::to_string(local.port()) +
+         "\r\n";
+}
+
+std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& local) {
+  std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
+  h += static_cast<char>(0x21);  // version 2, PROXY command
+  auto put16 = [&](uint16_t v) {
+    h += static_cast<char>(v >> 8);
+    h += static_cast<char>(v & 0xff);
+  };
+  if (client.address().is_v4() && local.address().is_v4()) {
+    h += static_cast<char>(0x11);  // TCP over IPv4
+    put16(12);
+    for (auto b : client.address().to_v4().to_bytes()) h += static_cast<char>(b);
+    for (auto b : local.address().to_v4().to_bytes()) h += static_cast<char>(b);
+  } else {
+    auto v6 = [](const tcp::endpoint& e) {
+      return e.address().is_v6() ? e.address().to_v6()
+                                 : asio::ip::make_address_v6(asio::ip::v4_mapped, e.address().to_v4());
+    };
+    h += static_cast<char>(0x21);  // TCP over IPv6
+    put16(36);
+    for (auto b : v6(client).to_bytes()) h += static_cast<char>(b);
+    for (auto b : v6(local).to_bytes()) h += static_cast<char>(b);
+  }
+  put16(client.port());
+  put16(local.port());
+  return h;
+}
+
+}  // namespace gatehouse::proxy
