@@ -238,11 +238,12 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
   out += ' ';
   out += head.target;
   out += " HTTP/1.1\r\n";
-  if (!head.host.empty()) {
-    out += "Host: ";
-    out += head.host;
-    out += "\r\n";
-  }
+  // Always: the line says HTTP/1.1, and a backend answers an HTTP/1.1
+  // request without Host with 400 (RFC 9112 3.2). An HTTP/1.0 client that
+  // sent none gets the empty one RFC 9110 7.2 prescribes.
+  out += "Host: ";
+  out += head.host;
+  out += "\r\n";
   append_fields(out, head.fields);
   out += "X-Forwarded-For: " + forwarded.client_address + "\r\n";
   out += "X-Forwarded-Proto: " + forwarded.proto + "\r\n";

@@ -181,6 +181,22 @@ TEST(HttpMessage, RequestFramingIsTheProxysOwn) {
             std::string::npos);
 }
 
+TEST(HttpMessage, HostIsAlwaysSentBecauseTheLineSaysHttp11) {
+  // An HTTP/1.0 client may send no Host; the backend reads HTTP/1.1, which
+  // requires one (found by tests/fuzz/fuzz_http1_request's round trip).
+  RequestParser p;
+  error_code ec;
+  p.feed("GET / HTTP/1.0\r\n\r\n", ec);
+  ASSERT_FALSE(ec);
+  ASSERT_TRUE(p.is_header_done());
+  const std::string out = serialize_request(p.head(), ForwardedFor{"192.0.2.7", "", "https"}, false);
+  EXPECT_NE(out.find("\r\nHost: \r\n"), std::string::npos) << out;
+  RequestParser backend;
+  backend.feed(out, ec);
+  EXPECT_FALSE(ec) << backend.violation();
+  EXPECT_TRUE(backend.is_header_done());
+}
+
 TEST(HttpMessage, ResponseParserKnowsBodilessAndCloseDelimitedResponses) {
   auto parse_response = [](const std::string& text, bool head_request) {
     ResponseParser parser;
