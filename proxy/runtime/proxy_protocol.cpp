@@ -7,11 +7,26 @@ namespace gatehouse::proxy {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
+namespace {
+
+// An address as TCP6 needs it: IPv4 mapped, as proxy_header_v2 does too,
+// and without the zone a link-local client's address carries ("fe80::1%2"):
+// the zone means nothing to the receiver, which would refuse the line (it
+// may also push it past the 107 bytes a v1 line is allowed).
+asio::ip::address_v6 as_v6(const asio::ip::address& address) {
+  if (address.is_v4()) return asio::ip::make_address_v6(asio::ip::v4_mapped, address.to_v4());
+  return asio::ip::address_v6(address.to_v6().to_bytes());
+}
+
+}  // namespace
+
 std::string proxy_header_v1(const tcp::endpoint& client, const tcp::endpoint& local) {
   const bool v4 = client.address().is_v4() && local.address().is_v4();
-  return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + client.address().to_string() + " " +
-         local.address().to_string() + " " + std::to_string(client.port()) + " " + std::to_string(local.port()) +
-         "\r\n";
+  // One family for both: a receiver parses TCP6 addresses as IPv6 only.
+  const std::string source = v4 ? client.address().to_string() : as_v6(client.address()).to_string();
+  const std::string destination = v4 ? local.address().to_string() : as_v6(local.address()).to_string();
+  return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + source + " " + destination + " " +
+         std::to_string(client.port()) + " " + std::to_string(local.port()) + "\r\n";
 }
 
 std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& local) {
