@@ -153,8 +153,11 @@ void Parser<isRequest>::on_request_impl(http::verb, boost::beast::string_view me
 }
 
 template <bool isRequest>
-void Parser<isRequest>::on_response_impl(int status, boost::beast::string_view reason, int version, error_code&) {
+void Parser<isRequest>::on_response_impl(int status, boost::beast::string_view reason, int version, error_code& ec) {
   if constexpr (!isRequest) {
+    // Beast takes any three digits; "020" would go out as "HTTP/1.1 20",
+    // which no client reads, and 600-999 mean nothing (RFC 9110 15).
+    if (status < 100 || status > 599) return fail(ec, "status code " + std::to_string(status) + " outside 100-599");
     head_.status = status;
     head_.reason.assign(reason.data(), reason.size());
     head_.version = version;

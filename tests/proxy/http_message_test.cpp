@@ -214,6 +214,18 @@ TEST(HttpMessage, ResponseParserKnowsBodilessAndCloseDelimitedResponses) {
   EXPECT_EQ(parse_response("HTTP/1.1 200 OK\r\n\r\npartial", false), std::tuple(false, true, 200));
 }
 
+TEST(HttpMessage, ResponseStatusOutside100To599IsRefused) {
+  // Beast reads any three digits; "020" would be forwarded as "HTTP/1.1 20"
+  // (found by tests/fuzz/fuzz_http1_response).
+  for (const char* text : {"HTTP/1.1 020 OK\r\n\r\n", "HTTP/1.1 099 X\r\n\r\n", "HTTP/1.1 600 X\r\n\r\n"}) {
+    ResponseParser parser;
+    error_code ec;
+    parser.feed(text, ec);
+    EXPECT_TRUE(ec) << text;
+    EXPECT_NE(parser.violation().find("outside 100-599"), std::string::npos) << parser.violation();
+  }
+}
+
 TEST(HttpMessage, ChunkFraming) {
   std::string out;
   append_chunk(out, "hello");
