@@ -155,8 +155,11 @@ void Parser<isRequest>::on_request_impl(http::verb, boost::beast::string_view me
 }
 
 template <bool isRequest>
-void Parser<isRequest>::on_response_impl(int status, boost::beast::string_view reason, int version, error_code&) {
+void Parser<isRequest>::on_response_impl(int status, boost::beast::string_view reason, int version, error_code& ec) {
   if constexpr (!isRequest) {
+    // Beast takes any three digits; "020" would go out as "HTTP/1.1 20",
+    // which no client reads, and 600-999 mean nothing (RFC 9110 15).
+    if (status < 100 || status > 599) return fail(ec, "status code " + std::to_string(status) + " outside 100-599");
     head_.status = status;
     head_.reason.assign(reason.data(), reason.size());
     head_.version = version;
@@ -240,11 +243,12 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
   out += ' ';
   out += head.target;
   out += " HTTP/1.1\r\n";
-  if (!head.host.empty()) {
-    out += "Host: ";
-    out += head.host;
-    out += "\r\n";
-  }
+  // Always: the line says HTTP/1.1, and a backend answers an HTTP/1.1
+  // request without Host with 400 (RFC 9112 3.2). An HTTP/1.0 client that
+  // sent none gets the empty one RFC 9110 7.2 prescribes.
+  out += "Host: ";
+  out += head.host;
+  out += "\r\n";
   append_fields(out, head.fields);
   out += "X-Forwarded-For: " + forwarded.client_address + "\r\n";
   out += "X-Forwarded-Proto: " + forwarded.proto + "\r\n";

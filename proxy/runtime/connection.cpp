@@ -8,6 +8,7 @@
 
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
+#include "proxy/runtime/proxy_protocol.h"
 
 namespace gatehouse::proxy {
 
@@ -24,13 +25,6 @@ struct FreeBuffers {
 };
 thread_local FreeBuffers free_list;
 constexpr std::size_t kMaxFreeBuffers = 64;
-
-std::string proxy_header_v1(const tcp::endpoint& client, const tcp::endpoint& local) {
-  const bool v4 = client.address().is_v4() && local.address().is_v4();
-  return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + client.address().to_string() + " " +
-         local.address().to_string() + " " + std::to_string(client.port()) + " " + std::to_string(local.port()) +
-         "\r\n";
-}
 
 // PP2_TYPE_SSL (PROXY protocol v2, section 2.2.5) as HAProxy's
 // send-proxy-v2-ssl-cn writes it: client flags, verify (0 only for a
@@ -57,34 +51,6 @@ std::string proxy_ssl_tlv(const HandshakeInfo& tls, const char* version) {
   if (tls.client_verified() && !tls.client_cn.empty() && tls.client_cn.size() < 0x1000)
     value += tlv(PP2_SUBTYPE_SSL_CN, tls.client_cn);
   return tlv(PP2_TYPE_SSL, value);
-}
-
-std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& local, const ConnectTarget& target) {
-  const std::string tlvs = target.tls_info ? proxy_ssl_tlv(*target.tls_info, target.tls_version) : std::string();
-  std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
-  h += static_cast<char>(0x21);  // version 2, PROXY command
-  auto put16 = [&](uint16_t v) {
-    h += static_cast<char>(v >> 8);
-    h += static_cast<char>(v & 0xff);
-  };
-  if (client.address().is_v4() && local.address().is_v4()) {
-    h += static_cast<char>(0x11);  // TCP over IPv4
-    put16(static_cast<uint16_t>(12 + tlvs.size()));
-    for (auto b : client.address().to_v4().to_bytes()) h += static_cast<char>(b);
-    for (auto b : local.address().to_v4().to_bytes()) h += static_cast<char>(b);
-  } else {
-    auto v6 = [](const tcp::endpoint& e) {
-      return e.address().is_v6() ? e.address().to_v6()
-                                 : asio::ip::make_address_v6(asio::ip::v4_mapped, e.address().to_v4());
-    };
-    h += static_cast<char>(0x21);  // TCP over IPv6
-    put16(static_cast<uint16_t>(36 + tlvs.size()));
-    for (auto b : v6(client).to_bytes()) h += static_cast<char>(b);
-    for (auto b : v6(local).to_bytes()) h += static_cast<char>(b);
-  }
-  put16(client.port());
-  put16(local.port());
-  return h + tlvs;
 }
 
 // Keep-alive connections older than this are closed rather than reused: a
@@ -292,7 +258,9 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     if (target.proxy_protocol != conf::ProxyProtocol::none) {
       const std::string header = target.proxy_protocol == conf::ProxyProtocol::v1
                                      ? proxy_header_v1(target.client, target.local)
-                                     : proxy_header_v2(target.client, target.local, target);
+                                     : proxy_header_v2(target.client, target.local,
+                                                   target.tls_info ? proxy_ssl_tlv(*target.tls_info, target.tls_version)
+                                                                   : std::string());
       auto [ec, n] = co_await asio::async_write(socket, asio::buffer(header), use_tuple);
       if (ec) {
         log::warning("backend_connect_failed", {{"pool", pool.config->name}, {"server", name}, {"error", ec.message()}});

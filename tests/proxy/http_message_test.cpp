@@ -200,6 +200,22 @@ TEST(HttpMessage, RequestFramingIsTheProxysOwn) {
             std::string::npos);
 }
 
+TEST(HttpMessage, HostIsAlwaysSentBecauseTheLineSaysHttp11) {
+  // An HTTP/1.0 client may send no Host; the backend reads HTTP/1.1, which
+  // requires one (found by tests/fuzz/fuzz_http1_request's round trip).
+  RequestParser p;
+  error_code ec;
+  p.feed("GET / HTTP/1.0\r\n\r\n", ec);
+  ASSERT_FALSE(ec);
+  ASSERT_TRUE(p.is_header_done());
+  const std::string out = serialize_request(p.head(), ForwardedFor{"192.0.2.7", "", "https"}, false);
+  EXPECT_NE(out.find("\r\nHost: \r\n"), std::string::npos) << out;
+  RequestParser backend;
+  backend.feed(out, ec);
+  EXPECT_FALSE(ec) << backend.violation();
+  EXPECT_TRUE(backend.is_header_done());
+}
+
 TEST(HttpMessage, ResponseParserKnowsBodilessAndCloseDelimitedResponses) {
   auto parse_response = [](const std::string& text, bool head_request) {
     ResponseParser parser;
@@ -215,6 +231,18 @@ TEST(HttpMessage, ResponseParserKnowsBodilessAndCloseDelimitedResponses) {
   EXPECT_EQ(parse_response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true), std::tuple(true, false, 200));
   EXPECT_EQ(parse_response("HTTP/1.1 100 Continue\r\n\r\n", false), std::tuple(true, false, 100));
   EXPECT_EQ(parse_response("HTTP/1.1 200 OK\r\n\r\npartial", false), std::tuple(false, true, 200));
+}
+
+TEST(HttpMessage, ResponseStatusOutside100To599IsRefused) {
+  // Beast reads any three digits; "020" would be forwarded as "HTTP/1.1 20"
+  // (found by tests/fuzz/fuzz_http1_response).
+  for (const char* text : {"HTTP/1.1 020 OK\r\n\r\n", "HTTP/1.1 099 X\r\n\r\n", "HTTP/1.1 600 X\r\n\r\n"}) {
+    ResponseParser parser;
+    error_code ec;
+    parser.feed(text, ec);
+    EXPECT_TRUE(ec) << text;
+    EXPECT_NE(parser.violation().find("outside 100-599"), std::string::npos) << parser.violation();
+  }
 }
 
 TEST(HttpMessage, ChunkFraming) {
