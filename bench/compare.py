@@ -109,7 +109,7 @@ def free_port():
 def wait_port(port, proc, what, timeout=15):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited ({proc.returncode}) before listening on port {port}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

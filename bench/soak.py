@@ -74,6 +74,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import h2frames  # noqa: E402  (standard library only)
+from compare import children, free_port, nginx_exe, nginx_paths, tail, wait_port  # noqa: E402  (bench/, beside this file)
 
 HOST = "mail.contoso.test"
 HTTP_BACKENDS = ["mbx1", "mbx2", "mbx3"]
@@ -130,20 +131,6 @@ def log(*args):
     print(time.strftime("%H:%M:%S"), *args, file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path, n=3000):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-n:]
-    except OSError:
-        return ""
-
-
 def write_atomic(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -171,17 +158,6 @@ def group_members(pgid):
             st = proc_stat(int(name))
             if st and st[1] == pgid and st[0] != "Z":
                 out.append(int(name))
-    return out
-
-
-def children(pid):
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
     return out
 
 
@@ -234,23 +210,6 @@ class Processes:
             self.stop(p, timeout=3.0)
 
 
-def wait_port(port, proc, what, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}) before listening on port {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
-def nginx_exe():
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-
-
 def nginx_head(d, modules=""):
     return f"""{modules}daemon off;
 master_process on;
@@ -260,11 +219,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;"""
+{nginx_paths(d)}"""
 
 
 # --- resources of the proxy ---------------------------------------------------------

@@ -15,7 +15,7 @@ import ssl
 import struct
 import threading
 
-from harness import LoopbackServer
+from harness import SLOW, LoopbackServer
 
 DOMAIN = "CONTOSO"
 
@@ -269,13 +269,14 @@ class NtlmBackend(LoopbackServer):
 class RawClient:
     """One TLS connection to Gatehouse speaking HTTP/1.1 by hand."""
 
-    def __init__(self, port, host="mail.contoso.test"):
+    def __init__(self, port, host="mail.contoso.test", timeout=20):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_alpn_protocols(["http/1.1"])
         self.host = host
-        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname=host)
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW),
+                                    server_hostname=host)
         self.buf = b""
 
     def request(self, path, authorization=None):

@@ -27,6 +27,7 @@ import unittest
 
 import harness as h
 import kerberos_realm as kr
+import ntlm_backend as nb
 
 MAIL = "mail.contoso.test"
 REALM = "CONTOSO.TEST"
@@ -90,30 +91,12 @@ def tearDownModule():
         _fixture = None
 
 
-class RawClient:
-    """One TLS connection to Gatehouse speaking HTTP/1.1 by hand, keep-alive;
-    reads Content-Length and chunked bodies."""
+class RawClient(nb.RawClient):
+    """ntlm_backend's raw HTTP/1.1 client, reading chunked bodies too (Apache's
+    CGI answers are chunked)."""
 
-    def __init__(self, port, host=MAIL, timeout=20):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols(["http/1.1"])
-        self.host = host
-        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout * h.SLOW),
-                                    server_hostname=host)
-        self.buf = b""
-
-    def request(self, path, authorization=None):
-        """(status, headers, body); status None when the connection closed."""
-        head = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-        if authorization:
-            head += f"Authorization: {authorization}\r\n"
-        try:
-            self.sock.sendall((head + "\r\n").encode())
-            return self._response()
-        except OSError:
-            return None, {}, b""
+    def response(self):
+        return self._response()
 
     def _fill(self):
         data = self.sock.recv(65536)
