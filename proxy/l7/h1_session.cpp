@@ -4,8 +4,6 @@
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
-#include <functional>
-
 #include "proxy/l7/l7_session.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
@@ -28,12 +26,9 @@ asio::awaitable<error_code> read_more(TlsStream& stream, std::string& in) {
 
 class Http1Downstream final : public Downstream {
  public:
-  // `closing` says whether this connection is ending (a drain): its
-  // responses then say Connection: close, so that the client sends its next
-  // request on a new connection rather than into the close.
   Http1Downstream(TlsStream& stream, RequestParser& parser, std::string& in, const RequestHead& request,
-                  std::function<bool()> closing)
-      : stream_(stream), parser_(parser), in_(in), request_(request), closing_(std::move(closing)) {
+                  const ConnectionHandle& handle, const BackendBinding& binding)
+      : stream_(stream), parser_(parser), in_(in), request_(request), handle_(handle), binding_(binding) {
     close_ = !request.keep_alive;
   }
 
@@ -75,7 +70,11 @@ class Http1Downstream final : public Downstream {
   }
 
   void head(const ResponseHead& head, bool has_body) override {
-    if (closing_()) close_ = true;
+    // A draining connection says Connection: close, so that the client sends
+    // its next request on a new connection rather than into the close. A
+    // bound one finishes like an l4 stream: its client would have to
+    // authenticate again on a new connection.
+    if (handle_.draining && !binding_.bound()) close_ = true;
     chunked_ = has_body && !head.content_length && request_.version >= 11;
     if (has_body && !head.content_length && !chunked_) close_ = true;  // HTTP/1.0: the end is the close
     out_ += serialize_response(head, chunked_, close_, request_.version);
@@ -114,7 +113,8 @@ class Http1Downstream final : public Downstream {
   RequestParser& parser_;
   std::string& in_;
   const RequestHead& request_;
-  std::function<bool()> closing_;
+  const ConnectionHandle& handle_;
+  const BackendBinding& binding_;
   std::string out_;
   std::string body_error_;
   bool chunked_ = false;
@@ -217,10 +217,7 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
     const std::string_view target_authority = authority_of(head.target);
     const Routed routed =
         route_request(connection, target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
-    // A bound connection finishes like an l4 stream: its client would have
-    // to authenticate again on a new connection.
-    Http1Downstream down(stream, *parser, in, head,
-                         [&] { return connection.handle.draining && !binding.bound(); });
+    Http1Downstream down(stream, *parser, in, head, connection.handle, binding);
     ExchangeResult result;
     if (routed.status != 0) {
       result.status = routed.status;

@@ -226,9 +226,7 @@ class Http2Session {
   // CONTINUATION accounting of the header block being received.
   int continuations_ = 0;
   std::size_t block_bytes_ = 0;
-  // Rapid Reset: a token bucket of client stream resets.
-  double reset_tokens_ = kResetBurst;
-  Clock::time_point reset_refill_ = Clock::now();
+  Budget client_resets_{kResetBurst, kResetRate};  // Rapid Reset
   Budget pings_{kPingBurst, kPingRate};
   Budget settings_{kSettingsBurst, kSettingsRate};
   Budget priorities_{kPriorityBurst, kPriorityRate};
@@ -587,19 +585,9 @@ int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, vo
         }
       }
       break;
-    case NGHTTP2_RST_STREAM: {
-      const auto now = Clock::now();
-      self->reset_tokens_ = std::min(
-          kResetBurst, self->reset_tokens_ + std::chrono::duration<double>(now - self->reset_refill_).count() * kResetRate);
-      self->reset_refill_ = now;
-      self->reset_tokens_ -= 1;
-      if (self->reset_tokens_ < 0) {
-        self->abuse("rapid_reset: the client reset streams faster than " + std::to_string(int(kResetRate)) +
-                    "/s after a burst of " + std::to_string(int(kResetBurst)));
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-      }
+    case NGHTTP2_RST_STREAM:
+      if (!self->within(self->client_resets_, "rapid_reset", "stream resets")) return NGHTTP2_ERR_CALLBACK_FAILURE;
       break;
-    }
     default:
       break;
   }
