@@ -35,16 +35,15 @@ class Algorithm : public Selector {
  public:
   explicit Algorithm(std::string_view local_site) : local_site_(local_site) {}
 
-  std::optional<std::size_t> pick(std::span<const ServerView> servers, const Tried& tried,
-                                  std::uint64_t key) final {
+  std::optional<std::size_t> pick(std::span<const ServerView> servers, const Tried& tried, std::uint64_t key) final {
     if (!local_site_.empty())
       if (auto i = choose(servers, Eligible{tried, local_site_}, key)) return i;
     return choose(servers, Eligible{tried, {}}, key);
   }
 
  protected:
-  virtual std::optional<std::size_t> choose(std::span<const ServerView> servers,
-                                            const Eligible& eligible, std::uint64_t key) = 0;
+  virtual std::optional<std::size_t> choose(std::span<const ServerView> servers, const Eligible& eligible,
+                                            std::uint64_t key) = 0;
 
  private:
   std::string local_site_;  // owned: the config that named it may be reloaded away
@@ -102,9 +101,8 @@ class LeastConn final : public Algorithm {
       if (eligible(servers, i) && (!least || compare_load(servers[i], servers[*least]) < 0)) least = i;
     if (!least) return std::nullopt;
     const ServerView& floor = servers[*least];
-    return weights_.pick(servers, [&](std::size_t i) {
-      return eligible(servers, i) && compare_load(servers[i], floor) == 0;
-    });
+    return weights_.pick(servers,
+                         [&](std::size_t i) { return eligible(servers, i) && compare_load(servers[i], floor) == 0; });
   }
 
  private:
@@ -158,8 +156,7 @@ class RandomTwo final : public Algorithm {
 // last few sets are kept: one per outage, plus the odd retry.
 class Maglev final : public Algorithm {
  public:
-  Maglev(std::span<const ServerView> servers, std::string_view local_site)
-      : Algorithm(local_site), primary_(servers) {}
+  Maglev(std::span<const ServerView> servers, std::string_view local_site) : Algorithm(local_site), primary_(servers) {}
 
  protected:
   std::optional<std::size_t> choose(std::span<const ServerView> servers, const Eligible& eligible,

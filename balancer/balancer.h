@@ -24,9 +24,9 @@ namespace gatehouse::balancer {
 struct ServerView {
   std::string_view name;
   std::string_view site;
-  int weight = 1;             // 0 (or less) = never picked
-  bool available = true;      // healthy and not drained
-  std::uint32_t active = 0;   // open connections/requests to it from this worker
+  int weight = 1;            // 0 (or less) = never picked
+  bool available = true;     // healthy and not drained
+  std::uint32_t active = 0;  // open connections/requests to it from this worker
 };
 
 // Servers already tried for this request, so a retry goes elsewhere. Pools are

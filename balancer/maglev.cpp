@@ -22,8 +22,7 @@ struct Builder {
 }  // namespace
 
 MaglevTable::MaglevTable(std::span<const ServerView> servers, const std::vector<bool>& members) {
-  if (servers.size() > max_servers)
-    throw std::length_error("maglev: a pool may have at most 65535 servers");
+  if (servers.size() > max_servers) throw std::length_error("maglev: a pool may have at most 65535 servers");
 
   std::vector<Builder> builders;
   std::uint64_t max_weight = 0;
@@ -39,9 +38,8 @@ MaglevTable::MaglevTable(std::span<const ServerView> servers, const std::vector<
   }
   if (builders.empty()) return;
   // Sorting by name makes the table independent of config order.
-  std::stable_sort(builders.begin(), builders.end(), [&](const Builder& a, const Builder& b) {
-    return servers[a.server].name < servers[b.server].name;
-  });
+  std::stable_sort(builders.begin(), builders.end(),
+                   [&](const Builder& a, const Builder& b) { return servers[a.server].name < servers[b.server].name; });
 
   constexpr std::uint16_t empty_slot = 0xffff;
   slots_.assign(size, empty_slot);

@@ -127,7 +127,7 @@ bssl::UniquePtr<SSL_CTX> make_client_context(const HandshakeOptions& options, Si
                                          SSL_SIGN_ECDSA_SECP521R1_SHA512};
   static const uint16_t rsa_prefs[] = {SSL_SIGN_RSA_PSS_RSAE_SHA256, SSL_SIGN_RSA_PSS_RSAE_SHA384,
                                        SSL_SIGN_RSA_PSS_RSAE_SHA512, SSL_SIGN_RSA_PKCS1_SHA256,
-                                       SSL_SIGN_RSA_PKCS1_SHA384, SSL_SIGN_RSA_PKCS1_SHA512};
+                                       SSL_SIGN_RSA_PKCS1_SHA384,    SSL_SIGN_RSA_PKCS1_SHA512};
   bool ok = true;
   if (sig == Sig::ecdsa) {
     ok = SSL_CTX_set_verify_algorithm_prefs(ctx.get(), ecdsa_prefs, std::size(ecdsa_prefs)) == 1 &&
@@ -406,7 +406,9 @@ std::optional<double> servers_cpu_seconds(const std::vector<int>& pids) {
 double self_cpu_seconds() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  auto seconds = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
@@ -596,8 +598,8 @@ int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std:
     if (tty && Clock::now() >= next_tick) {
       const std::uint64_t done = shared.done.load();
       const auto secs = std::chrono::duration_cast<std::chrono::seconds>(next_tick - started).count();
-      err << "\r" << std::setw(4) << secs << "s  " << done << " handshakes  " << (done - last_done)
-          << "/s  errors " << shared.failed.load() << "    " << std::flush;
+      err << "\r" << std::setw(4) << secs << "s  " << done << " handshakes  " << (done - last_done) << "/s  errors "
+          << shared.failed.load() << "    " << std::flush;
       last_done = done;
       next_tick += std::chrono::seconds(1);
     }
@@ -704,8 +706,8 @@ int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std:
   row(out, "handshakes/s", fixed(rate, 1));
   {
     std::ostringstream latency;
-    latency << std::fixed << std::setprecision(3) << "p50 " << p50 << "  p90 " << p90 << "  p99 " << p99
-            << "  mean " << mean;
+    latency << std::fixed << std::setprecision(3) << "p50 " << p50 << "  p90 " << p90 << "  p99 " << p99 << "  mean "
+            << mean;
     row(out, "latency ms", latency.str());
   }
   row(out, "tls versions", version_text.empty() ? "-" : version_text);
@@ -716,8 +718,8 @@ int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std:
       if (!pids.empty()) pids += ",";
       pids += std::to_string(pid);
     }
-    row(out, "server cpu", fixed(*server_cpu, 3) + " s (pid " + pids + ") = " +
-                               fixed(per_handshake_us(*server_cpu), 1) + " us/handshake");
+    row(out, "server cpu",
+        fixed(*server_cpu, 3) + " s (pid " + pids + ") = " + fixed(per_handshake_us(*server_cpu), 1) + " us/handshake");
   }
   row(out, "client cpu", fixed(client_cpu, 3) + " s = " + fixed(per_handshake_us(client_cpu), 1) + " us/handshake");
   row(out, "errors", std::to_string(errors_total));
@@ -757,7 +759,10 @@ int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std:
     j["full"] = all.full;
     j["resumed"] = all.resumed;
     j["handshakes_per_second"] = rate;
-    j["latency_ms"] = {{"p50", p50}, {"p90", p90}, {"p99", p99}, {"mean", mean},
+    j["latency_ms"] = {{"p50", p50},
+                       {"p90", p90},
+                       {"p99", p99},
+                       {"mean", mean},
                        {"min", all.latency_us.empty() ? 0.0 : all.latency_us.front() / 1000.0},
                        {"max", all.latency_us.empty() ? 0.0 : all.latency_us.back() / 1000.0}};
     json::object errors;

@@ -16,18 +16,18 @@
 namespace gatehouse::bench {
 
 struct HandshakeOptions {
-  std::string target;                 // HOST:PORT
-  std::vector<std::string> sni;       // rotated per connection; empty = HOST unless it is an IP literal
-  int concurrency = 32;               // connection loops in flight
-  int threads = 1;                    // each thread runs its share of the loops on its own io_context
-  std::string duration = "10s";       // used when count == 0
-  std::uint64_t count = 0;            // number of connection attempts; 0 = run for `duration`
-  std::string resume = "never";       // "never" | "always"
-  std::string tls;                    // "" (1.2 or 1.3, server's choice) | "1.2" | "1.3"
-  std::string sig = "any";            // "any" | "ecdsa" | "rsa": signature algorithms offered
-  std::vector<int> server_pids;       // processes whose CPU time is the server's
-  std::string json_file;              // "" = none
-  std::string timeout = "10s";        // per connection, connect through handshake
+  std::string target;            // HOST:PORT
+  std::vector<std::string> sni;  // rotated per connection; empty = HOST unless it is an IP literal
+  int concurrency = 32;          // connection loops in flight
+  int threads = 1;               // each thread runs its share of the loops on its own io_context
+  std::string duration = "10s";  // used when count == 0
+  std::uint64_t count = 0;       // number of connection attempts; 0 = run for `duration`
+  std::string resume = "never";  // "never" | "always"
+  std::string tls;               // "" (1.2 or 1.3, server's choice) | "1.2" | "1.3"
+  std::string sig = "any";       // "any" | "ecdsa" | "rsa": signature algorithms offered
+  std::vector<int> server_pids;  // processes whose CPU time is the server's
+  std::string json_file;         // "" = none
+  std::string timeout = "10s";   // per connection, connect through handshake
 };
 
 // Runs the benchmark; prints the progress line (when `err` is a terminal) and

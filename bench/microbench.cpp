@@ -9,6 +9,7 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 
+#include <unistd.h>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,7 +17,6 @@
 #include <random>
 #include <stdexcept>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "balancer/balancer.h"
@@ -236,8 +236,9 @@ struct LargeConfig {
       text += std::to_string((i + 1) % 1000);
       text += "\"]\nbalance = \"";
       text += i % 2 ? "maglev" : "round_robin";
-      text += "\"\ntls = \"plain\"\nhealth = { kind = \"http\", path = \"/owa/healthcheck.htm\", expect = 200, "
-              "interval = \"5s\", timeout = \"2s\", rise = 2, fall = 3 }\n\n";
+      text +=
+          "\"\ntls = \"plain\"\nhealth = { kind = \"http\", path = \"/owa/healthcheck.htm\", expect = 200, "
+          "interval = \"5s\", timeout = \"2s\", rise = 2, fall = 3 }\n\n";
     }
     for (int i = 0; i < 1000; ++i) {
       const std::string n = std::to_string(i);
@@ -289,7 +290,8 @@ struct TlsContexts {
     options.common_name = "mail.contoso.test";
     options.key = "ec256";
     auto generated = sni::generate_certificate(options);
-    bssl::UniquePtr<BIO> cert_bio(BIO_new_mem_buf(generated.cert_pem.data(), static_cast<int>(generated.cert_pem.size())));
+    bssl::UniquePtr<BIO> cert_bio(
+        BIO_new_mem_buf(generated.cert_pem.data(), static_cast<int>(generated.cert_pem.size())));
     bssl::UniquePtr<BIO> key_bio(BIO_new_mem_buf(generated.key_pem.data(), static_cast<int>(generated.key_pem.size())));
     bssl::UniquePtr<X509> cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
     bssl::UniquePtr<EVP_PKEY> key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
@@ -362,8 +364,8 @@ BENCHMARK(BM_TlsRecordWriteRead);
 // peers' work, done here too, so the figure is the whole path: four AEAD
 // passes per byte, two of them the proxy's.
 void BM_L4CopyLoop(benchmark::State& state) {
-  auto front = tls_contexts().connect();   // client -> proxy (front)
-  auto back = tls_contexts().connect();    // proxy (back) -> backend
+  auto front = tls_contexts().connect();  // client -> proxy (front)
+  auto back = tls_contexts().connect();   // proxy (back) -> backend
   std::vector<char> in(kRecord, 'x');
   std::vector<char> buffer(kRecord);  // the proxy's one buffer
   std::vector<char> out(kRecord);

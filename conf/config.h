@@ -31,9 +31,9 @@ struct Address {
 struct Diagnostic {
   std::string file;
   int line = 0;
-  std::string key;      // key path: `listener "https".bind`, `pool "owa".servers[1]`, `route[0].hosts[2]`
-                        // (the name when the table has one, else its index in file order), "server.workers"
-  std::string message;  // what is wrong and what to do
+  std::string key;                // key path: `listener "https".bind`, `pool "owa".servers[1]`, `route[0].hosts[2]`
+                                  // (the name when the table has one, else its index in file order), "server.workers"
+  std::string message;            // what is wrong and what to do
   std::string to_string() const;  // "file:line: key: message"
 };
 
@@ -47,10 +47,10 @@ enum class BackendTls { verify, insecure, plain };
 enum class HealthKind { none, tcp, tls, http };
 
 struct ServerSettings {
-  int workers = 0;  // 0 = one per CPU core
+  int workers = 0;                                            // 0 = one per CPU core
   std::optional<Address> admin = Address{"127.0.0.1", 9901};  // nullopt when admin = ""
-  std::string access_log = "-";               // "-" stdout, a path, or "" for none
-  std::filesystem::path ticket_keys;          // empty = random per process, rotated hourly
+  std::string access_log = "-";                               // "-" stdout, a path, or "" for none
+  std::filesystem::path ticket_keys;                          // empty = random per process, rotated hourly
   Duration drain_timeout = std::chrono::seconds(30);
   std::uint64_t max_connections = 100000;
 };
@@ -61,9 +61,9 @@ struct Certificate {
   std::string name;
   std::filesystem::path cert;  // absolute (relative paths resolved against the config's directory)
   std::filesystem::path key;
-  OcspMode ocsp = OcspMode::none;  // `ocsp`: "" none, "auto", or a path (file)
-  std::filesystem::path ocsp_file; // the DER OCSP response when ocsp is a path
-  int line = 0;                // where the [[certificate]] table starts, for messages
+  OcspMode ocsp = OcspMode::none;   // `ocsp`: "" none, "auto", or a path (file)
+  std::filesystem::path ocsp_file;  // the DER OCSP response when ocsp is a path
+  int line = 0;                     // where the [[certificate]] table starts, for messages
 };
 
 struct Listener {
@@ -75,12 +75,12 @@ struct Listener {
   std::string default_certificate;        // resolved: "" in TOML = the first of certificates ("" for passthrough)
   bool strict_sni = false;
   TlsPolicy tls = TlsPolicy::modern;
-  std::vector<std::string> alpn;          // resolved default: l7 {"h2","http/1.1"}, l4 {}; passthrough always {}
+  std::vector<std::string> alpn;  // resolved default: l7 {"h2","http/1.1"}, l4 {}; passthrough always {}
   ClientCertificates client_certificates = ClientCertificates::none;
-  std::filesystem::path client_ca;        // PEM bundle of the CAs that issue client certificates
-  std::filesystem::path client_crl;       // PEM CRLs checked for the client's leaf; empty = none
-  int client_verify_depth = 4;            // most intermediate CAs between a client's leaf and client_ca
-  std::string pool;                       // l4/passthrough default pool, may be ""
+  std::filesystem::path client_ca;   // PEM bundle of the CAs that issue client certificates
+  std::filesystem::path client_crl;  // PEM CRLs checked for the client's leaf; empty = none
+  int client_verify_depth = 4;       // most intermediate CAs between a client's leaf and client_ca
+  std::string pool;                  // l4/passthrough default pool, may be ""
   ProxyProtocol proxy_protocol = ProxyProtocol::none;
   Duration handshake_timeout = std::chrono::seconds(10);
   Duration idle_timeout = std::chrono::minutes(5);
@@ -90,7 +90,7 @@ struct Listener {
 
 struct Route {
   std::string listener;
-  std::vector<std::string> hosts;  // normalised lower case, no trailing dot; may hold "*.parent"; empty = any
+  std::vector<std::string> hosts;          // normalised lower case, no trailing dot; may hold "*.parent"; empty = any
   std::vector<std::string> paths = {"/"};  // lower-cased: matching is case-insensitive
   std::string pool;
   Affinity affinity = Affinity::none;
@@ -153,9 +153,9 @@ struct Config {
 };
 
 struct LoadResult {
-  std::optional<Config> config;          // set only when errors is empty
+  std::optional<Config> config;  // set only when errors is empty
   std::vector<Diagnostic> errors;
-  std::vector<Diagnostic> warnings;      // e.g. tls = "insecure" pools
+  std::vector<Diagnostic> warnings;  // e.g. tls = "insecure" pools
   bool ok() const { return errors.empty(); }
 };
 

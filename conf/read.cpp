@@ -168,10 +168,23 @@ constexpr std::string_view top_level_keys[] = {"global", "server", "certificate"
 constexpr std::string_view settings_keys[] = {"workers",     "admin",         "access_log",
                                               "ticket_keys", "drain_timeout", "max_connections"};
 constexpr std::string_view certificate_keys[] = {"name", "cert", "key", "ocsp"};
-constexpr std::string_view listener_keys[] = {
-    "name",       "bind", "mode", "certificates",   "default_certificate", "strict_sni",   "tls",
-    "alpn",       "client_certificates",            "client_ca",           "client_crl",   "client_verify_depth",
-    "pool",       "proxy_protocol",                 "handshake_timeout",   "idle_timeout", "max_connections"};
+constexpr std::string_view listener_keys[] = {"name",
+                                              "bind",
+                                              "mode",
+                                              "certificates",
+                                              "default_certificate",
+                                              "strict_sni",
+                                              "tls",
+                                              "alpn",
+                                              "client_certificates",
+                                              "client_ca",
+                                              "client_crl",
+                                              "client_verify_depth",
+                                              "pool",
+                                              "proxy_protocol",
+                                              "handshake_timeout",
+                                              "idle_timeout",
+                                              "max_connections"};
 constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool", "affinity", "idle_timeout"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
 constexpr std::string_view pool_keys[] = {"name",     "servers", "balance", "hash_key", "local_site",
@@ -282,8 +295,8 @@ class TableReader {
     }
     std::vector<std::string_view> names;
     for (auto& option : choices) names.push_back(option.name);
-    return value_error(key, "\"" + text + "\" is not a valid " + std::string(key) + "; use one of " +
-                                join_quoted(names));
+    return value_error(key,
+                       "\"" + text + "\" is not a valid " + std::string(key) + "; use one of " + join_quoted(names));
   }
 
   bool duration(std::string_view key, Duration& out, bool positive = false) {
@@ -303,10 +316,8 @@ class TableReader {
     std::string message = "\"" + std::string(text) + "\" is not an address: write \"host:port\" or \"[v6]:port\"";
     if (!text.starts_with('[') && std::count(text.begin(), text.end(), ':') > 1)
       message += "; an IPv6 address needs brackets, as in \"[::1]:443\"";
-    else if (text.find(':') == std::string_view::npos)
-      message += "; the port is missing";
-    else
-      message += " with a port from 0 to 65535";
+    else if (text.find(':') == std::string_view::npos) message += "; the port is missing";
+    else message += " with a port from 0 to 65535";
     value_error(key, message);
     return std::nullopt;
   }
@@ -331,10 +342,8 @@ class TableReader {
     out = path.lexically_normal();
     std::error_code ignored;
     std::string problem;
-    if (fs::is_directory(out, ignored))
-      problem = "is a directory";
-    else if (::access(out.c_str(), R_OK) != 0)
-      problem = std::strerror(errno);
+    if (fs::is_directory(out, ignored)) problem = "is a directory";
+    else if (::access(out.c_str(), R_OK) != 0) problem = std::strerror(errno);
     if (problem.empty()) return true;
     std::string message = "cannot read \"" + out.string() + "\" (" + problem + ")";
     if (fs::path(text).is_relative())
@@ -467,8 +476,10 @@ void Loader::read_array(const toml::node& node, std::string_view kind, std::vect
   std::string header = "[[" + std::string(kind) + "]]";
   auto* array = node.as_array();
   if (!array) {
-    error(top, kind, "expected " + header + " tables, got " + describe(node) + "; write " + header +
-                         " (double brackets) above each one", line_of(node));
+    error(top, kind,
+          "expected " + header + " tables, got " + describe(node) + "; write " + header +
+              " (double brackets) above each one",
+          line_of(node));
     return;
   }
   for (std::size_t i = 0; i < array->size(); ++i) {
@@ -559,8 +570,7 @@ void Loader::read(const toml::table& table, Origin& origin, Route& out) {
   if (r.strings("hosts", out.hosts)) {
     for (std::size_t i = 0; i < out.hosts.size(); ++i) {
       auto result = normalize_route_host(out.hosts[i]);
-      if (!result.error.empty())
-        r.value_error(r.element_key("hosts", i), "\"" + out.hosts[i] + "\": " + result.error);
+      if (!result.error.empty()) r.value_error(r.element_key("hosts", i), "\"" + out.hosts[i] + "\": " + result.error);
       out.hosts[i] = std::move(result.host);
     }
   }
@@ -594,8 +604,7 @@ void Loader::read(const toml::table& table, Origin& origin, Server& out) {
     if (!result.error.empty() || result.host.starts_with('*'))
       r.value_error("server_name", "\"" + out.server_name + "\" is not a host name to send as SNI and verify" +
                                        (result.error.empty() ? "" : ": " + result.error));
-    else
-      out.server_name = result.host;
+    else out.server_name = result.host;
   }
   if (out.server_name.empty()) out.server_name = out.address.host;
   if (r.string("pin", out.pin) && !out.pin.empty())

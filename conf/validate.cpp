@@ -104,8 +104,9 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
     };
     for (auto [key, set] : tls_keys)
       if (set && origin.valid(key))
-        error(origin, key, "a passthrough listener does not terminate TLS, so " + std::string(key) +
-                               " has no effect; remove it, or use mode = \"l4\" to terminate TLS here");
+        error(origin, key,
+              "a passthrough listener does not terminate TLS, so " + std::string(key) +
+                  " has no effect; remove it, or use mode = \"l4\" to terminate TLS here");
     // A passthrough listener serves no certificate: these stay empty.
     listener.certificates.clear();
     listener.default_certificate.clear();
@@ -115,17 +116,20 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
 
   if (listener.mode == ListenerMode::l7) {
     if (!listener.pool.empty())
-      error(origin, "pool", "pool is only for l4 and passthrough listeners; an l7 listener sends requests to "
-                            "pools through [[route]] tables, so move it to a route");
+      error(origin, "pool",
+            "pool is only for l4 and passthrough listeners; an l7 listener sends requests to "
+            "pools through [[route]] tables, so move it to a route");
     if (listener.proxy_protocol != ProxyProtocol::none)
-      error(origin, "proxy_protocol", "proxy_protocol is only for l4 and passthrough listeners; an l7 listener "
-                                      "passes the client address in X-Forwarded-For and Forwarded");
+      error(origin, "proxy_protocol",
+            "proxy_protocol is only for l4 and passthrough listeners; an l7 listener "
+            "passes the client address in X-Forwarded-For and Forwarded");
   }
 
   if (config_.certificates.empty()) {
-    error(origin, "mode", "an " + std::string(to_string(listener.mode)) +
-                              " listener terminates TLS, but the file has no [[certificate]]; add one "
-                              "(gatehouse cert new makes a self-signed one) or use mode = \"passthrough\"");
+    error(origin, "mode",
+          "an " + std::string(to_string(listener.mode)) +
+              " listener terminates TLS, but the file has no [[certificate]]; add one "
+              "(gatehouse cert new makes a self-signed one) or use mode = \"passthrough\"");
   } else if (!origin.invalid.contains("certificates")) {
     for (std::size_t i = 0; i < listener.certificates.size(); ++i)
       if (!config_.find_certificate(listener.certificates[i]))
@@ -134,26 +138,26 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
     if (listener.certificates.empty())
       for (auto& certificate : config_.certificates) listener.certificates.push_back(certificate.name);
     auto& names = listener.certificates;
-    if (listener.default_certificate.empty())
-      listener.default_certificate = names.front();
+    if (listener.default_certificate.empty()) listener.default_certificate = names.front();
     else if (std::find(names.begin(), names.end(), listener.default_certificate) == names.end())
       error(origin, "default_certificate",
-            "\"" + listener.default_certificate + "\" is not one of this listener's certificates; add it to "
-            "certificates or name one of them");
+            "\"" + listener.default_certificate +
+                "\" is not one of this listener's certificates; add it to "
+                "certificates or name one of them");
   }
 
   if (listener.client_certificates != ClientCertificates::none && listener.client_ca.empty() &&
       !origin.invalid.contains("client_ca"))
-    error(origin, "client_certificates", "client certificates need client_ca = \"PEM bundle of the CAs that issue "
-                                         "them\"; add it, or set client_certificates = \"none\"");
+    error(origin, "client_certificates",
+          "client certificates need client_ca = \"PEM bundle of the CAs that issue "
+          "them\"; add it, or set client_certificates = \"none\"");
   if (listener.client_certificates == ClientCertificates::none) {
     if (!listener.client_ca.empty())
       warning(origin, "client_ca", "client_ca is unused because client_certificates = \"none\"");
     if (!listener.client_crl.empty())
       warning(origin, "client_crl", "client_crl is unused because client_certificates = \"none\"");
     if (origin.has("client_verify_depth"))
-      warning(origin, "client_verify_depth",
-              "client_verify_depth is unused because client_certificates = \"none\"");
+      warning(origin, "client_verify_depth", "client_verify_depth is unused because client_certificates = \"none\"");
   }
 
   if (!origin.has("alpn") && listener.mode == ListenerMode::l7) listener.alpn = {"h2", "http/1.1"};
@@ -191,10 +195,8 @@ void Loader::check_pool(const Pool& pool, const Origin& origin) {
     if (std::find(pool.servers.begin(), pool.servers.begin() + static_cast<std::ptrdiff_t>(i), name) !=
         pool.servers.begin() + static_cast<std::ptrdiff_t>(i))
       error(origin, key, "server \"" + name + "\" is listed twice; list it once (use weight to send it more)");
-    else if (const Server* server = config_.find_server(name))
-      servers.push_back(server);
-    else
-      error(origin, key, reference_problem("server", name, config_.servers));
+    else if (const Server* server = config_.find_server(name)) servers.push_back(server);
+    else error(origin, key, reference_problem("server", name, config_.servers));
   }
 
   if (!pool.fallback.empty()) {
@@ -215,14 +217,15 @@ void Loader::check_pool(const Pool& pool, const Origin& origin) {
     }
   }
   if (pool.tls == BackendTls::insecure)
-    warning(origin, "tls", "tls = \"insecure\": backend certificates are not verified, so anyone on the path can "
-                           "impersonate the servers; set pin on each server or ca, and tls = \"verify\"");
+    warning(origin, "tls",
+            "tls = \"insecure\": backend certificates are not verified, so anyone on the path can "
+            "impersonate the servers; set pin on each server or ca, and tls = \"verify\"");
   if (pool.tls != BackendTls::verify && !pool.ca.empty())
     warning(origin, "ca", "ca is unused with tls = \"" + std::string(to_string(pool.tls)) + "\"");
   if (!pool.local_site.empty() &&
       std::none_of(servers.begin(), servers.end(), [&](const Server* s) { return s->site == pool.local_site; }))
-    warning(origin, "local_site", "no server of this pool has site = \"" + pool.local_site +
-                                      "\", so local preference never applies");
+    warning(origin, "local_site",
+            "no server of this pool has site = \"" + pool.local_site + "\", so local preference never applies");
 }
 
 }  // namespace gatehouse::conf::detail

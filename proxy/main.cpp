@@ -88,8 +88,9 @@ int main(int argc, char** argv) {
   auto* bench_cmd = app.add_subcommand("bench", "Benchmarks");
   bench_cmd->require_subcommand(0, 1);
   auto* bench_handshake = bench_cmd->add_subcommand(
-      "handshake", "TLS handshake load generator against any TLS server (no HTTP): full or resumed handshakes, "
-                   "handshakes/s, latency, errors, and the server's CPU per handshake");
+      "handshake",
+      "TLS handshake load generator against any TLS server (no HTTP): full or resumed handshakes, "
+      "handshakes/s, latency, errors, and the server's CPU per handshake");
   bench_handshake->add_option("--target", bench_options.target, "HOST:PORT of the TLS server")->required();
   bench_handshake->add_option("--sni", bench_options.sni, "Server names to send, rotated (default: HOST unless an IP)")
       ->delimiter(',');
@@ -101,19 +102,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   auto* bench_duration = bench_handshake->add_option("--duration", bench_options.duration, "How long to run, e.g. 10s")
                              ->capture_default_str();
-  auto* bench_count = bench_handshake->add_option("--count", bench_options.count, "Number of connections instead of a duration")
-                          ->check(CLI::PositiveNumber);
+  auto* bench_count =
+      bench_handshake->add_option("--count", bench_options.count, "Number of connections instead of a duration")
+          ->check(CLI::PositiveNumber);
   bench_duration->excludes(bench_count);
   bench_handshake->add_option("--resume", bench_options.resume, "never: full handshakes only; always: resumed only")
       ->check(CLI::IsMember({"never", "always"}))
       ->capture_default_str();
   bench_handshake->add_option("--tls", bench_options.tls, "Pin the TLS version (default: 1.2 or 1.3, server's choice)")
       ->check(CLI::IsMember({"1.2", "1.3"}));
-  bench_handshake->add_option("--sig", bench_options.sig, "Signature algorithms offered, so the certificate type served")
+  bench_handshake
+      ->add_option("--sig", bench_options.sig, "Signature algorithms offered, so the certificate type served")
       ->check(CLI::IsMember({"ecdsa", "rsa", "any"}))
       ->capture_default_str();
-  bench_handshake->add_option("--server-pid", bench_options.server_pids,
-                              "Server process(es) whose CPU time per handshake to report (from /proc/PID/stat)")
+  bench_handshake
+      ->add_option("--server-pid", bench_options.server_pids,
+                   "Server process(es) whose CPU time per handshake to report (from /proc/PID/stat)")
       ->delimiter(',');
   bench_handshake->add_option("--json", bench_options.json_file, "Also write the results as JSON to FILE");
   bench_handshake->add_option("--timeout", bench_options.timeout, "Per connection, connect through handshake")
@@ -146,10 +150,10 @@ int main(int argc, char** argv) {
         CLI::App* sub = nullptr;
         try {
           sub = app.get_subcommand(help_topic);
-        } catch (const CLI::OptionNotFound&) {
-        }
+        } catch (const CLI::OptionNotFound&) {}
         if (sub == nullptr) {
-          std::cerr << "gatehouse help: unknown command \"" << help_topic << "\"; commands: run, demo, check, cert, bench\n";
+          std::cerr << "gatehouse help: unknown command \"" << help_topic
+                    << "\"; commands: run, demo, check, cert, bench\n";
           return 1;
         }
         std::cout << sub->help();
@@ -167,7 +171,8 @@ int main(int argc, char** argv) {
           return 1;
         }
       }
-      for (const auto& path : sni::write_certificate(new_options, out_prefix)) std::cout << "wrote " << path.string() << "\n";
+      for (const auto& path : sni::write_certificate(new_options, out_prefix))
+        std::cout << "wrote " << path.string() << "\n";
       return 0;
     }
     if (*cert_inspect) {

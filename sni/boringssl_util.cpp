@@ -23,8 +23,7 @@ std::string base64(std::span<const std::uint8_t> bytes) {
   std::size_t length = 0;
   if (!EVP_EncodedLength(&length, bytes.size())) throw std::length_error("base64 input too long");
   std::string out(length, '\0');
-  const std::size_t written =
-      EVP_EncodeBlock(reinterpret_cast<std::uint8_t*>(out.data()), bytes.data(), bytes.size());
+  const std::size_t written = EVP_EncodeBlock(reinterpret_cast<std::uint8_t*>(out.data()), bytes.data(), bytes.size());
   out.resize(written);
   return out;
 }

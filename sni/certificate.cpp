@@ -242,7 +242,8 @@ std::vector<bssl::UniquePtr<X509>> read_certificates(const std::filesystem::path
     certificates.push_back(std::move(cert));
   }
   const std::uint32_t error = ERR_peek_last_error();
-  const bool clean_end = error == 0 || (ERR_GET_LIB(error) == ERR_LIB_PEM && ERR_GET_REASON(error) == PEM_R_NO_START_LINE);
+  const bool clean_end =
+      error == 0 || (ERR_GET_LIB(error) == ERR_LIB_PEM && ERR_GET_REASON(error) == PEM_R_NO_START_LINE);
   if (!clean_end) {
     const std::string reason = detail::take_error();
     throw CertificateError(file.string() + ": certificate " + std::to_string(certificates.size() + 1) +
@@ -261,10 +262,10 @@ std::vector<bssl::UniquePtr<X509>> read_certificates(const std::filesystem::path
       return certificates;
     }
     const bool holds_key = text.find("PRIVATE KEY-----") != std::string::npos;
-    throw CertificateError(file.string() + ": no certificate found" +
-                           (holds_key ? std::string(" (the file holds a private key: are cert and key swapped?)")
-                                      : std::string()) +
-                           ": expected PEM blocks \"-----BEGIN CERTIFICATE-----\", leaf first then chain");
+    throw CertificateError(
+        file.string() + ": no certificate found" +
+        (holds_key ? std::string(" (the file holds a private key: are cert and key swapped?)") : std::string()) +
+        ": expected PEM blocks \"-----BEGIN CERTIFICATE-----\", leaf first then chain");
   }
   return certificates;
 }
@@ -286,18 +287,19 @@ bssl::UniquePtr<EVP_PKEY> read_private_key(const std::filesystem::path& file) {
     const std::string reason = detail::take_error();
     if (text.find("PRIVATE KEY-----") == std::string::npos) {
       const bool holds_cert = text.find("-----BEGIN CERTIFICATE-----") != std::string::npos;
-      throw CertificateError(file.string() + ": no private key found" +
-                             (holds_cert ? std::string(" (the file holds a certificate: are cert and key swapped?)")
-                                         : std::string()) +
-                             ": expected a PEM block \"-----BEGIN PRIVATE KEY-----\" (PKCS#8, RSA or EC)");
+      throw CertificateError(
+          file.string() + ": no private key found" +
+          (holds_cert ? std::string(" (the file holds a certificate: are cert and key swapped?)") : std::string()) +
+          ": expected a PEM block \"-----BEGIN PRIVATE KEY-----\" (PKCS#8, RSA or EC)");
     }
     throw CertificateError(file.string() + ": the private key cannot be parsed (" + reason +
                            "): export it again as unencrypted PEM (PKCS#8, RSA or EC)");
   }
   const int type = EVP_PKEY_id(key.get());
   if (type != EVP_PKEY_RSA && type != EVP_PKEY_EC) {
-    throw CertificateError(file.string() + ": only RSA and ECDSA private keys are supported: reissue the certificate "
-                                           "with an RSA (>= 2048 bits) or ECDSA P-256/P-384 key");
+    throw CertificateError(file.string() +
+                           ": only RSA and ECDSA private keys are supported: reissue the certificate "
+                           "with an RSA (>= 2048 bits) or ECDSA P-256/P-384 key");
   }
   return key;
 }
@@ -324,8 +326,8 @@ std::shared_ptr<const LoadedCertificate> load_certificate(std::string name, cons
                                "): put the leaf certificate first, then its chain");
       }
     }
-    throw CertificateError(key_file.string() + ": private key does not match certificate " + cert_file.string() +
-                           " (" + key_summary(leaf) + "): use the key generated with this certificate");
+    throw CertificateError(key_file.string() + ": private key does not match certificate " + cert_file.string() + " (" +
+                           key_summary(leaf) + "): use the key generated with this certificate");
   }
 
   loaded->info = describe(leaf);
@@ -353,8 +355,8 @@ std::shared_ptr<const LoadedCertificate> load_certificate(std::string name, cons
     if (info.common_name.empty() || pattern.error != PatternError::none) {
       throw CertificateError(cert_file.string() + ": the certificate names no host: it has no SAN DNS name and its " +
                              (info.common_name.empty() ? std::string("subject has no CN")
-                                                       : "CN \"" + info.common_name + "\" is refused: " +
-                                                             std::string(describe(pattern.error))) +
+                                                       : "CN \"" + info.common_name +
+                                                             "\" is refused: " + std::string(describe(pattern.error))) +
                              "; reissue it with the host names as SAN DNS entries (gatehouse cert new --san NAME)");
     }
   }

@@ -21,18 +21,18 @@ using Clock = std::chrono::system_clock;
 enum class KeyType { rsa, ecdsa, other };
 
 struct CertificateInfo {
-  std::string subject;                  // "CN=mail.contoso.com, O=Contoso"
+  std::string subject;  // "CN=mail.contoso.com, O=Contoso"
   std::string issuer;
-  std::string common_name;              // "" when the subject has no CN
-  std::vector<std::string> dns_names;   // SAN DNS entries, as written in the certificate
-  std::string thumbprint;               // SHA-1 of the DER, 40 upper-case hex digits (Get-ExchangeCertificate)
-  std::string sha256_pin;               // "sha256/" + base64(SHA-256(SubjectPublicKeyInfo))
+  std::string common_name;             // "" when the subject has no CN
+  std::vector<std::string> dns_names;  // SAN DNS entries, as written in the certificate
+  std::string thumbprint;              // SHA-1 of the DER, 40 upper-case hex digits (Get-ExchangeCertificate)
+  std::string sha256_pin;              // "sha256/" + base64(SHA-256(SubjectPublicKeyInfo))
   Clock::time_point not_before;
   Clock::time_point not_after;
   KeyType key_type = KeyType::other;
-  int key_bits = 0;                     // 2048, 256, ...
-  std::string curve;                    // "P-256", "P-384" for ECDSA, else ""
-  std::string signature_algorithm;      // "sha256WithRSAEncryption", "ecdsa-with-SHA256", ...
+  int key_bits = 0;                             // 2048, 256, ...
+  std::string curve;                            // "P-256", "P-384" for ECDSA, else ""
+  std::string signature_algorithm;              // "sha256WithRSAEncryption", "ecdsa-with-SHA256", ...
   std::vector<std::string> extended_key_usage;  // "serverAuth", "clientAuth", or dotted OIDs
   bool has_eku_extension = false;
   bool self_signed = false;
@@ -64,16 +64,15 @@ struct LoadedCertificate {
   std::filesystem::path key_file;
   std::vector<bssl::UniquePtr<X509>> chain;  // chain[0] is the leaf
   bssl::UniquePtr<EVP_PKEY> key;
-  CertificateInfo info;                      // of the leaf
-  std::vector<std::string> names;            // info.host_names()
+  CertificateInfo info;            // of the leaf
+  std::vector<std::string> names;  // info.host_names()
   X509* leaf() const { return chain.front().get(); }
 };
 
 // Reads and checks: the key matches the leaf, RSA keys have >= 2048 bits, EC
 // keys are P-256 or P-384, no name is a wildcard over a single label ("*.com")
 // or otherwise malformed. Throws CertificateError naming the file.
-std::shared_ptr<const LoadedCertificate> load_certificate(std::string name,
-                                                          const std::filesystem::path& cert_file,
+std::shared_ptr<const LoadedCertificate> load_certificate(std::string name, const std::filesystem::path& cert_file,
                                                           const std::filesystem::path& key_file);
 
 // Upper-case hex SHA-1 of the DER encoding.

@@ -100,8 +100,8 @@ void certificate_warnings(const conf::Config& config, const Loaded& loaded, Cloc
       // A self-signed root's own signature is never checked by clients.
       if (i > 0 && chain_info.self_signed) continue;
       if (weak_signature(chain_info.signature_algorithm)) {
-        warn(std::string(i == 0 ? "is" : "has chain certificate " + std::to_string(i + 1) + " (" + chain_info.subject +
-                                              ")") +
+        warn(std::string(i == 0 ? "is"
+                                : "has chain certificate " + std::to_string(i + 1) + " (" + chain_info.subject + ")") +
              " signed with " + chain_info.signature_algorithm +
              ", which current clients reject: reissue it with SHA-256 (gatehouse cert new, or ask the CA)");
       }
@@ -111,8 +111,9 @@ void certificate_warnings(const conf::Config& config, const Loaded& loaded, Cloc
       const bool server_auth = std::find(usages.begin(), usages.end(), "serverAuth") != usages.end() ||
                                std::find(usages.begin(), usages.end(), "anyExtendedKeyUsage") != usages.end();
       if (!server_auth) {
-        warn("has an Enhanced Key Usage extension without Server Authentication (1.3.6.1.5.5.7.3.1): TLS clients "
-             "will refuse it; reissue it with the Web Server / serverAuth template");
+        warn(
+            "has an Enhanced Key Usage extension without Server Authentication (1.3.6.1.5.5.7.3.1): TLS clients "
+            "will refuse it; reissue it with the Web Server / serverAuth template");
       }
     }
     if (info.key_type == KeyType::rsa && info.key_bits < 2048) {
@@ -164,11 +165,11 @@ std::string near_miss(std::string_view host, const std::vector<std::shared_ptr<c
         const std::string_view below = host.substr(0, host.size() - parent.size() - 1);
         // The one name at this depth the wildcard does cover: the label right above its parent.
         const std::string_view extra = below.substr(below.rfind('.') + 1);
-        const std::string wider = is_wildcard(host) ? std::string(host)
-                                                    : std::string(host) + " or *." +
-                                                          std::string(host.substr(host.find('.') + 1));
-        return "; " + name + " (certificate " + cert->name + ") covers exactly one label (" + std::string(extra) +
-               "." + std::string(parent) + ", not " + std::string(host) + "): add " + wider + " to a certificate";
+        const std::string wider = is_wildcard(host)
+                                      ? std::string(host)
+                                      : std::string(host) + " or *." + std::string(host.substr(host.find('.') + 1));
+        return "; " + name + " (certificate " + cert->name + ") covers exactly one label (" + std::string(extra) + "." +
+               std::string(parent) + ", not " + std::string(host) + "): add " + wider + " to a certificate";
       }
     }
   }
@@ -199,11 +200,11 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
 
   std::vector<Row> rows;
   std::set<std::string, std::less<>> seen;
-  const std::string fallback = listener.strict_sni ? std::string("the handshake is refused (strict_sni)")
-                               : index.default_certificate()
-                                   ? "clients get the default certificate " + index.default_certificate()->name +
-                                         " and a name mismatch"
-                                   : std::string("clients get no certificate");
+  const std::string fallback =
+      listener.strict_sni ? std::string("the handshake is refused (strict_sni)")
+      : index.default_certificate()
+          ? "clients get the default certificate " + index.default_certificate()->name + " and a name mismatch"
+          : std::string("clients get no certificate");
   for (std::size_t r = 0; r < config.routes.size(); ++r) {
     const conf::Route& route = config.routes[r];
     if (route.listener != listener.name) continue;
@@ -241,8 +242,8 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
           rows.push_back({host, holder_names, "exact names only"});
           report.warning({config.file.string(), config.line_of(key, route.line), key,
                           "route host " + host + " is served by a non-wildcard certificate (" + holder_names +
-                              ") that lists only " + names + "; for any other name " + fallback +
-                              ": add " + host + " to a certificate"});
+                              ") that lists only " + names + "; for any other name " + fallback + ": add " + host +
+                              " to a certificate"});
           continue;
         }
       }
@@ -305,7 +306,7 @@ void extended_protection_warnings(const conf::Config& config, const Loaded& load
         if (pool->tls != conf::BackendTls::plain) {
           for (const auto& server_name : pool->servers) {
             const auto server = std::find_if(config.servers.begin(), config.servers.end(),
-                                              [&](const conf::Server& s) { return s.name == server_name; });
+                                             [&](const conf::Server& s) { return s.name == server_name; });
             if (server == config.servers.end() || server->pin.empty()) continue;  // known only at run time
             const auto pin = parse_pin(server->pin);
             if (!pin) continue;
@@ -316,9 +317,9 @@ void extended_protection_warnings(const conf::Config& config, const Loaded& load
               const std::string key = "route[" + std::to_string(r) + "].pool";
               report.warning({config.file.string(), config.line_of(key, route.line), key,
                               "Extended Protection: route (" + paths + ") sends Windows logins to pool \"" +
-                                  pool->name + "\", whose server \"" + server->name + "\" is pinned to " +
-                                  server->pin + ", but Gatehouse serves these hosts with certificate \"" +
-                                  front->name + "\" (thumbprint " + front->info.thumbprint +
+                                  pool->name + "\", whose server \"" + server->name + "\" is pinned to " + server->pin +
+                                  ", but Gatehouse serves these hosts with certificate \"" + front->name +
+                                  "\" (thumbprint " + front->info.thumbprint +
                                   "); NTLM and Kerberos logins will fail where Extended Protection is on: "
                                   "install that certificate on the server and pin its thumbprint, or turn "
                                   "Extended Protection off for these virtual directories"});
@@ -358,24 +359,24 @@ void check_ocsp(const conf::Config& config, const Loaded& loaded, Clock::time_po
         if (url.empty() && responder.starts_with("http://")) url = responder;
       if (ocsp_issuer(*it->second) == nullptr)
         report.error({config.file.string(), line, key,
-                      it->second->cert_file.string() + " has no issuer certificate after the leaf, so no OCSP "
-                      "request can be made nor response checked; append the issuing CA's certificate"});
+                      it->second->cert_file.string() +
+                          " has no issuer certificate after the leaf, so no OCSP "
+                          "request can be made nor response checked; append the issuing CA's certificate"});
       else if (url.empty())
         report.error({config.file.string(), line, key,
                       "the certificate names no http:// OCSP responder (Authority Information Access); use "
                       "ocsp = \"FILE\" or remove ocsp"});
-      else
-        report.out() << "certificate " << certificate.name << ": OCSP fetched from " << url << '\n';
+      else report.out() << "certificate " << certificate.name << ": OCSP fetched from " << url << '\n';
       continue;
     }
     std::ifstream in(certificate.ocsp_file, std::ios::binary);
     const std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const OcspVerdict verdict = check_ocsp_response(der, it->second->leaf(), ocsp_issuer(*it->second), now);
-    report.out() << "certificate " << certificate.name << ": OCSP response " << certificate.ocsp_file.string()
-                 << ": " << (verdict.stapleable ? describe(verdict) : "NOT STAPLED") << '\n';
+    report.out() << "certificate " << certificate.name << ": OCSP response " << certificate.ocsp_file.string() << ": "
+                 << (verdict.stapleable ? describe(verdict) : "NOT STAPLED") << '\n';
     if (!verdict.stapleable)
-      report.warning({config.file.string(), line, key,
-                      certificate.ocsp_file.string() + " is not stapled: " + verdict.problem});
+      report.warning(
+          {config.file.string(), line, key, certificate.ocsp_file.string() + " is not stapled: " + verdict.problem});
   }
 }
 
@@ -393,13 +394,13 @@ void check_client_certificates(const conf::Config& config, Report& report) {
                    << (listener.client_certificates == conf::ClientCertificates::require ? "required" : "optional")
                    << ", " << plural(static_cast<int>(trust.ca_names().size()), "CA") << " in "
                    << listener.client_ca.string() << ", "
-                   << (listener.client_crl.empty() ? std::string("no CRL")
-                                                   : plural(static_cast<int>(trust.crl_count()), "CRL") + " in " +
-                                                         listener.client_crl.string())
+                   << (listener.client_crl.empty()
+                           ? std::string("no CRL")
+                           : plural(static_cast<int>(trust.crl_count()), "CRL") + " in " + listener.client_crl.string())
                    << ", depth " << listener.client_verify_depth << '\n';
     } catch (const CertificateError& e) {
-      const bool crl = std::string_view(e.what()).starts_with(listener.client_crl.string() + ":") &&
-                       !listener.client_crl.empty();
+      const bool crl =
+          std::string_view(e.what()).starts_with(listener.client_crl.string() + ":") && !listener.client_crl.empty();
       const std::string key = table + (crl ? ".client_crl" : ".client_ca");
       report.error({config.file.string(), config.line_of(key, listener.line), key, e.what()});
     }

@@ -39,12 +39,13 @@ std::vector<bssl::UniquePtr<X509_CRL>> read_crls(const std::filesystem::path& fi
       error == 0 || (ERR_GET_LIB(error) == ERR_LIB_PEM && ERR_GET_REASON(error) == PEM_R_NO_START_LINE);
   if (!clean_end) {
     const std::string reason = detail::take_error();
-    throw CertificateError(file.string() + ": CRL " + std::to_string(crls.size() + 1) + " is not valid PEM (" +
-                           reason + "): write it as PEM (openssl crl -in FILE -outform PEM)");
+    throw CertificateError(file.string() + ": CRL " + std::to_string(crls.size() + 1) + " is not valid PEM (" + reason +
+                           "): write it as PEM (openssl crl -in FILE -outform PEM)");
   }
   ERR_clear_error();
   if (crls.empty())
-    throw CertificateError(file.string() + ": no CRL found (no \"-----BEGIN X509 CRL-----\" block); client_crl "
+    throw CertificateError(file.string() +
+                           ": no CRL found (no \"-----BEGIN X509 CRL-----\" block); client_crl "
                            "takes PEM CRLs, e.g. from openssl ca -gencrl or openssl crl -outform PEM");
   return crls;
 }
@@ -226,9 +227,7 @@ ClientVerdict ClientTrust::verify(const std::vector<X509*>& chain) const {
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
     case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
     case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-    case X509_V_ERR_CERT_UNTRUSTED:
-      verdict.reason = "unknown CA";
-      break;
+    case X509_V_ERR_CERT_UNTRUSTED: verdict.reason = "unknown CA"; break;
     case X509_V_ERR_CERT_CHAIN_TOO_LONG:
       verdict.reason = "chain longer than client_verify_depth (" + std::to_string(depth_) + ")";
       break;
@@ -239,8 +238,8 @@ ClientVerdict ClientTrust::verify(const std::vector<X509*>& chain) const {
     case X509_V_ERR_CRL_HAS_EXPIRED: verdict.reason = "client_crl has expired (past its nextUpdate)"; break;
     case X509_V_ERR_CRL_NOT_YET_VALID: verdict.reason = "client_crl not yet valid"; break;
     default:
-      verdict.reason = std::string("invalid client certificate: ") + X509_verify_cert_error_string(verdict.error) +
-                       where;
+      verdict.reason =
+          std::string("invalid client certificate: ") + X509_verify_cert_error_string(verdict.error) + where;
       break;
   }
   return verdict;

@@ -18,9 +18,9 @@ namespace gatehouse::sni {
 
 // Who a client certificate names.
 struct ClientIdentity {
-  std::string subject;      // RFC 2253: "CN=alice,O=Contoso"
-  std::string common_name;  // first CN of the subject, "" when none
-  std::string sha256_hex;   // SHA-256 of the DER leaf, lower-case hex
+  std::string subject;                 // RFC 2253: "CN=alice,O=Contoso"
+  std::string common_name;             // first CN of the subject, "" when none
+  std::string sha256_hex;              // SHA-256 of the DER leaf, lower-case hex
   std::vector<std::string> dns_names;  // SAN DNS entries
   std::vector<std::string> uris;       // SAN URI entries
 

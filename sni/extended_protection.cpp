@@ -6,8 +6,8 @@
 namespace gatehouse::sni {
 
 const std::vector<std::string_view>& windows_auth_paths() {
-  static const std::vector<std::string_view> paths{"/ews", "/mapi", "/rpc", "/autodiscover", "/oab",
-                                                   "/microsoft-server-activesync", "/powershell"};
+  static const std::vector<std::string_view> paths{
+      "/ews", "/mapi", "/rpc", "/autodiscover", "/oab", "/microsoft-server-activesync", "/powershell"};
   return paths;
 }
 

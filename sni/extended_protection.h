@@ -25,8 +25,7 @@ bool carries_windows_auth(const std::vector<std::string>& route_paths);
 
 // The distinct certificates a listener serves for a route's hosts: for each
 // host the ECDSA and the RSA choice; for a route without hosts, the default.
-std::vector<const LoadedCertificate*> front_certificates(const SniIndex& index,
-                                                         const std::vector<std::string>& hosts,
+std::vector<const LoadedCertificate*> front_certificates(const SniIndex& index, const std::vector<std::string>& hosts,
                                                          Clock::time_point now = Clock::now());
 
 }  // namespace gatehouse::sni

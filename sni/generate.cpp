@@ -29,7 +29,7 @@
 namespace gatehouse::sni {
 namespace {
 
-constexpr int max_days = 100 * 366;  // keeps not_after within GeneralizedTime and time_t
+constexpr int max_days = 100 * 366;          // keeps not_after within GeneralizedTime and time_t
 constexpr std::size_t max_common_name = 64;  // ub-common-name, RFC 5280
 
 [[noreturn]] void fail(const std::string& what) {
@@ -37,7 +37,7 @@ constexpr std::size_t max_common_name = 64;  // ub-common-name, RFC 5280
 }
 
 struct KeySpec {
-  int type;  // EVP_PKEY_RSA or EVP_PKEY_EC
+  int type;   // EVP_PKEY_RSA or EVP_PKEY_EC
   int param;  // RSA bits or curve NID
 };
 
@@ -73,14 +73,16 @@ bssl::UniquePtr<EVP_PKEY> generate_key(const KeySpec& spec) {
 std::vector<std::string> checked_names(const NewCertificateOptions& options) {
   if (options.common_name.empty()) throw std::invalid_argument("--cn: the common name must not be empty");
   if (options.common_name.size() > max_common_name) {
-    throw std::invalid_argument("--cn: \"" + options.common_name + "\" is longer than 64 characters, the X.509 limit; "
+    throw std::invalid_argument("--cn: \"" + options.common_name +
+                                "\" is longer than 64 characters, the X.509 limit; "
                                 "put long names in --san");
   }
   std::vector<std::string> names;
   if (options.sans.empty()) {
     const Pattern pattern = normalize_pattern(options.common_name);
     if (pattern.error != PatternError::none) {
-      throw std::invalid_argument("--cn: \"" + options.common_name + "\" is used as the only host name (no --san) but " +
+      throw std::invalid_argument("--cn: \"" + options.common_name +
+                                  "\" is used as the only host name (no --san) but " +
                                   std::string(describe(pattern.error)));
     }
     names.push_back(pattern.text);
@@ -123,8 +125,7 @@ bssl::UniquePtr<GENERAL_NAMES> dns_names(const std::vector<std::string>& names) 
 }
 
 // The extensions both the certificate and the request carry.
-void add_common_extensions(STACK_OF(X509_EXTENSION) * *extensions, const std::vector<std::string>& names,
-                           bool rsa) {
+void add_common_extensions(STACK_OF(X509_EXTENSION) * *extensions, const std::vector<std::string>& names, bool rsa) {
   bssl::UniquePtr<GENERAL_NAMES> sans = dns_names(names);
   // Exchange's self-signed certificate: Digital Signature, Key Encipherment
   // (a0). ECDSA keys cannot encipher, so they get Digital Signature alone.
@@ -150,8 +151,8 @@ std::string pem_private_key(EVP_PKEY* key) {
   return detail::bio_contents(bio.get());
 }
 
-std::string make_request(const NewCertificateOptions& options, const std::vector<std::string>& names,
-                         EVP_PKEY* key, const EVP_MD* digest, bool rsa) {
+std::string make_request(const NewCertificateOptions& options, const std::vector<std::string>& names, EVP_PKEY* key,
+                         const EVP_MD* digest, bool rsa) {
   bssl::UniquePtr<X509_REQ> request(X509_REQ_new());
   bssl::UniquePtr<X509_NAME> subject = subject_name(options.common_name);
   STACK_OF(X509_EXTENSION)* raw = nullptr;
@@ -191,8 +192,8 @@ void set_subject_key_identifier(X509* cert) {
   }
 }
 
-std::string make_certificate(const NewCertificateOptions& options, const std::vector<std::string>& names,
-                             EVP_PKEY* key, const EVP_MD* digest, bool rsa) {
+std::string make_certificate(const NewCertificateOptions& options, const std::vector<std::string>& names, EVP_PKEY* key,
+                             const EVP_MD* digest, bool rsa) {
   bssl::UniquePtr<X509> cert(X509_new());
   bssl::UniquePtr<X509_NAME> subject = subject_name(options.common_name);
   if (!cert || !X509_set_version(cert.get(), X509_VERSION_3) || !X509_set_subject_name(cert.get(), subject.get()) ||
@@ -212,8 +213,8 @@ std::string make_certificate(const NewCertificateOptions& options, const std::ve
   }
 
   bssl::UniquePtr<BASIC_CONSTRAINTS> constraints(BASIC_CONSTRAINTS_new());
-  if (!constraints || X509_add1_ext_i2d(cert.get(), NID_basic_constraints, constraints.get(), 1,
-                                        X509V3_ADD_APPEND) != 1) {
+  if (!constraints ||
+      X509_add1_ext_i2d(cert.get(), NID_basic_constraints, constraints.get(), 1, X509V3_ADD_APPEND) != 1) {
     fail("cannot add basic constraints");
   }
   STACK_OF(X509_EXTENSION)* raw = nullptr;

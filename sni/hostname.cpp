@@ -12,9 +12,7 @@ char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' +
 
 // Underscores are allowed because real namespaces carry them (SRV-style and
 // some internal AD names); SNI clients send them unchanged.
-bool host_char(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
-}
+bool host_char(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'; }
 
 std::string lowered_without_dot(std::string_view text) {
   if (!text.empty() && text.back() == '.') text.remove_suffix(1);
@@ -53,8 +51,7 @@ std::string_view describe(PatternError error) {
     case PatternError::bad_name:
       return "not a DNS name (letters, digits, '-' and '_' in dot-separated labels of 1 to 63 characters, "
              "253 in all)";
-    case PatternError::wildcard_not_leftmost:
-      return "a wildcard may only be the left-most label, as in *.contoso.com";
+    case PatternError::wildcard_not_leftmost: return "a wildcard may only be the left-most label, as in *.contoso.com";
     case PatternError::wildcard_partial:
       return "a wildcard must be the whole left-most label (*.contoso.com), not part of it (m*.contoso.com)";
     case PatternError::wildcard_tld:

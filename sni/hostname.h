@@ -16,17 +16,17 @@ std::optional<std::string> normalize_host(std::string_view host);
 
 enum class PatternError {
   none,
-  bad_name,              // not a DNS name
-  wildcard_not_leftmost, // "mail.*.contoso.com"
-  wildcard_partial,      // "m*.contoso.com", "*mail.contoso.com"
-  wildcard_tld,          // "*.com": parent of a single label
+  bad_name,               // not a DNS name
+  wildcard_not_leftmost,  // "mail.*.contoso.com"
+  wildcard_partial,       // "m*.contoso.com", "*mail.contoso.com"
+  wildcard_tld,           // "*.com": parent of a single label
 };
 std::string_view describe(PatternError);
 
 // A certificate or route name: an exact host or "*.parent". On success the
 // normalised form; otherwise the reason.
 struct Pattern {
-  std::string text;          // normalised
+  std::string text;  // normalised
   PatternError error = PatternError::none;
 };
 Pattern normalize_pattern(std::string_view pattern);

@@ -48,8 +48,8 @@ bool covers(const LoadedCertificate& certificate, std::string_view normalised_ho
   return false;
 }
 
-SniIndex::SniIndex(std::vector<std::shared_ptr<const LoadedCertificate>> certificates,
-                   std::string_view default_name, bool strict)
+SniIndex::SniIndex(std::vector<std::shared_ptr<const LoadedCertificate>> certificates, std::string_view default_name,
+                   bool strict)
     : certificates_(std::move(certificates)), strict_(strict) {
   for (const auto& certificate : certificates_) {
     for (const auto& name : certificate->names) {

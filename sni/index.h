@@ -33,15 +33,14 @@ class SniIndex {
   // means the first). With `strict`, an absent or unknown name is rejected
   // instead of getting the default. Throws std::invalid_argument when
   // `default_name` is not among `certificates`.
-  SniIndex(std::vector<std::shared_ptr<const LoadedCertificate>> certificates,
-           std::string_view default_name, bool strict);
+  SniIndex(std::vector<std::shared_ptr<const LoadedCertificate>> certificates, std::string_view default_name,
+           bool strict);
 
   // `server_name` as the client sent it (may be empty, any case, trailing dot).
   // Among several certificates for a name: unexpired before expired (an
   // expired one only when nothing else, exact or wildcard, covers the name),
   // then ECDSA when `client_offers_ecdsa`, else RSA.
-  Selection select(std::string_view server_name, bool client_offers_ecdsa,
-                   Clock::time_point now = Clock::now()) const;
+  Selection select(std::string_view server_name, bool client_offers_ecdsa, Clock::time_point now = Clock::now()) const;
 
   // Which certificate would serve `host` (for the coverage report and for the
   // L7 Host check); same rules as select() without the default. `host` may

@@ -41,11 +41,10 @@ constexpr uint8_t kEcdsaSha512[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x
 
 const EVP_MD* signature_digest(Bytes oid) {
   static const SignatureAlgorithm algorithms[] = {
-      {Bytes(kRsaSha1, sizeof kRsaSha1), EVP_sha1},       {Bytes(kRsaSha256, sizeof kRsaSha256), EVP_sha256},
-      {Bytes(kRsaSha384, sizeof kRsaSha384), EVP_sha384}, {Bytes(kRsaSha512, sizeof kRsaSha512), EVP_sha512},
-      {Bytes(kEcdsaSha1, sizeof kEcdsaSha1), EVP_sha1},   {Bytes(kEcdsaSha256, sizeof kEcdsaSha256), EVP_sha256},
-      {Bytes(kEcdsaSha384, sizeof kEcdsaSha384), EVP_sha384},
-      {Bytes(kEcdsaSha512, sizeof kEcdsaSha512), EVP_sha512},
+      {Bytes(kRsaSha1, sizeof kRsaSha1), EVP_sha1},           {Bytes(kRsaSha256, sizeof kRsaSha256), EVP_sha256},
+      {Bytes(kRsaSha384, sizeof kRsaSha384), EVP_sha384},     {Bytes(kRsaSha512, sizeof kRsaSha512), EVP_sha512},
+      {Bytes(kEcdsaSha1, sizeof kEcdsaSha1), EVP_sha1},       {Bytes(kEcdsaSha256, sizeof kEcdsaSha256), EVP_sha256},
+      {Bytes(kEcdsaSha384, sizeof kEcdsaSha384), EVP_sha384}, {Bytes(kEcdsaSha512, sizeof kEcdsaSha512), EVP_sha512},
   };
   for (const auto& a : algorithms)
     if (a.oid == oid) return a.md();
@@ -120,15 +119,16 @@ std::string_view as_chars(Bytes b) { return std::string_view(reinterpret_cast<co
 
 bool signature_ok(EVP_PKEY* key, const EVP_MD* md, Bytes signed_data, Bytes signature) {
   bssl::ScopedEVP_MD_CTX ctx;
-  const bool ok = key != nullptr && EVP_DigestVerifyInit(ctx.get(), nullptr, md, nullptr, key) == 1 &&
-                  EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), signed_data.data(),
-                                   signed_data.size()) == 1;
+  const bool ok =
+      key != nullptr && EVP_DigestVerifyInit(ctx.get(), nullptr, md, nullptr, key) == 1 &&
+      EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), signed_data.data(), signed_data.size()) == 1;
   ERR_clear_error();
   return ok;
 }
 
 bool valid_at(X509* cert, Clock::time_point now) {
-  return detail::to_time_point(X509_get0_notBefore(cert)) <= now && now <= detail::to_time_point(X509_get0_notAfter(cert));
+  return detail::to_time_point(X509_get0_notBefore(cert)) <= now &&
+         now <= detail::to_time_point(X509_get0_notAfter(cert));
 }
 
 OcspVerdict fail(std::string problem) {
@@ -154,8 +154,9 @@ X509* ocsp_issuer(const LoadedCertificate& cert) {
 
 OcspVerdict check_ocsp_response(std::string_view der, X509* leaf, X509* issuer, Clock::time_point now) {
   if (issuer == nullptr)
-    return fail("the certificate file has no issuer certificate after the leaf, so an OCSP response cannot be "
-                "checked; append the issuing CA's certificate to the file");
+    return fail(
+        "the certificate file has no issuer certificate after the leaf, so an OCSP response cannot be "
+        "checked; append the issuing CA's certificate to the file");
   CBS in, response, status, bytes_wrapper, response_bytes, type, octets;
   CBS_init(&in, reinterpret_cast<const uint8_t*>(der.data()), der.size());
   uint64_t status_value = 0;
@@ -179,8 +180,7 @@ OcspVerdict check_ocsp_response(std::string_view der, X509* leaf, X509* issuer, 
       !CBS_get_asn1_element(&basic, &tbs_element, CBS_ASN1_SEQUENCE) ||
       !CBS_get_asn1(&basic, &algorithm, CBS_ASN1_SEQUENCE) ||
       !CBS_get_asn1(&algorithm, &algorithm_oid, CBS_ASN1_OBJECT) ||
-      !CBS_get_asn1(&basic, &signature, CBS_ASN1_BITSTRING) || CBS_len(&signature) < 1 ||
-      CBS_data(&signature)[0] != 0)
+      !CBS_get_asn1(&basic, &signature, CBS_ASN1_BITSTRING) || CBS_len(&signature) < 1 || CBS_data(&signature)[0] != 0)
     return fail("malformed basic OCSP response");
   CBS_skip(&signature, 1);  // no unused bits
   std::vector<bssl::UniquePtr<X509>> carried;
@@ -213,8 +213,9 @@ OcspVerdict check_ocsp_response(std::string_view der, X509* leaf, X509* issuer, 
     signed_ok = signature_ok(key.get(), md, bytes(tbs_element), bytes(signature));
   }
   if (!signed_ok)
-    return fail("the signature does not verify with the issuer's key nor with a responder certificate the issuer "
-                "authorised for OCSP signing");
+    return fail(
+        "the signature does not verify with the issuer's key nor with a responder certificate the issuer "
+        "authorised for OCSP signing");
 
   CBS_get_asn1(&tbs_element, &tbs, CBS_ASN1_SEQUENCE);
   CBS responder_id, produced_at, responses;
@@ -223,16 +224,14 @@ OcspVerdict check_ocsp_response(std::string_view der, X509* leaf, X509* issuer, 
     CBS_get_asn1(&tbs, &version, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0);
   }
   if (!CBS_get_any_asn1_element(&tbs, &responder_id, nullptr, nullptr) ||
-      !CBS_get_asn1(&tbs, &produced_at, CBS_ASN1_GENERALIZEDTIME) ||
-      !CBS_get_asn1(&tbs, &responses, CBS_ASN1_SEQUENCE))
+      !CBS_get_asn1(&tbs, &produced_at, CBS_ASN1_GENERALIZEDTIME) || !CBS_get_asn1(&tbs, &responses, CBS_ASN1_SEQUENCE))
     return fail("malformed OCSP response data");
 
   const std::string name_der = der_of(X509_get_issuer_name(leaf));
   const std::string serial = serial_der(leaf);
   while (CBS_len(&responses) > 0) {
     CBS single, cert_id, hash_algorithm, hash_oid, name_hash, key_hash, serial_element, this_update;
-    if (!CBS_get_asn1(&responses, &single, CBS_ASN1_SEQUENCE) ||
-        !CBS_get_asn1(&single, &cert_id, CBS_ASN1_SEQUENCE) ||
+    if (!CBS_get_asn1(&responses, &single, CBS_ASN1_SEQUENCE) || !CBS_get_asn1(&single, &cert_id, CBS_ASN1_SEQUENCE) ||
         !CBS_get_asn1(&cert_id, &hash_algorithm, CBS_ASN1_SEQUENCE) ||
         !CBS_get_asn1(&hash_algorithm, &hash_oid, CBS_ASN1_OBJECT) ||
         !CBS_get_asn1(&cert_id, &name_hash, CBS_ASN1_OCTETSTRING) ||
@@ -241,8 +240,8 @@ OcspVerdict check_ocsp_response(std::string_view der, X509* leaf, X509* issuer, 
       return fail("malformed single response");
     const EVP_MD* id_md = certid_digest(bytes(hash_oid));
     if (id_md == nullptr || as_chars(bytes(serial_element)) != serial ||
-        as_chars(bytes(name_hash)) != digest(id_md, Bytes(reinterpret_cast<const uint8_t*>(name_der.data()),
-                                                          name_der.size())) ||
+        as_chars(bytes(name_hash)) !=
+            digest(id_md, Bytes(reinterpret_cast<const uint8_t*>(name_der.data()), name_der.size())) ||
         as_chars(bytes(key_hash)) != digest(id_md, key_bits(issuer)))
       continue;
 
@@ -316,9 +315,8 @@ std::string ocsp_request(X509* leaf, X509* issuer) {
   if (!CBB_init(cbb.get(), 128) || !CBB_add_asn1(cbb.get(), &request, CBS_ASN1_SEQUENCE) ||
       !CBB_add_asn1(&request, &tbs, CBS_ASN1_SEQUENCE) || !CBB_add_asn1(&tbs, &list, CBS_ASN1_SEQUENCE) ||
       !CBB_add_asn1(&list, &single, CBS_ASN1_SEQUENCE) || !CBB_add_asn1(&single, &cert_id, CBS_ASN1_SEQUENCE) ||
-      !CBB_add_asn1(&cert_id, &algorithm, CBS_ASN1_SEQUENCE) ||
-      !CBB_add_asn1(&algorithm, &oid, CBS_ASN1_OBJECT) || !CBB_add_bytes(&oid, kSha1, sizeof kSha1) ||
-      !CBB_add_asn1(&algorithm, &null, CBS_ASN1_NULL) ||
+      !CBB_add_asn1(&cert_id, &algorithm, CBS_ASN1_SEQUENCE) || !CBB_add_asn1(&algorithm, &oid, CBS_ASN1_OBJECT) ||
+      !CBB_add_bytes(&oid, kSha1, sizeof kSha1) || !CBB_add_asn1(&algorithm, &null, CBS_ASN1_NULL) ||
       !CBB_add_asn1(&cert_id, &name, CBS_ASN1_OCTETSTRING) ||
       !CBB_add_bytes(&name, reinterpret_cast<const uint8_t*>(name_hash.data()), name_hash.size()) ||
       !CBB_add_asn1(&cert_id, &key, CBS_ASN1_OCTETSTRING) ||

@@ -65,8 +65,9 @@ std::optional<Pin> parse_thumbprint(std::string_view text) {
 std::optional<Pin> parse_pin(std::string_view text) {
   text = trim(text);
   static constexpr std::string_view prefix = "sha256/";
-  if (text.size() > prefix.size() &&
-      std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) { return a == (b >= 'A' && b <= 'Z' ? static_cast<char>(b + 32) : b); })) {
+  if (text.size() > prefix.size() && std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) {
+        return a == (b >= 'A' && b <= 'Z' ? static_cast<char>(b + 32) : b);
+      })) {
     return parse_spki(text.substr(prefix.size()));
   }
   return parse_thumbprint(text);
@@ -75,8 +76,8 @@ std::optional<Pin> parse_pin(std::string_view text) {
 bool Pin::matches(X509* cert) const {
   if (!cert) return false;
   std::uint8_t* der = nullptr;
-  const int length = kind == Kind::spki_sha256 ? i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der)
-                                               : i2d_X509(cert, &der);
+  const int length =
+      kind == Kind::spki_sha256 ? i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der) : i2d_X509(cert, &der);
   if (length <= 0) return false;
   std::vector<std::uint8_t> actual(kind == Kind::spki_sha256 ? SHA256_DIGEST_LENGTH : SHA_DIGEST_LENGTH);
   if (kind == Kind::spki_sha256) {

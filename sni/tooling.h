@@ -18,9 +18,9 @@ namespace gatehouse::sni {
 
 struct NewCertificateOptions {
   std::string common_name;
-  std::vector<std::string> sans;            // DNS names; empty = {common_name}
-  std::string key = "rsa2048";              // rsa2048 | rsa3072 | ec256 | ec384
-  int days = 5 * 365;                       // Exchange's self-signed default: 5 years
+  std::vector<std::string> sans;                // DNS names; empty = {common_name}
+  std::string key = "rsa2048";                  // rsa2048 | rsa3072 | ec256 | ec384
+  int days = 5 * 365;                           // Exchange's self-signed default: 5 years
   std::optional<Clock::time_point> not_before;  // default: now - 1 minute
   bool csr = false;
 };

@@ -67,14 +67,12 @@ Response handle(Server& server, const Request& req) {
     std::string errors;
     if (!server.reload(&errors))
       return json_answer(req, http::status::bad_request, {{"reloaded", false}, {"errors", errors}});
-    return json_answer(req, http::status::ok,
-                       {{"reloaded", true}, {"generation", server.current()->number()}});
+    return json_answer(req, http::status::ok, {{"reloaded", true}, {"generation", server.current()->number()}});
   }
-  if (parts.size() == 5 && parts[0] == "pools" && parts[2] == "servers" && (parts[4] == "drain" || parts[4] == "enable") &&
-      post) {
+  if (parts.size() == 5 && parts[0] == "pools" && parts[2] == "servers" &&
+      (parts[4] == "drain" || parts[4] == "enable") && post) {
     const PoolRuntime* pool = server.current()->pool(parts[1]);
-    if (pool == nullptr)
-      return json_answer(req, http::status::not_found, {{"error", "no pool \"" + parts[1] + "\""}});
+    if (pool == nullptr) return json_answer(req, http::status::not_found, {{"error", "no pool \"" + parts[1] + "\""}});
     const std::size_t i = pool->index_of(parts[3]);
     if (i == pool->servers.size())
       return json_answer(req, http::status::not_found,

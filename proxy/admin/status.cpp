@@ -142,7 +142,9 @@ json::value status_json(const Server& server) {
                                      {"weight", s.config->weight},
                                      {"healthy", healthy},
                                      {"drained", drained},
-                                     {"state", drained ? "drained" : healthy ? "up" : "down"},
+                                     {"state", drained   ? "drained"
+                                               : healthy ? "up"
+                                                         : "down"},
                                      {"active", m.active.load()},
                                      {"connections", m.connections.load()},
                                      {"failures", m.failures.load()},
@@ -190,8 +192,10 @@ std::string status_html(const json::value& status) {
        "<title>Gatehouse status</title><style>"
        "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
        "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.4em}h3{font-size:1em;margin:.8em 0 .3em}"
-       "table{border-collapse:collapse;margin-bottom:.8em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-       "th{background:#f0f0f0}.up{background:#d9f2d9}.down{background:#f8d0d0;font-weight:bold}.drained{background:#f4e6b8}"
+       "table{border-collapse:collapse;margin-bottom:.8em}td,th{border:1px solid #ccc;padding:.25em "
+       ".6em;text-align:left}"
+       "th{background:#f0f0f0}.up{background:#d9f2d9}.down{background:#f8d0d0;font-weight:bold}.drained{background:#"
+       "f4e6b8}"
        ".muted{color:#777}.pool{border:1px solid #bbb;padding:.4em .8em;margin:.6em 0;border-radius:4px}"
        "</style></head><body>";
   h << "<h1>Gatehouse</h1><p>Generation " << str(s.at("generation")) << " &middot; config "
@@ -214,7 +218,8 @@ std::string status_html(const json::value& status) {
       h << " &rarr; traffic goes to fallback <b>" << html_escape(str(p.at("serving"))) << "</b>";
     h << "</h3>";
     std::map<std::string, std::vector<const json::object*>> by_site;
-    for (const auto& sv : p.at("servers").as_array()) by_site[str(sv.as_object().at("site"))].push_back(&sv.as_object());
+    for (const auto& sv : p.at("servers").as_array())
+      by_site[str(sv.as_object().at("site"))].push_back(&sv.as_object());
     h << "<table><tr><th>site</th><th>server</th><th>address</th><th>state</th><th>active</th><th>connections</th>"
          "<th>failures</th><th>last check</th><th>last error</th><th>Extended Protection</th></tr>";
     for (const auto& [site, servers] : by_site) {
@@ -222,10 +227,12 @@ std::string status_html(const json::value& status) {
         const std::string state = str(sv->at("state"));
         h << "<tr class=\"" << state << "\"><td>" << html_escape(site.empty() ? "-" : site) << "</td><td>"
           << html_escape(str(sv->at("name"))) << "</td><td>" << html_escape(str(sv->at("address"))) << "</td><td>"
-          << (state == "up" ? "UP" : state == "down" ? "DOWN" : "DRAINED") << "</td><td>" << str(sv->at("active"))
-          << "</td><td>" << str(sv->at("connections")) << "</td><td>" << str(sv->at("failures")) << "</td><td>"
-          << html_escape(str(sv->at("last_check"))) << "</td><td>" << html_escape(str(sv->at("last_error")))
-          << "</td><td>"
+          << (state == "up"     ? "UP"
+              : state == "down" ? "DOWN"
+                                : "DRAINED")
+          << "</td><td>" << str(sv->at("active")) << "</td><td>" << str(sv->at("connections")) << "</td><td>"
+          << str(sv->at("failures")) << "</td><td>" << html_escape(str(sv->at("last_check"))) << "</td><td>"
+          << html_escape(str(sv->at("last_error"))) << "</td><td>"
           << html_escape(sv->contains("extended_protection") ? str(sv->at("extended_protection")) : "-")
           << "</td></tr>";
       }
@@ -242,8 +249,8 @@ std::string status_html(const json::value& status) {
     const auto days = c.at("days_left").to_number<std::int64_t>();
     h << "<tr" << (days < 30 ? " class=\"down\"" : "") << "><td>" << html_escape(str(c.at("name"))) << "</td><td>"
       << html_escape(names) << "</td><td>" << html_escape(str(c.at("thumbprint"))) << "</td><td>"
-      << html_escape(str(c.at("not_after"))) << "</td><td>" << days << "</td><td>"
-      << html_escape(str(c.at("ocsp"))) << "</td></tr>";
+      << html_escape(str(c.at("not_after"))) << "</td><td>" << days << "</td><td>" << html_escape(str(c.at("ocsp")))
+      << "</td></tr>";
   }
   h << "</table><h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>address</th><th>certificates</th></tr>";
   for (const auto& lv : s.at("listeners").as_array()) {
@@ -319,9 +326,9 @@ std::string prometheus_text(const Server& server) {
   family("gatehouse_server_up", "gauge", "1 when the server passes its pool's health checks.");
   for (const auto& p : g.pools())
     for (std::size_t i = 0; i < p.servers.size(); ++i)
-      o << "gatehouse_server_up{pool=\"" << label(p.config->name) << "\",server=\""
-        << label(p.servers[i]->config->name) << "\",site=\"" << label(p.servers[i]->config->site) << "\"} "
-        << (p.members[i]->healthy.load() ? 1 : 0) << "\n";
+      o << "gatehouse_server_up{pool=\"" << label(p.config->name) << "\",server=\"" << label(p.servers[i]->config->name)
+        << "\",site=\"" << label(p.servers[i]->config->site) << "\"} " << (p.members[i]->healthy.load() ? 1 : 0)
+        << "\n";
   // One series per pool member for each of these.
   auto per_member = [&](const char* name, const char* type, const char* help, auto value) {
     family(name, type, help);
@@ -347,7 +354,8 @@ std::string prometheus_text(const Server& server) {
     for (const auto& p : g.pools()) bound[p.config->name] = 0;
     for (const auto& [pool, n] : m.bound()) bound[pool] = n;  // pools of older generations too, while they hold any
     for (const auto& [pool, n] : bound)
-      if (n != 0 || g.pool(pool) != nullptr) o << "gatehouse_bound_backend_connections{pool=\"" << label(pool) << "\"} " << n << "\n";
+      if (n != 0 || g.pool(pool) != nullptr)
+        o << "gatehouse_bound_backend_connections{pool=\"" << label(pool) << "\"} " << n << "\n";
   }
 
   family("gatehouse_certificate_expiry_days", "gauge", "Days until each certificate expires.");

@@ -43,8 +43,7 @@ asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerR
   const error_code handshake_ec = co_await stream.handshake();
   if (presented != nullptr) *presented = check.presented_thumbprint;
   if (auto ec = handshake_ec) {
-    if (!check.failure.empty())
-      co_return "TLS: " + check.failure + " (presented " + check.presented_thumbprint + ")";
+    if (!check.failure.empty()) co_return "TLS: " + check.failure + " (presented " + check.presented_thumbprint + ")";
     co_return "TLS: " + ec.message();
   }
   if (health.kind == conf::HealthKind::tls) co_return std::string();
@@ -92,7 +91,8 @@ asio::awaitable<void> probe_loop(std::shared_ptr<HealthChecker::State> state, as
     std::string presented;
     auto outcome = co_await with_timeout(probe_server(pool, server, &presented), health.timeout);
     if (state->stopped) break;
-    const std::string failure = outcome ? *outcome : "timed out after " + std::to_string(health.timeout.count()) + " ms";
+    const std::string failure =
+        outcome ? *outcome : "timed out after " + std::to_string(health.timeout.count()) + " ms";
     bool changed = false;
     bool up = false;
     {

@@ -53,8 +53,8 @@ asio::awaitable<void> pump(TlsStream& from, TlsStream& to, Clock::time_point& la
   to.abort();
 }
 
-asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation,
-                               const ListenerRuntime& listener, tcp::socket socket) {
+asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                               tcp::socket socket) {
   const auto started = Clock::now();
   const conf::Listener& config = *listener.config;
   auto executor = co_await asio::this_coro::executor;
@@ -113,8 +113,8 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
   access["server"] = backend->server->config->name;
   access["backend_resumed"] = backend->stream->is_tls() && SSL_session_reused(backend->stream->ssl()) == 1;
 
-  const Clock::duration idle_timeout =
-      route != nullptr && route->idle_timeout ? Clock::duration(*route->idle_timeout) : Clock::duration(config.idle_timeout);
+  const Clock::duration idle_timeout = route != nullptr && route->idle_timeout ? Clock::duration(*route->idle_timeout)
+                                                                               : Clock::duration(config.idle_timeout);
   Clock::time_point last_activity = Clock::now();
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;

@@ -14,8 +14,8 @@
 
 namespace gatehouse::proxy {
 
-asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation,
-                               const ListenerRuntime& listener, tcp::socket socket);
+asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                               tcp::socket socket);
 
 // Copies `from` to `to` until end of stream (then half-closes `to`) or an
 // error (then aborts both). Holds no buffer while `from` is idle.

@@ -106,18 +106,14 @@ class Exchange final : IdleExpiry {
   void expire(bool) override {
     expired_ = true;
     backend_.abort();
-    body_cancel_.cancel();                 // stops forwarding the request body
+    body_cancel_.cancel();               // stops forwarding the request body
     if (head_delivered_) down_.abort();  // a client write that waits returns too
     else down_.cancel();                 // as does a body read or a 1xx write
   }
 
-  asio::awaitable<void> send_body_or_cancel() {
-    co_await (send_body() || wait_cancel());
-  }
+  asio::awaitable<void> send_body_or_cancel() { co_await (send_body() || wait_cancel()); }
 
-  asio::awaitable<void> wait_cancel() {
-    co_await body_cancel_.async_wait(use_tuple);
-  }
+  asio::awaitable<void> wait_cancel() { co_await body_cancel_.async_wait(use_tuple); }
 
   asio::awaitable<void> send_body() {
     const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
@@ -413,8 +409,8 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
   }
   const std::string request_head =
       serialize_request(head, ForwardedFor{context.client_address, head.host, "https", context.client_cert}, has_body);
-  const Clock::duration idle =
-      route.idle_timeout ? Clock::duration(*route.idle_timeout) : Clock::duration(context.listener.config->idle_timeout);
+  const Clock::duration idle = route.idle_timeout ? Clock::duration(*route.idle_timeout)
+                                                  : Clock::duration(context.listener.config->idle_timeout);
 
   auto finish_with_error = [&](int status, std::string detail) {
     result.error = detail;
@@ -439,11 +435,8 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
         co_await down.flush();
         break;
       }
-      case Exchange::Outcome::failed_after_head:
-        down.abort();
-        break;
-      default:
-        break;
+      case Exchange::Outcome::failed_after_head: down.abort(); break;
+      default: break;
     }
     if (!result.error.empty() && !result.http11_required)
       log::warning("request_failed", {{"listener", context.listener.config->name},
@@ -537,7 +530,8 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     Lease lease{context.generation, context.worker.index(), &pool, std::move(connected)};
     auto& backend = lease.backend;
     if (!backend) {
-      if (context.generation.effective_pool(&pool)->any_available()) finish_with_error(502, "no server of pool \"" + pool.config->name + "\" could be reached");
+      if (context.generation.effective_pool(&pool)->any_available())
+        finish_with_error(502, "no server of pool \"" + pool.config->name + "\" could be reached");
       else finish_with_error(503, "no server of pool \"" + pool.config->name + "\" is available");
       co_return result;
     }
@@ -561,8 +555,7 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     }
 
     Exchange exchange(context, head, down, *backend, result, idle);
-    if (route.affinity == conf::Affinity::cookie && backend->pool == &pool &&
-        cookie_server != backend->server_index)
+    if (route.affinity == conf::Affinity::cookie && backend->pool == &pool && cookie_server != backend->server_index)
       exchange.set_cookie(std::string(kAffinityCookie) + "=" +
                           context.generation.affinity_cookie(pool, backend->server_index) +
                           "; Path=/; Secure; HttpOnly");

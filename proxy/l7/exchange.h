@@ -106,21 +106,21 @@ struct RequestContext {
 };
 
 struct ExchangeResult {
-  int status = 0;  // what the client was sent (0 when nothing)
+  int status = 0;               // what the client was sent (0 when nothing)
   std::uint64_t bytes_in = 0;   // request body bytes
   std::uint64_t bytes_out = 0;  // response body bytes
   std::string server;
   bool backend_reused = false;
-  std::string error;            // "" when the exchange completed
-  bool request_body_done = true;   // the whole request body was read from the client
-  bool response_done = false;      // the whole response reached the downstream
-  bool client_failed = false;      // the client went away or broke; do not reuse its connection
-  bool backend_closes = false;     // the response asked to close (HTTP/1.1 clients get the same)
-  bool bound = false;              // went on (or bound) a connection private to this client
+  std::string error;              // "" when the exchange completed
+  bool request_body_done = true;  // the whole request body was read from the client
+  bool response_done = false;     // the whole response reached the downstream
+  bool client_failed = false;     // the client went away or broke; do not reuse its connection
+  bool backend_closes = false;    // the response asked to close (HTTP/1.1 clients get the same)
+  bool bound = false;             // went on (or bound) a connection private to this client
   // The request or its response needs a connection-bound backend, which an
   // HTTP/2 front end does not give: the stream gets HTTP_1_1_REQUIRED.
   bool http11_required = false;
-  std::string auth_scheme;         // from Authorization, or the bound connection's
+  std::string auth_scheme;  // from Authorization, or the bound connection's
   std::string auth_user;
 };
 

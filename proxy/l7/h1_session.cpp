@@ -215,8 +215,8 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
     const RequestHead& head = parser->head();
     const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
     const std::string_view target_authority = authority_of(head.target);
-    const Routed routed =
-        route_request(connection, target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
+    const Routed routed = route_request(
+        connection, target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
     Http1Downstream down(stream, *parser, in, head, connection.handle, binding);
     ExchangeResult result;
     if (routed.status != 0) {
@@ -227,17 +227,21 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
       RequestHead forwarded = head;
       forwarded.target = origin_form(head.target);
       forwarded.host = !target_authority.empty() ? std::string(target_authority)
-                       : head.host.empty()        ? routed.host
-                                                  : head.host;
-      RequestContext context{connection.worker,         connection.generation, connection.listener,
-                             connection.client,         connection.client_address, connection.handle,
-                             connection.watchdog.get_executor(), guard};
+                       : head.host.empty()       ? routed.host
+                                                 : head.host;
+      RequestContext context{connection.worker,
+                             connection.generation,
+                             connection.listener,
+                             connection.client,
+                             connection.client_address,
+                             connection.handle,
+                             connection.watchdog.get_executor(),
+                             guard};
       context.client_cert = connection.info.client_xfcc;
       result = co_await forward(context, forwarded, *routed.route, *routed.pool, down, &binding);
       if (!down.body_error().empty()) {
-        log::warning("bad_request", {{"listener", config.name},
-                                     {"client", connection.client_text},
-                                     {"reason", down.body_error()}});
+        log::warning("bad_request",
+                     {{"listener", config.name}, {"client", connection.client_text}, {"reason", down.body_error()}});
       }
     }
     const bool flushed = !co_await down.flush();

@@ -23,8 +23,8 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/string.hpp>
 
@@ -47,15 +47,15 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr std::uint32_t kMaxConcurrentStreams = 100;
 constexpr std::uint32_t kStreamWindow = 128 * 1024;
 constexpr std::int32_t kConnectionWindow = 1024 * 1024;
-constexpr std::size_t kMaxHeaderList = 64 * 1024;     // counted as RFC 9113 6.5.2: name + value + 32
+constexpr std::size_t kMaxHeaderList = 64 * 1024;      // counted as RFC 9113 6.5.2: name + value + 32
 constexpr std::size_t kResponseHighWater = 64 * 1024;  // per stream, waiting for the client's window
 // Per header block; below nghttp2's own limit (8 in Debian's patched 1.52),
 // so the abuser is told why (GOAWAY ENHANCE_YOUR_CALM) before nghttp2 drops
 // the connection without a word.
 constexpr int kMaxContinuations = 6;
-constexpr std::size_t kMaxHeaderBlock = 256 * 1024;    // encoded bytes of one header block
-constexpr double kResetBurst = 200;                    // client resets allowed at once
-constexpr double kResetRate = 100;                     // and per second after that
+constexpr std::size_t kMaxHeaderBlock = 256 * 1024;  // encoded bytes of one header block
+constexpr double kResetBurst = 200;                  // client resets allowed at once
+constexpr double kResetRate = 100;                   // and per second after that
 
 // A token bucket: `burst` events at once, then `rate` per second.
 class Budget {
@@ -82,18 +82,18 @@ class Budget {
 
 // Budgets of the rest of the catalogue. A browser sends a handful of
 // PING/SETTINGS frames per connection and a few PRIORITY frames per page.
-constexpr double kPingBurst = 50, kPingRate = 10;                 // CVE-2019-9512
-constexpr double kSettingsBurst = 20, kSettingsRate = 5;          // CVE-2019-9515
-constexpr double kPriorityBurst = 1000, kPriorityRate = 500;      // CVE-2019-9513
-constexpr double kServerResetBurst = 200, kServerResetRate = 100;  // CVE-2019-9514: resets the client provokes
+constexpr double kPingBurst = 50, kPingRate = 10;                     // CVE-2019-9512
+constexpr double kSettingsBurst = 20, kSettingsRate = 5;              // CVE-2019-9515
+constexpr double kPriorityBurst = 1000, kPriorityRate = 500;          // CVE-2019-9513
+constexpr double kServerResetBurst = 200, kServerResetRate = 100;     // CVE-2019-9514: resets the client provokes
 constexpr double kInvalidHeaderBurst = 100, kInvalidHeaderRate = 20;  // CVE-2019-9516
-constexpr int kMaxEmptyFrames = 16;  // in a row without END_STREAM (CVE-2019-9518)
+constexpr int kMaxEmptyFrames = 16;                                   // in a row without END_STREAM (CVE-2019-9518)
 // A header list over its limit that decodes to this many times the bytes
 // its block weighed is a bomb (CVE-2016-6581), not a big request: literal
 // fields decode to about their size, Huffman-coded ones to under twice it.
 constexpr std::size_t kBombRatio = 8;
 // Work one connection may do before the reader lets other connections run.
-constexpr std::size_t kSliceBytes = 4096;      // fed to nghttp2 at a time
+constexpr std::size_t kSliceBytes = 4096;  // fed to nghttp2 at a time
 constexpr std::size_t kYieldFrames = 256;
 constexpr std::size_t kYieldHeaderBytes = 256 * 1024;
 constexpr std::size_t kYieldStreams = 32;
@@ -127,8 +127,8 @@ class Stream final : public Downstream {
   }
   void wake() { signal_.cancel(); }
 
-  static ssize_t read_data(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length,
-                           std::uint32_t* flags, nghttp2_data_source* source, void*);
+  static ssize_t read_data(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length, std::uint32_t* flags,
+                           nghttp2_data_source* source, void*);
 
   Http2Session& session_;
   std::int32_t id_;
@@ -160,8 +160,10 @@ class Stream final : public Downstream {
 class Http2Session {
  public:
   explicit Http2Session(ClientConnection& connection)
-      : connection_(connection), write_signal_(connection.stream.socket().get_executor()),
-        done_signal_(connection.stream.socket().get_executor()), idle_timer_(connection.stream.socket().get_executor()) {}
+      : connection_(connection),
+        write_signal_(connection.stream.socket().get_executor()),
+        done_signal_(connection.stream.socket().get_executor()),
+        idle_timer_(connection.stream.socket().get_executor()) {}
   ~Http2Session() {
     if (session_ != nullptr) nghttp2_session_del(session_);
   }
@@ -204,8 +206,8 @@ class Http2Session {
                            std::size_t len, void* user);
   static int on_stream_close(nghttp2_session*, std::int32_t stream_id, std::uint32_t error_code, void* user);
   static int on_invalid_header(nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name,
-                               std::size_t namelen, const std::uint8_t* value, std::size_t valuelen,
-                               std::uint8_t flags, void* user);
+                               std::size_t namelen, const std::uint8_t* value, std::size_t valuelen, std::uint8_t flags,
+                               void* user);
   static int on_frame_send(nghttp2_session*, const nghttp2_frame* frame, void* user);
   // Spends one event of `budget`; over it, the connection ends as `pattern`.
   bool within(Budget& budget, const char* pattern, const char* what);
@@ -220,7 +222,7 @@ class Http2Session {
   std::size_t running_ = 0;
   bool reading_done_ = false;
   bool terminated_ = false;
-  bool notice_sent_ = false;     // the first, graceful GOAWAY of a drain
+  bool notice_sent_ = false;  // the first, graceful GOAWAY of a drain
   Clock::time_point notice_at_;
   bool goaway_sent_ = false;
   // CONTINUATION accounting of the header block being received.
@@ -417,9 +419,9 @@ bool Http2Session::start() {
 void Http2Session::abuse(std::string reason) {
   if (terminated_) return;
   terminated_ = true;
-  log::warning("h2_abuse", {{"listener", connection_.listener.config->name},
-                            {"client", connection_.client_text},
-                            {"reason", reason}});
+  log::warning(
+      "h2_abuse",
+      {{"listener", connection_.listener.config->name}, {"client", connection_.client_text}, {"reason", reason}});
   nghttp2_session_terminate_session(session_, NGHTTP2_ENHANCE_YOUR_CALM);
   want_write();
 }
@@ -445,8 +447,7 @@ int Http2Session::on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, v
     case NGHTTP2_PRIORITY:
       if (!self->within(self->priorities_, "priority_flood", "PRIORITY frames")) return NGHTTP2_ERR_CALLBACK_FAILURE;
       break;
-    default:
-      break;
+    default: break;
   }
   // Frames that carry nothing and end nothing (CVE-2019-9518). DATA is
   // judged when its padding is known (on_frame_recv).
@@ -588,8 +589,7 @@ int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, vo
     case NGHTTP2_RST_STREAM:
       if (!self->within(self->client_resets_, "rapid_reset", "stream resets")) return NGHTTP2_ERR_CALLBACK_FAILURE;
       break;
-    default:
-      break;
+    default: break;
   }
   return 0;
 }
@@ -646,8 +646,7 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
   head.version = 20;
   if (!s.authority_.empty()) head.host = s.authority_;
   if (!head.content_length && !s.body_end_) head.chunked = true;
-  if (s.body_end_ && !head.content_length && head.method != "GET" && head.method != "HEAD")
-    head.content_length = 0;
+  if (s.body_end_ && !head.content_length && head.method != "GET" && head.method != "HEAD") head.content_length = 0;
 
   const Routed routed = route_request(connection_, head.host, head.target);
   ExchangeResult result;
@@ -656,8 +655,9 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
     send_error(s, routed.status, routed.detail, head.method == "HEAD");
     co_await s.flush();
   } else {
-    RequestContext context{connection_.worker, connection_.generation, connection_.listener, connection_.client,
-                           connection_.client_address, connection_.handle, s.watchdog_.get_executor(), s.guard_};
+    RequestContext context{
+        connection_.worker,         connection_.generation, connection_.listener,       connection_.client,
+        connection_.client_address, connection_.handle,     s.watchdog_.get_executor(), s.guard_};
     context.client_cert = connection_.info.client_xfcc;
     result = co_await forward(context, head, *routed.route, *routed.pool, s, nullptr);
     if (result.http11_required && !s.closed_) {

@@ -60,7 +60,8 @@ std::string describe(const error_code& ec) {
 // Quoted when it is not a token (RFC 7239 section 4).
 std::string forwarded_value(std::string_view value) {
   const bool token = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+    return std::isalnum(static_cast<unsigned char>(c)) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
   });
   if (token) return std::string(value);
   std::string out = "\"";
@@ -96,8 +97,8 @@ bool is_forwarding_field(std::string_view name) {
 }
 
 bool is_hop_by_hop(std::string_view name) {
-  static constexpr std::array<std::string_view, 7> names{"connection", "keep-alive", "proxy-connection", "te",
-                                                         "transfer-encoding", "upgrade", "content-length"};
+  static constexpr std::array<std::string_view, 7> names{"connection",        "keep-alive", "proxy-connection", "te",
+                                                         "transfer-encoding", "upgrade",    "content-length"};
   for (auto n : names)
     if (iequals(n, name)) return true;
   return false;

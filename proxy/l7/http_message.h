@@ -29,13 +29,13 @@ const std::string* find_field(const Fields& fields, std::string_view name);
 
 struct RequestHead {
   std::string method;
-  std::string target;   // as sent: origin-form "/owa/?a=b" (h2: :path)
-  std::string host;     // Host or :authority, as sent
-  int version = 11;     // 10 or 11 (h2 requests are 20)
-  Fields fields;        // end-to-end fields only (hop-by-hop and framing removed)
+  std::string target;  // as sent: origin-form "/owa/?a=b" (h2: :path)
+  std::string host;    // Host or :authority, as sent
+  int version = 11;    // 10 or 11 (h2 requests are 20)
+  Fields fields;       // end-to-end fields only (hop-by-hop and framing removed)
   std::optional<std::uint64_t> content_length;
-  bool chunked = false;        // body of unknown length follows
-  bool keep_alive = true;      // client wants the connection kept
+  bool chunked = false;    // body of unknown length follows
+  bool keep_alive = true;  // client wants the connection kept
   bool expect_continue = false;
 };
 

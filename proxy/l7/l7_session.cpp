@@ -48,9 +48,9 @@ namespace {
 // The "authority/path" rest of an absolute-form target, or nullopt.
 std::optional<std::string_view> after_scheme(std::string_view target) {
   for (std::string_view scheme : {"https://", "http://"}) {
-    if (target.size() >= scheme.size() &&
-        std::equal(scheme.begin(), scheme.end(), target.begin(),
-                   [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); }))
+    if (target.size() >= scheme.size() && std::equal(scheme.begin(), scheme.end(), target.begin(), [](char a, char b) {
+          return a == std::tolower(static_cast<unsigned char>(b));
+        }))
       return target.substr(scheme.size());
   }
   return std::nullopt;
@@ -161,8 +161,8 @@ void finish_request(const ClientConnection& connection, std::string_view protoco
 
 }  // namespace l7
 
-asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> generation,
-                               const ListenerRuntime& listener, tcp::socket socket) {
+asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                               tcp::socket socket) {
   const conf::Listener& config = *listener.config;
   auto executor = co_await asio::this_coro::executor;
   asio::steady_timer watchdog(executor);
@@ -173,17 +173,9 @@ asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> gener
   const tcp::endpoint client = socket.remote_endpoint(ignored);
   HandshakeInfo info;
   TlsStream front(std::move(socket), listener.tls->new_connection(&info));
-  l7::ClientConnection connection{worker,
-                                  *generation,
-                                  listener,
-                                  front,
-                                  info,
-                                  client,
-                                  to_string(client),
-                                  client.address().to_string(),
-                                  false,
-                                  handle,
-                                  watchdog};
+  l7::ClientConnection connection{worker, *generation, listener,          front,
+                                  info,   client,      to_string(client), client.address().to_string(),
+                                  false,  handle,      watchdog};
   if (!co_await accept_handshake(front, info, config, connection.client_text)) co_return;
   connection.resumed = SSL_session_reused(front.ssl()) == 1;
 

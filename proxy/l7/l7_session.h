@@ -19,8 +19,8 @@
 
 namespace gatehouse::proxy {
 
-asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> generation,
-                               const ListenerRuntime& listener, tcp::socket socket);
+asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                               tcp::socket socket);
 
 namespace l7 {
 
@@ -41,9 +41,9 @@ struct ClientConnection {
 
 // Where a request goes, or the error status it gets instead.
 struct Routed {
-  int status = 0;       // 0 = forward; else 400, 421, 404 or 503
-  std::string detail;   // for the error body and the log
-  std::string host;     // normalised Host (no port)
+  int status = 0;      // 0 = forward; else 400, 421, 404 or 503
+  std::string detail;  // for the error body and the log
+  std::string host;    // normalised Host (no port)
   const conf::Route* route = nullptr;
   const PoolRuntime* pool = nullptr;
 };

@@ -34,8 +34,7 @@ std::uint32_t le32(std::string_view m, std::size_t at) {
 }
 
 std::uint16_t le16(std::string_view m, std::size_t at) {
-  return static_cast<std::uint16_t>(static_cast<unsigned char>(m[at]) |
-                                    static_cast<unsigned char>(m[at + 1]) << 8);
+  return static_cast<std::uint16_t>(static_cast<unsigned char>(m[at]) | static_cast<unsigned char>(m[at + 1]) << 8);
 }
 
 void append_utf8(std::string& out, std::uint32_t cp) {

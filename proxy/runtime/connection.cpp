@@ -128,7 +128,8 @@ void IdleGuard::arm(const Clock::time_point* last_activity, Clock::duration idle
   expiry_ = expiry;
   // The watcher sleeps until the deadline it last saw; wake it only when
   // this one is earlier (a later one is found when that sleep ends).
-  if (*last_ + idle_ < timer_.expiry() || (between_requests && handle_.draining && *last_ + kDrainQuiet < timer_.expiry()))
+  if (*last_ + idle_ < timer_.expiry() ||
+      (between_requests && handle_.draining && *last_ + kDrainQuiet < timer_.expiry()))
     timer_.cancel();
 }
 
@@ -203,7 +204,8 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
   }
   // TLS 1.3 tickets go out now, not with the first response byte.
   if (auto ec = co_await front.flush()) {
-    log::info("handshake_failed", {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
+    log::info("handshake_failed",
+              {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
     co_return false;
   }
   metrics().handshake_done(SSL_session_reused(front.ssl()) == 1);
@@ -220,15 +222,13 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
   auto executor = co_await asio::this_coro::executor;
 
   for (int attempt = 0; attempt < 2; ++attempt) {
-    for (std::size_t i = 0; i < pool.servers.size(); ++i)
-      wp.views[i].available = pool.members[i]->available();
+    for (std::size_t i = 0; i < pool.servers.size(); ++i) wp.views[i].available = pool.members[i]->available();
     balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
     std::optional<std::size_t> picked;
     if (target.preferred && &pool == target.pool && *target.preferred < pool.servers.size() &&
         !tried.contains(*target.preferred) && wp.views[*target.preferred].available)
       picked = target.preferred;
-    else
-      picked = selector.pick(wp.views, tried, target.hash_key);
+    else picked = selector.pick(wp.views, tried, target.hash_key);
     if (!picked) break;
     tried.add(*picked);
     const ServerRuntime& server = *pool.servers[*picked];
@@ -243,8 +243,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     }
 
     tcp::socket socket(executor);
-    auto connected = co_await with_timeout(
-        asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
+    auto connected = co_await with_timeout(asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
     if (!connected || std::get<0>(*connected)) {
       passive_failure(pool, *picked, connected ? std::get<0>(*connected).message() : "connect timed out");
       log::warning("backend_connect_failed",
@@ -256,14 +255,15 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     }
 
     if (target.proxy_protocol != conf::ProxyProtocol::none) {
-      const std::string header = target.proxy_protocol == conf::ProxyProtocol::v1
-                                     ? proxy_header_v1(target.client, target.local)
-                                     : proxy_header_v2(target.client, target.local,
-                                                   target.tls_info ? proxy_ssl_tlv(*target.tls_info, target.tls_version)
-                                                                   : std::string());
+      const std::string header =
+          target.proxy_protocol == conf::ProxyProtocol::v1
+              ? proxy_header_v1(target.client, target.local)
+              : proxy_header_v2(target.client, target.local,
+                                target.tls_info ? proxy_ssl_tlv(*target.tls_info, target.tls_version) : std::string());
       auto [ec, n] = co_await asio::async_write(socket, asio::buffer(header), use_tuple);
       if (ec) {
-        log::warning("backend_connect_failed", {{"pool", pool.config->name}, {"server", name}, {"error", ec.message()}});
+        log::warning("backend_connect_failed",
+                     {{"pool", pool.config->name}, {"server", name}, {"error", ec.message()}});
         continue;
       }
     }
@@ -316,8 +316,8 @@ void release_backend(const Generation& generation, std::size_t worker, const Bac
   --pool->members[backend.server_index]->active;
 }
 
-void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend,
-                  const PoolRuntime* pool, bool current) {
+void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend, const PoolRuntime* pool,
+                  bool current) {
   release_backend(generation, worker, backend, pool);
   if (backend.pool != nullptr) pool = backend.pool;
   if (!current || !backend.stream || backend.stream->aborted()) return;

@@ -106,7 +106,7 @@ struct ConnectTarget {
   // terminate TLS); tls_version as SSL_get_version says it ("TLSv1.3").
   const HandshakeInfo* tls_info = nullptr;
   const char* tls_version = nullptr;
-  bool reuse = false;    // l7: take an idle keep-alive connection to the picked server when one is alive
+  bool reuse = false;  // l7: take an idle keep-alive connection to the picked server when one is alive
   // l7 cookie affinity: this server of the pool first, while it is available.
   std::optional<std::size_t> preferred;
 };
@@ -122,8 +122,8 @@ void release_backend(const Generation& generation, std::size_t worker, const Bac
                      const PoolRuntime* pool);
 // Releases it and keeps the connection for the next request (l7 keep-alive),
 // unless `generation` is no longer the worker's current one.
-void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend,
-                  const PoolRuntime* pool, bool current);
+void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend, const PoolRuntime* pool,
+                  bool current);
 
 // 16 KiB I/O buffers recycled per thread, so idle connections hold none.
 class IoBuffer {

@@ -12,8 +12,8 @@
 #include <map>
 #include <stdexcept>
 
-#include "proxy/tls/ticket_keys.h"
 #include "proxy/runtime/log.h"
+#include "proxy/tls/ticket_keys.h"
 #include "sni/certificate.h"
 #include "sni/extended_protection.h"
 #include "sni/hostname.h"
@@ -75,7 +75,8 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     if (c.ocsp == conf::OcspMode::automatic) {
       OcspAuto task{c.name, certificates.at(c.name), sni::ocsp_issuer(cert), {}, std::make_shared<StapleSlot>()};
       if (task.issuer == nullptr)
-        throw std::runtime_error(where + cert.cert_file.string() + " has no issuer certificate after the leaf, so "
+        throw std::runtime_error(where + cert.cert_file.string() +
+                                 " has no issuer certificate after the leaf, so "
                                  "no OCSP request can be made nor response checked; append the issuing CA's "
                                  "certificate to the file");
       for (const auto& url : sni::ocsp_responders(cert.leaf()))
@@ -84,7 +85,8 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
           break;
         }
       if (task.url.empty())
-        throw std::runtime_error(where + "the certificate names no http:// OCSP responder (Authority Information "
+        throw std::runtime_error(where +
+                                 "the certificate names no http:// OCSP responder (Authority Information "
                                  "Access), so there is nothing to fetch from; use ocsp = \"FILE\" or remove ocsp");
       staples[c.name] = task.slot;
       gen->ocsp_auto_.push_back(std::move(task));
@@ -97,9 +99,8 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     auto slot = std::make_shared<StapleSlot>();
     if (verdict.stapleable) {
       slot->set(std::make_shared<const Staple>(Staple{std::move(der), verdict.next_update}));
-      log::info("ocsp_staple", {{"certificate", c.name},
-                                {"file", c.ocsp_file.string()},
-                                {"state", sni::describe(verdict)}});
+      log::info("ocsp_staple",
+                {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"state", sni::describe(verdict)}});
     } else {
       log::warning("ocsp_not_stapled",
                    {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"reason", verdict.problem}});
@@ -258,8 +259,8 @@ void Generation::inherit_state(const Generation& previous) {
       pool.members[i]->healthy = old->members[j]->healthy.load();
       pool.members[i]->drained = old->members[j]->drained.load();
       std::scoped_lock lock(pool.members[i]->mutex, old->members[j]->mutex);
-      pool.members[i]->health = balancer::HealthState(pool.config->health.rise, pool.config->health.fall,
-                                                      old->members[j]->health.up());
+      pool.members[i]->health =
+          balancer::HealthState(pool.config->health.rise, pool.config->health.fall, old->members[j]->health.up());
       pool.members[i]->last_check = old->members[j]->last_check;
       pool.members[i]->presented_thumbprint = old->members[j]->presented_thumbprint;
     }

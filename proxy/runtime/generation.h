@@ -41,26 +41,24 @@ struct ServerRuntime {
 // admin endpoint; read lock-free by every worker.
 struct PoolMember {
   PoolMember(int rise, int fall) : health(rise, fall) {}
-  bool available() const {
-    return healthy.load(std::memory_order_relaxed) && !drained.load(std::memory_order_relaxed);
-  }
+  bool available() const { return healthy.load(std::memory_order_relaxed) && !drained.load(std::memory_order_relaxed); }
 
   std::atomic<bool> healthy{true};
-  std::atomic<bool> drained{false};  // admin: no new traffic
-  std::atomic<std::int64_t> active{0};          // open connections/requests, all workers
-  std::atomic<std::uint64_t> connections{0};    // backend connections made
-  std::atomic<std::uint64_t> failures{0};       // failed connects and handshakes
+  std::atomic<bool> drained{false};           // admin: no new traffic
+  std::atomic<std::int64_t> active{0};        // open connections/requests, all workers
+  std::atomic<std::uint64_t> connections{0};  // backend connections made
+  std::atomic<std::uint64_t> failures{0};     // failed connects and handshakes
 
   std::mutex mutex;  // guards what follows
   balancer::HealthState health;
-  std::string last_check;  // outcome of the last probe, for /status
-  std::string last_error;  // of real traffic
+  std::string last_check;            // outcome of the last probe, for /status
+  std::string last_error;            // of real traffic
   std::string presented_thumbprint;  // of the certificate the last TLS/HTTP probe saw ("" = none yet)
 };
 
 struct PoolRuntime {
   const conf::Pool* config = nullptr;
-  std::vector<ServerRuntime*> servers;  // in pool order
+  std::vector<ServerRuntime*> servers;               // in pool order
   std::vector<std::unique_ptr<PoolMember>> members;  // parallel to servers
   std::unique_ptr<PoolTls> tls;
   const PoolRuntime* fallback = nullptr;
@@ -94,7 +92,7 @@ struct ListenerRuntime {
 struct BackendConnection {
   std::optional<TlsStream> stream;
   const PoolRuntime* pool = nullptr;  // the pool it was taken from (a fallback pool, maybe)
-  std::size_t server_index = 0;  // in the pool
+  std::size_t server_index = 0;       // in the pool
   const ServerRuntime* server = nullptr;
   std::unique_ptr<BackendCheck> check;  // must outlive stream's SSL
   bool reused = false;                  // taken from the keep-alive pool
@@ -193,7 +191,7 @@ class Generation {
   std::vector<ListenerRuntime> listeners_;
   std::vector<OcspAuto> ocsp_auto_;
   std::map<std::string, std::shared_ptr<StapleSlot>, std::less<>> staples_;  // by certificate name
-  mutable std::vector<std::vector<WorkerPool>> per_worker_;  // [worker][pool]
+  mutable std::vector<std::vector<WorkerPool>> per_worker_;                  // [worker][pool]
 };
 
 }  // namespace gatehouse::proxy

@@ -15,7 +15,9 @@ namespace gatehouse::proxy::log {
 // level: "info", "warning", "error".
 void event(std::string_view level, std::string_view name, boost::json::object fields = {});
 inline void info(std::string_view name, boost::json::object fields = {}) { event("info", name, std::move(fields)); }
-inline void warning(std::string_view name, boost::json::object fields = {}) { event("warning", name, std::move(fields)); }
+inline void warning(std::string_view name, boost::json::object fields = {}) {
+  event("warning", name, std::move(fields));
+}
 inline void error(std::string_view name, boost::json::object fields = {}) { event("error", name, std::move(fields)); }
 
 // "-" = stdout, "" = none, else a file opened for append. Throws

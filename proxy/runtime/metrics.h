@@ -20,7 +20,9 @@ namespace gatehouse::proxy {
 
 class Metrics {
  public:
-  void handshake_done(bool resumed) { (resumed ? handshakes_resumed : handshakes_full).fetch_add(1, std::memory_order_relaxed); }
+  void handshake_done(bool resumed) {
+    (resumed ? handshakes_resumed : handshakes_full).fetch_add(1, std::memory_order_relaxed);
+  }
   void handshake_failed(const std::string& reason);
   void sni(sni::MatchKind kind) { sni_hits[static_cast<int>(kind)].fetch_add(1, std::memory_order_relaxed); }
   // One HTTP request answered (status 0: the client went away first).

@@ -116,8 +116,8 @@ asio::awaitable<void> fetch_loop(std::shared_ptr<OcspFetcher::State> state, asio
       if (state->stopped) break;
       std::string problem = !outcome ? "no answer within " + seconds_text(kFetchTimeout) : outcome->error;
       if (problem.empty()) {
-        const auto verdict = sni::check_ocsp_response(outcome->body, task.certificate->leaf(), task.issuer,
-                                                      sni::Clock::now());
+        const auto verdict =
+            sni::check_ocsp_response(outcome->body, task.certificate->leaf(), task.issuer, sni::Clock::now());
         if (verdict.stapleable) {
           // Refresh at half the validity, so a responder outage of up to
           // that long never leaves the certificate without a staple.
@@ -125,7 +125,8 @@ asio::awaitable<void> fetch_loop(std::shared_ptr<OcspFetcher::State> state, asio
           task.slot->set(std::make_shared<const Staple>(
               Staple{std::move(outcome->body), verdict.next_update,
                      std::max(refresh, std::min(sni::Clock::now() + kMinRefresh, verdict.next_update))}));
-          log::info("ocsp_fetched", {{"certificate", task.name}, {"responder", task.url}, {"state", sni::describe(verdict)}});
+          log::info("ocsp_fetched",
+                    {{"certificate", task.name}, {"responder", task.url}, {"state", sni::describe(verdict)}});
           retry = kFirstRetry;
           expiry_reported = false;
           continue;
@@ -148,8 +149,9 @@ asio::awaitable<void> fetch_loop(std::shared_ptr<OcspFetcher::State> state, asio
       if (!expiry_reported) {
         log::warning("ocsp_staple_expired", {{"certificate", task.name},
                                              {"responder", task.url},
-                                             {"reason", "no newer response; the certificate is served without a "
-                                                        "staple until the responder answers"}});
+                                             {"reason",
+                                              "no newer response; the certificate is served without a "
+                                              "staple until the responder answers"}});
         expiry_reported = true;
       }
     } else if (staple) {

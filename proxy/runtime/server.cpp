@@ -69,14 +69,9 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
   } count(listener->open);
   metrics().connections_total.fetch_add(1, std::memory_order_relaxed);
   switch (listener->config->mode) {
-    case conf::ListenerMode::l4:
-      co_await serve_l4(worker, std::move(generation), *listener, std::move(socket));
-      break;
-    case conf::ListenerMode::l7:
-      co_await serve_l7(worker, std::move(generation), *listener, std::move(socket));
-      break;
-    default:
-      break;  // refused at start-up and reload
+    case conf::ListenerMode::l4: co_await serve_l4(worker, std::move(generation), *listener, std::move(socket)); break;
+    case conf::ListenerMode::l7: co_await serve_l7(worker, std::move(generation), *listener, std::move(socket)); break;
+    default: break;  // refused at start-up and reload
   }
 }
 
@@ -111,13 +106,11 @@ asio::awaitable<void> accept_loop(Worker& worker, std::string name, tcp::accepto
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       accept_failed([&](std::uint64_t suppressed) {
-        log::error("accept_failed", {{"listener", name},
-                                     {"error", ec.message()},
-                                     {"worker", worker.index()},
-                                     {"suppressed", suppressed}});
+        log::error(
+            "accept_failed",
+            {{"listener", name}, {"error", ec.message()}, {"worker", worker.index()}, {"suppressed", suppressed}});
       });
-      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
-          ec == asio::error::no_memory) {
+      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space || ec == asio::error::no_memory) {
         // Out of descriptors or memory: the connection waits in the backlog
         // until some are freed. Back off instead of spinning on the error.
         asio::steady_timer pause(executor, std::chrono::milliseconds(100));
@@ -311,8 +304,7 @@ bool Server::reload(std::string* errors) {
   std::shared_ptr<Generation> next;
   try {
     check_supported(*loaded.config);
-    if (loaded.config->server.ticket_keys != ticket_keys_->file())
-      ticket_keys_ = make_ticket_keys(*loaded.config);
+    if (loaded.config->server.ticket_keys != ticket_keys_->file()) ticket_keys_ = make_ticket_keys(*loaded.config);
     log::set_access_log(loaded.config->server.access_log);
     next = Generation::build(std::move(*loaded.config), workers_.size(), ticket_keys_, next_generation_);
     next->inherit_state(*current_);
@@ -412,8 +404,7 @@ int Server::run(std::function<void(Server&)> on_ready) {
   };
   signals.async_wait(on_signal);
 
-  for (const auto& [name, b] : bound_)
-    log::info("listening", {{"listener", name}, {"address", to_string(b.endpoint)}});
+  for (const auto& [name, b] : bound_) log::info("listening", {{"listener", name}, {"address", to_string(b.endpoint)}});
   log::info("ready", {{"generation", current_->number()}, {"workers", workers_.size()}});
   if (on_ready) on_ready(*this);
 

@@ -46,8 +46,14 @@ class Worker {
   boost::asio::io_context& io() { return io_; }
   const std::shared_ptr<Generation>& generation() const { return generation_; }
 
-  void track(ConnectionHandle* c) { connections_.insert(c); ++active_; }
-  void untrack(ConnectionHandle* c) { connections_.erase(c); --active_; }
+  void track(ConnectionHandle* c) {
+    connections_.insert(c);
+    ++active_;
+  }
+  void untrack(ConnectionHandle* c) {
+    connections_.erase(c);
+    --active_;
+  }
   std::size_t active() const { return active_.load(std::memory_order_relaxed); }
 
  private:

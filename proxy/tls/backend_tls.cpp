@@ -87,7 +87,8 @@ ssl_verify_result_t PoolTls::verify(SSL* ssl, uint8_t* alert) {
     return ssl_verify_invalid;
   }
   if (!self->store_) {
-    check->failure = "server \"" + check->server->name + "\" has no pin and pool \"" + self->pool_name_ + "\" has no ca";
+    check->failure =
+        "server \"" + check->server->name + "\" has no pin and pool \"" + self->pool_name_ + "\" has no ca";
     return ssl_verify_invalid;
   }
   bssl::UniquePtr<STACK_OF(X509)> intermediates(sk_X509_new_null());
@@ -104,14 +105,12 @@ ssl_verify_result_t PoolTls::verify(SSL* ssl, uint8_t* alert) {
   // (BoringSSL otherwise insists on a self-issued CA root above it).
   X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_PARTIAL_CHAIN);
   const std::string& name = check->server->server_name;
-  if (name.find_first_not_of("0123456789.") == std::string::npos)
-    X509_VERIFY_PARAM_set1_ip_asc(param, name.c_str());
-  else
-    X509_VERIFY_PARAM_set1_host(param, name.data(), name.size());
+  if (name.find_first_not_of("0123456789.") == std::string::npos) X509_VERIFY_PARAM_set1_ip_asc(param, name.c_str());
+  else X509_VERIFY_PARAM_set1_host(param, name.data(), name.size());
   if (X509_verify_cert(store_ctx.get()) == 1) return ssl_verify_ok;
   check->failure = std::string("certificate verification against ca failed: ") +
-                   X509_verify_cert_error_string(X509_STORE_CTX_get_error(store_ctx.get())) +
-                   " (server_name \"" + name + "\")";
+                   X509_verify_cert_error_string(X509_STORE_CTX_get_error(store_ctx.get())) + " (server_name \"" +
+                   name + "\")";
   return ssl_verify_invalid;
 }
 

@@ -24,11 +24,11 @@ struct SessionSlot {
 // Owned by the connection; must outlive its SSL.
 struct BackendCheck {
   const conf::Server* server = nullptr;
-  const sni::Pin* pin = nullptr;       // verify with this pin when set
+  const sni::Pin* pin = nullptr;  // verify with this pin when set
   SessionSlot* slot = nullptr;
-  std::string presented_thumbprint;    // SHA-1 of the certificate the backend presented
+  std::string presented_thumbprint;  // SHA-1 of the certificate the backend presented
   std::string presented_subject;
-  std::string failure;                 // why verification failed, "" when it did not
+  std::string failure;  // why verification failed, "" when it did not
 };
 
 class PoolTls {

@@ -52,12 +52,9 @@ bool list_contains_u16(CBS list, auto&& predicate) {
 uint8_t alert_for(int x509_error) {
   switch (x509_error) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
-    case X509_V_ERR_CERT_NOT_YET_VALID:
-      return SSL_AD_CERTIFICATE_EXPIRED;
-    case X509_V_ERR_CERT_REVOKED:
-      return SSL_AD_CERTIFICATE_REVOKED;
-    case X509_V_ERR_INVALID_PURPOSE:
-      return SSL_AD_UNSUPPORTED_CERTIFICATE;
+    case X509_V_ERR_CERT_NOT_YET_VALID: return SSL_AD_CERTIFICATE_EXPIRED;
+    case X509_V_ERR_CERT_REVOKED: return SSL_AD_CERTIFICATE_REVOKED;
+    case X509_V_ERR_INVALID_PURPOSE: return SSL_AD_UNSUPPORTED_CERTIFICATE;
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
@@ -66,16 +63,12 @@ uint8_t alert_for(int x509_error) {
     case X509_V_ERR_CERT_UNTRUSTED:
     case X509_V_ERR_CERT_CHAIN_TOO_LONG:
     case X509_V_ERR_PATH_LENGTH_EXCEEDED:
-    case X509_V_ERR_INVALID_CA:
-      return SSL_AD_UNKNOWN_CA;
-    case X509_V_ERR_OUT_OF_MEM:
-      return SSL_AD_INTERNAL_ERROR;
+    case X509_V_ERR_INVALID_CA: return SSL_AD_UNKNOWN_CA;
+    case X509_V_ERR_OUT_OF_MEM: return SSL_AD_INTERNAL_ERROR;
     case X509_V_ERR_UNABLE_TO_GET_CRL:
     case X509_V_ERR_CRL_HAS_EXPIRED:
-    case X509_V_ERR_CRL_NOT_YET_VALID:
-      return SSL_AD_CERTIFICATE_UNKNOWN;
-    default:
-      return SSL_AD_BAD_CERTIFICATE;
+    case X509_V_ERR_CRL_NOT_YET_VALID: return SSL_AD_CERTIFICATE_UNKNOWN;
+    default: return SSL_AD_BAD_CERTIFICATE;
   }
 }
 
@@ -85,8 +78,8 @@ uint8_t alert_for(int x509_error) {
 // policy (client_certificates = "none", another CA) never resumes here, even
 // with ticket keys shared across listeners and instances (CVE-2025-23419).
 std::array<uint8_t, SSL_MAX_SID_CTX_LENGTH> session_context(const conf::Listener& listener,
-                                                             const sni::LoadedCertificate& cert,
-                                                             const sni::ClientTrust* trust) {
+                                                            const sni::LoadedCertificate& cert,
+                                                            const sni::ClientTrust* trust) {
   static_assert(SSL_MAX_SID_CTX_LENGTH == SHA256_DIGEST_LENGTH);
   SHA256_CTX sha;
   SHA256_Init(&sha);
@@ -104,7 +97,7 @@ std::array<uint8_t, SSL_MAX_SID_CTX_LENGTH> session_context(const conf::Listener
   add(std::string_view(reinterpret_cast<const char*>(leaf), leaf_len));
   add(listener.client_certificates == conf::ClientCertificates::require    ? "require"
       : listener.client_certificates == conf::ClientCertificates::optional ? "optional"
-                                                                            : "none");
+                                                                           : "none");
   if (trust != nullptr)
     add(std::string_view(reinterpret_cast<const char*>(trust->fingerprint().data()), trust->fingerprint().size()));
   std::array<uint8_t, SSL_MAX_SID_CTX_LENGTH> out{};
@@ -127,10 +120,14 @@ bool is_ecdsa_sigalg(uint16_t alg) {
 
 bool is_ecdhe_ecdsa_cipher(uint16_t suite) {
   switch (suite) {
-    case 0xC02B: case 0xC02C: case 0xCCA9: case 0xC009: case 0xC00A: case 0xC023: case 0xC024:
-      return true;
-    default:
-      return false;
+    case 0xC02B:
+    case 0xC02C:
+    case 0xCCA9:
+    case 0xC009:
+    case 0xC00A:
+    case 0xC023:
+    case 0xC024: return true;
+    default: return false;
   }
 }
 
@@ -178,8 +175,8 @@ ListenerTls::ListenerTls(const conf::Listener& listener,
   for (const auto& protocol : listener.alpn) alpn_.push_back(protocol);
   if (client_mode_ != conf::ClientCertificates::none) {
     try {
-      client_trust_ = std::make_unique<sni::ClientTrust>(listener.client_ca, listener.client_crl,
-                                                         listener.client_verify_depth);
+      client_trust_ =
+          std::make_unique<sni::ClientTrust>(listener.client_ca, listener.client_crl, listener.client_verify_depth);
     } catch (const sni::CertificateError& e) {
       throw std::runtime_error("listener \"" + listener.name + "\".client_ca/client_crl: " + e.what());
     }

@@ -31,10 +31,10 @@ struct HandshakeInfo {
   // The client certificate (mutual TLS), filled during the handshake and,
   // once it is done, from the session, so a resumed session carries the
   // identity of the certificate it was made with.
-  std::string client_verify = "NONE";  // "SUCCESS", "NONE" (no certificate), or why it was refused
-  std::string client_subject;          // RFC 2253 subject of the presented leaf, verified or not
-  std::string client_cn;               // first CN of a verified leaf
-  std::string client_xfcc;             // X-Forwarded-Client-Cert value; "" unless verified
+  std::string client_verify = "NONE";        // "SUCCESS", "NONE" (no certificate), or why it was refused
+  std::string client_subject;                // RFC 2253 subject of the presented leaf, verified or not
+  std::string client_cn;                     // first CN of a verified leaf
+  std::string client_xfcc;                   // X-Forwarded-Client-Cert value; "" unless verified
   bool client_cert_this_connection = false;  // sent in this handshake, not only in the resumed session
   bool client_verified() const { return client_verify == "SUCCESS"; }
 };
@@ -49,8 +49,7 @@ class ListenerTls {
   // certificate or the policy.
   // `staples`: the OCSP response slot of each certificate that has one.
   using Staples = std::unordered_map<const sni::LoadedCertificate*, std::shared_ptr<const StapleSlot>>;
-  ListenerTls(const conf::Listener& listener,
-              std::vector<std::shared_ptr<const sni::LoadedCertificate>> certificates,
+  ListenerTls(const conf::Listener& listener, std::vector<std::shared_ptr<const sni::LoadedCertificate>> certificates,
               TicketKeys& ticket_keys, Staples staples = {});
   ~ListenerTls();
   ListenerTls(const ListenerTls&) = delete;
@@ -72,7 +71,7 @@ class ListenerTls {
   sni::SniIndex index_;
   conf::ClientCertificates client_mode_ = conf::ClientCertificates::none;
   std::unique_ptr<sni::ClientTrust> client_trust_;  // null when client_mode_ is none
-  std::vector<std::string> alpn_;  // the listener's `alpn`, in preference order
+  std::vector<std::string> alpn_;                   // the listener's `alpn`, in preference order
   bssl::UniquePtr<SSL_CTX> front_;
   std::unordered_map<const sni::LoadedCertificate*, bssl::UniquePtr<SSL_CTX>> contexts_;
   Staples staples_;

@@ -12,8 +12,8 @@
 namespace gatehouse::proxy {
 
 struct Staple {
-  std::string der;                     // the OCSPResponse, checked by sni::check_ocsp_response
-  sni::Clock::time_point next_update;  // not stapled from then on
+  std::string der;                      // the OCSPResponse, checked by sni::check_ocsp_response
+  sni::Clock::time_point next_update;   // not stapled from then on
   sni::Clock::time_point refresh_at{};  // ocsp = "auto": when to fetch a newer one
 };
 

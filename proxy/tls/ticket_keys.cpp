@@ -43,9 +43,9 @@ std::shared_ptr<TicketKeys> TicketKeys::from_file(const std::filesystem::path& f
   if (!data.empty() && data.size() % 80 == 0) size = 80;
   else if (!data.empty() && data.size() % 48 == 0) size = 48;
   if (size == 0)
-    throw std::runtime_error(file.string() + ": ticket key file must hold one or more keys of 80 bytes (or 48 bytes), " +
-                             std::to_string(data.size()) + " bytes found; create one with: openssl rand 80 > " +
-                             file.string());
+    throw std::runtime_error(
+        file.string() + ": ticket key file must hold one or more keys of 80 bytes (or 48 bytes), " +
+        std::to_string(data.size()) + " bytes found; create one with: openssl rand 80 > " + file.string());
   auto keys = std::shared_ptr<TicketKeys>(new TicketKeys());
   keys->file_ = file;
   // Instances sharing the file also agree on affinity cookies.

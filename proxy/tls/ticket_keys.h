@@ -42,7 +42,7 @@ class TicketKeys {
   void rotate_if_due();  // caller holds mutex_
 
   std::mutex mutex_;
-  std::vector<Key> keys_;  // keys_[0] encrypts
+  std::vector<Key> keys_;           // keys_[0] encrypts
   std::chrono::seconds period_{0};  // 0 = never rotate (file keys)
   std::chrono::steady_clock::time_point rotated_at_;
   std::filesystem::path file_;

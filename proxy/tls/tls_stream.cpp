@@ -50,7 +50,7 @@ struct TlsStream::ReadAhead {
   const char* begin = nullptr;
   std::size_t size = 0;
   bool last_read_large = false;  // filled the small buffer, or read into the large one
-  bool filling = false;  // an Asio read into it is pending
+  bool filling = false;          // an Asio read into it is pending
   bool eof = false;
   int error = 0;  // errno of a failed read, reported once the bytes before it are taken
 
@@ -96,12 +96,9 @@ int bio_write(BIO* bio, const char* in, int len) {
 
 long bio_ctrl(BIO* bio, int cmd, long /*num*/, void* /*ptr*/) {
   switch (cmd) {
-    case BIO_CTRL_FLUSH:
-      return 1;
-    case BIO_CTRL_PENDING:
-      return static_cast<long>(static_cast<TlsStream::ReadAhead*>(BIO_get_data(bio))->size);
-    default:
-      return 0;
+    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_PENDING: return static_cast<long>(static_cast<TlsStream::ReadAhead*>(BIO_get_data(bio))->size);
+    default: return 0;
   }
 }
 

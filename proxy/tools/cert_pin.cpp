@@ -57,8 +57,9 @@ int cert_pin(const std::string& target, const std::string& sni_name, std::ostrea
   out << "# paste into the [[server]] table of " << target << ":\n";
   // The name to verify: a DNS SAN when the certificate has one (the CN is
   // ignored by verifiers then), else the CN, else what was dialled.
-  const std::string suggested =
-      !info.dns_names.empty() ? info.dns_names.front() : !info.common_name.empty() ? info.common_name : name;
+  const std::string suggested = !info.dns_names.empty()     ? info.dns_names.front()
+                                : !info.common_name.empty() ? info.common_name
+                                                            : name;
   out << "server_name = \"" << suggested << "\"\n";
   out << "pin = \"" << info.sha256_pin << "\"   # or the thumbprint: \"" << info.thumbprint << "\"\n";
   SSL_shutdown(ssl.get());

@@ -43,8 +43,8 @@ int run_demo(const DemoOptions& options) {
   new_cert(dir, "mbx01", "MBX01", {"mbx01.contoso.test"}, "rsa2048");
   new_cert(dir, "mbx02", "MBX02", {"mbx02.contoso.test"}, "rsa2048");
 
-  DemoBackends backends({{"MBX01", dir / "mbx01.crt", dir / "mbx01.key", {}},
-                         {"MBX02", dir / "mbx02.crt", dir / "mbx02.key", {}}});
+  DemoBackends backends(
+      {{"MBX01", dir / "mbx01.crt", dir / "mbx01.key", {}}, {"MBX02", dir / "mbx02.crt", dir / "mbx02.key", {}}});
   auto pin_of = [&](const std::string& stem) {
     auto certs = sni::read_certificates(dir / (stem + ".crt"));
     return std::move(certs.front());
@@ -59,7 +59,8 @@ int run_demo(const DemoOptions& options) {
   {
     std::ofstream toml(config_file);
     toml << "# Written by `gatehouse demo`.\n"
-         << "[server]\nworkers = 0\nadmin = \"127.0.0.1:" << admin_port << "\"\naccess_log = \"-\"\ndrain_timeout = \"2s\"\n\n"
+         << "[server]\nworkers = 0\nadmin = \"127.0.0.1:" << admin_port
+         << "\"\naccess_log = \"-\"\ndrain_timeout = \"2s\"\n\n"
          << "[[certificate]]\nname = \"contoso-ecdsa\"\ncert = \"contoso-ecdsa.crt\"\nkey = \"contoso-ecdsa.key\"\n\n"
          << "[[certificate]]\nname = \"contoso-rsa\"\ncert = \"contoso-rsa.crt\"\nkey = \"contoso-rsa.key\"\n\n"
          << "[[listener]]\nname = \"mail\"\nbind = \"127.0.0.1:" << l7_port << "\"\nmode = \"l7\"\n\n"
@@ -77,7 +78,8 @@ int run_demo(const DemoOptions& options) {
          << "[[server]]\nname = \"mbx02\"\naddress = \"" << backends.backends()[1].endpoint.address().to_string() << ":"
          << backends.backends()[1].endpoint.port() << "\"\nsite = \"dc1\"\nserver_name = \"mbx02.contoso.test\"\n"
          << "pin = \"" << pin2 << "\"\n\n"
-         << "[[pool]]\nname = \"mailbox\"\nservers = [\"mbx01\", \"mbx02\"]\nbalance = \"round_robin\"\ntls = \"verify\"\n\n"
+         << "[[pool]]\nname = \"mailbox\"\nservers = [\"mbx01\", \"mbx02\"]\nbalance = \"round_robin\"\ntls = "
+            "\"verify\"\n\n"
          << "[[pool]]\nname = \"owa\"\nservers = [\"mbx01\"]\ntls = \"verify\"\n\n"
          << "[[pool]]\nname = \"mapi\"\nservers = [\"mbx02\"]\ntls = \"verify\"\n";
   }

@@ -44,10 +44,10 @@ asio::awaitable<void> serve_one(std::shared_ptr<SSL_CTX> ctx, std::string name, 
     }
     const l7::RequestHead& head = parser.head();
     const std::string body = "mailbox " + name + " answered: " + head.method + " " + head.target + "\n";
-    const std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
-                                 std::to_string(body.size()) + "\r\nX-Mailbox-Server: " + name + "\r\n" +
-                                 (head.keep_alive ? "" : "Connection: close\r\n") + "\r\n" +
-                                 (head.method == "HEAD" ? "" : body);
+    const std::string response =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+        "\r\nX-Mailbox-Server: " + name + "\r\n" + (head.keep_alive ? "" : "Connection: close\r\n") + "\r\n" +
+        (head.method == "HEAD" ? "" : body);
     if (co_await stream.write_all(response.data(), response.size())) co_return;
     if (!head.keep_alive) break;
   }
@@ -70,7 +70,8 @@ DemoBackends::DemoBackends(std::vector<Backend> backends) : backends_(std::move(
     auto cert = sni::load_certificate(b.name, b.cert, b.key);
     std::shared_ptr<SSL_CTX> ctx(SSL_CTX_new(TLS_method()), SSL_CTX_free);
     apply_tls_policy(ctx.get(), conf::TlsPolicy::modern);
-    if (SSL_CTX_use_certificate(ctx.get(), cert->leaf()) != 1 || SSL_CTX_use_PrivateKey(ctx.get(), cert->key.get()) != 1)
+    if (SSL_CTX_use_certificate(ctx.get(), cert->leaf()) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx.get(), cert->key.get()) != 1)
       throw std::runtime_error(b.cert.string() + ": demo backend cannot use this certificate");
     auto acceptor = std::make_shared<tcp::acceptor>(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
     b.endpoint = acceptor->local_endpoint();

@@ -66,8 +66,8 @@ TEST(RandomTwo, KeepsLoadEven) {
   TestPool pool(testing::equal_weights(8));
   auto s = make_selector(conf::Balance::random_two, pool.views);
   for (int i = 0; i < 8000; ++i) ++pool.views[*s->pick(pool.views, Tried{}, 0)].active;
-  auto [lo, hi] = std::minmax_element(pool.views.begin(), pool.views.end(),
-                                      [](auto& a, auto& b) { return a.active < b.active; });
+  auto [lo, hi] =
+      std::minmax_element(pool.views.begin(), pool.views.end(), [](auto& a, auto& b) { return a.active < b.active; });
   EXPECT_LE(hi->active - lo->active, 10u);
 }
 

@@ -16,8 +16,7 @@ constexpr int key_count = 100000;
 std::uint64_t key(int i) { return hash_key("10.1." + std::to_string(i / 256) + "." + std::to_string(i % 256)); }
 
 // Name of the server each key lands on.
-std::vector<std::string_view> assignment(Selector& s, const std::vector<ServerView>& views,
-                                         const Tried& tried = {}) {
+std::vector<std::string_view> assignment(Selector& s, const std::vector<ServerView>& views, const Tried& tried = {}) {
   std::vector<std::string_view> out;
   out.reserve(key_count);
   for (int i = 0; i < key_count; ++i) {

@@ -155,7 +155,8 @@ TEST_P(EveryAlgorithm, UnknownLocalSiteUsesEveryServer) {
   TestPool pool({1, 1}, {"dc1", "dc2"});
   auto s = make_selector(GetParam(), pool.views, "dc9");
   std::set<std::size_t> seen;
-  for (std::uint64_t key = 0; key < 200; ++key) seen.insert(*s->pick(pool.views, Tried{}, hash_key(std::to_string(key))));
+  for (std::uint64_t key = 0; key < 200; ++key)
+    seen.insert(*s->pick(pool.views, Tried{}, hash_key(std::to_string(key))));
   EXPECT_EQ(seen.size(), 2u);
 }
 

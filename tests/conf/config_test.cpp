@@ -26,7 +26,8 @@ class Files {
  public:
   Files() {
     std::random_device random;
-    dir_ = fs::temp_directory_path() / ("gatehouse-conf-" + std::to_string(::getpid()) + "-" + std::to_string(random()));
+    dir_ =
+        fs::temp_directory_path() / ("gatehouse-conf-" + std::to_string(::getpid()) + "-" + std::to_string(random()));
     fs::create_directories(dir_ / "certs");
     fs::create_directories(dir_ / "adir");
     for (const char* name : {"cert.pem", "key.pem", "certs/mail.crt", "certs/mail.key", "ecdsa.crt", "ecdsa.key",
@@ -90,7 +91,7 @@ TEST(Load, BaseConfigIsValid) {
 
 struct ErrorCase {
   const char* name;
-  bool after_base;      // the text is appended to `base`; `line` counts from the text's first line
+  bool after_base;  // the text is appended to `base`; `line` counts from the text's first line
   std::string toml;
   const char* key;      // a substring of the key path
   const char* message;  // a substring of the message
@@ -109,8 +110,7 @@ TEST_P(ConfigError, IsReportedWithFileLineAndKey) {
   auto result = load_string(text, files().config());
   EXPECT_FALSE(result.config.has_value());
   bool found = std::any_of(result.errors.begin(), result.errors.end(), [&](const Diagnostic& d) {
-    return d.key.find(c.key) != std::string::npos && d.message.find(c.message) != std::string::npos &&
-           d.line == line;
+    return d.key.find(c.key) != std::string::npos && d.message.find(c.message) != std::string::npos && d.line == line;
   });
   EXPECT_TRUE(found) << "wanted line " << line << ", key ~ " << c.key << ", message ~ " << c.message << "\ngot:\n"
                      << dump(result);
@@ -135,8 +135,10 @@ const ErrorCase error_cases[] = {
     {"unknown_top_level", false, "listeners = []\n", "listeners", "did you mean \"listener\"", 1},
     {"unknown_top_level_setting", false, "workers = 4\n", "workers", "belongs in the [server] table", 1},
     {"unknown_in_server", true, "[server]\nworkres = 2\n", "server.workres", "did you mean \"workers\"", 2},
-    {"unknown_in_certificate", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-     "chain = \"x\"\n", "certificate \"c2\".chain", "known keys: \"name\", \"cert\", \"key\", \"ocsp\"", 5},
+    {"unknown_in_certificate", true,
+     "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+     "chain = \"x\"\n",
+     "certificate \"c2\".chain", "known keys: \"name\", \"cert\", \"key\", \"ocsp\"", 5},
     {"unknown_in_listener", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nbnid = \"x\"\n",
      "listener \"b\".bnid", "did you mean \"bind\"", 4},  // no route for "b" is only a warning
     {"unknown_in_route", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nhost = [\"a.contoso.com\"]\n",
@@ -154,29 +156,40 @@ const ErrorCase error_cases[] = {
      "expected an integer, got a string (\"4\")", 2},
     {"type_int_for_string", true, "[[listener]]\nname = \"b\"\nbind = 443\n", "listener \"b\".bind",
      "expected a string, got an integer (443)", 3},
-    {"type_bool", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nstrict_sni = \"yes\"\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\n", "strict_sni", "expected true or false", 4},
-    {"type_array", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\ncertificates = \"main\"\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".certificates", "expected an array of strings", 4},
+    {"type_bool", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nstrict_sni = \"yes\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n",
+     "strict_sni", "expected true or false", 4},
+    {"type_array", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\ncertificates = \"main\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n",
+     "listener \"b\".certificates", "expected an array of strings", 4},
     {"type_array_element", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\", 2]\n", "pool \"p2\".servers[1]",
      "expected a string, got an integer (2)", 3},
-    {"type_float_for_int", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\nweight = 1.5\n",
-     "weight", "got a float", 4},
+    {"type_float_for_int", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\nweight = 1.5\n", "weight",
+     "got a float", 4},
     {"type_table_not_array", false, "[listener]\nname = \"a\"\n", "listener", "write [[listener]] (double brackets)",
      1},
     {"type_health_not_table", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nhealth = \"http\"\n",
      "pool \"p2\".health", "expected a table", 4},
 
     // Enum values.
-    {"enum_mode", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l8\"\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".mode", "use one of \"l7\", \"l4\", \"passthrough\"", 4},
-    {"enum_listener_tls", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\ntls = \"tls12\"\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".tls", "\"modern\", \"tls13\"", 4},
-    {"enum_client_certificates", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "client_certificates = \"required\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n", "client_certificates",
-     "\"none\", \"optional\", \"require\"", 4},
-    {"enum_proxy_protocol", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
-     "pool = \"owa\"\nproxy_protocol = \"v3\"\n", "proxy_protocol", "\"\", \"v1\", \"v2\"", 6},
+    {"enum_mode", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l8\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n",
+     "listener \"b\".mode", "use one of \"l7\", \"l4\", \"passthrough\"", 4},
+    {"enum_listener_tls", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\ntls = \"tls12\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n",
+     "listener \"b\".tls", "\"modern\", \"tls13\"", 4},
+    {"enum_client_certificates", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "client_certificates = \"required\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
+     "client_certificates", "\"none\", \"optional\", \"require\"", 4},
+    {"enum_proxy_protocol", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
+     "pool = \"owa\"\nproxy_protocol = \"v3\"\n",
+     "proxy_protocol", "\"\", \"v1\", \"v2\"", 6},
     {"enum_affinity", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\naffinity = \"sticky\"\n", "affinity",
      "\"none\", \"source_ip\", \"cookie\"", 4},
     {"enum_balance", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nbalance = \"rr\"\n", "balance",
@@ -193,23 +206,25 @@ const ErrorCase error_cases[] = {
     // Durations.
     {"duration_no_unit", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nidle_timeout = \"5\"\n",
      "route[1].idle_timeout", "is not a duration", 4},
-    {"duration_negative", true, "[server]\ndrain_timeout = \"-1s\"\n", "server.drain_timeout", "is not a duration",
-     2},
-    {"duration_bad_unit", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nhandshake_timeout = \"1x\"\n"
-     "[[route]]\nlistener = \"b\"\npool = \"owa\"\n", "handshake_timeout", "\"500ms\"", 4},
+    {"duration_negative", true, "[server]\ndrain_timeout = \"-1s\"\n", "server.drain_timeout", "is not a duration", 2},
+    {"duration_bad_unit", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nhandshake_timeout = \"1x\"\n"
+     "[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
+     "handshake_timeout", "\"500ms\"", 4},
     {"duration_overflow", true, "[server]\ndrain_timeout = \"99999999999999999999s\"\n", "drain_timeout",
      "at most ten years", 2},
     {"duration_empty", true, "[server]\ndrain_timeout = \"\"\n", "drain_timeout", "is not a duration", 2},
-    {"duration_zero_interval", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n"
-     "health = { kind = \"tcp\", interval = \"0s\" }\n", "health.interval", "longer than zero", 4},
+    {"duration_zero_interval", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n"
+     "health = { kind = \"tcp\", interval = \"0s\" }\n",
+     "health.interval", "longer than zero", 4},
 
     // Addresses.
     {"address_missing_port", true, "[[listener]]\nname = \"b\"\nbind = \"0.0.0.0\"\n", "listener \"b\".bind",
      "the port is missing", 3},
-    {"address_unbracketed_v6", true, "[[listener]]\nname = \"b\"\nbind = \"::1:443\"\n", "bind",
-     "needs brackets", 3},
-    {"address_bad_port", true, "[[listener]]\nname = \"b\"\nbind = \"0.0.0.0:70000\"\n", "bind",
-     "port from 0 to 65535", 3},
+    {"address_unbracketed_v6", true, "[[listener]]\nname = \"b\"\nbind = \"::1:443\"\n", "bind", "needs brackets", 3},
+    {"address_bad_port", true, "[[listener]]\nname = \"b\"\nbind = \"0.0.0.0:70000\"\n", "bind", "port from 0 to 65535",
+     3},
     {"address_admin", true, "[server]\nadmin = \"localhost:\"\n", "server.admin", "is not an address", 2},
     {"address_server_port_zero", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:0\"\n",
      "server \"mbx02\".address", "real port", 3},
@@ -217,16 +232,18 @@ const ErrorCase error_cases[] = {
     // Duplicates.
     {"duplicate_certificate", true, "[[certificate]]\nname = \"main\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
      "certificate \"main\".name", "already defined at line 1", 2},
-    {"duplicate_listener", true, "[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n",
-     "listener \"https\".name", "already defined at line 15", 2},
-    {"duplicate_server", true, "[[server]]\nname = \"mbx01\"\naddress = \"10.0.1.12:443\"\n",
-     "server \"mbx01\".name", "already defined at line 6", 2},
+    {"duplicate_listener", true, "[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n", "listener \"https\".name",
+     "already defined at line 15", 2},
+    {"duplicate_server", true, "[[server]]\nname = \"mbx01\"\naddress = \"10.0.1.12:443\"\n", "server \"mbx01\".name",
+     "already defined at line 6", 2},
     {"duplicate_pool", true, "[[pool]]\nname = \"owa\"\nservers = [\"mbx01\"]\n", "pool \"owa\".name",
      "already defined at line 11", 2},
-    {"duplicate_bind", false, "[[certificate]]\nname = \"c\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+    {"duplicate_bind", false,
+     "[[certificate]]\nname = \"c\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
      "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:443\"\nmode = \"l4\"\npool = \"p\"\n"
      "[[listener]]\nname = \"b\"\nbind = \"0.0.0.0:443\"\nmode = \"l4\"\npool = \"p\"\n"
-     "[[server]]\nname = \"s\"\naddress = \"10.0.0.1:443\"\n[[pool]]\nname = \"p\"\nservers = [\"s\"]\ntls = \"plain\"\n",
+     "[[server]]\nname = \"s\"\naddress = \"10.0.0.1:443\"\n[[pool]]\nname = \"p\"\nservers = [\"s\"]\ntls = "
+     "\"plain\"\n",
      "listener \"b\".bind", "already bound by listener \"a\" (line 5)", 12},
 
     // Dangling references.
@@ -240,15 +257,19 @@ const ErrorCase error_cases[] = {
      "pool \"p2\".fallback", "no [[pool]] named \"dr\"", 4},
     {"pool_fallback_itself", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nfallback = \"p2\"\n",
      "pool \"p2\".fallback", "cannot fall back to itself", 4},
-    {"dangling_listener_certificate", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+    {"dangling_listener_certificate", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "certificates = [\"main\", \"other\"]\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".certificates[1]", "no [[certificate]] named \"other\"", 4},
-    {"dangling_default_certificate", true, "[[certificate]]\nname = \"second\"\ncert = \"cert.pem\"\n"
+    {"dangling_default_certificate", true,
+     "[[certificate]]\nname = \"second\"\ncert = \"cert.pem\"\n"
      "key = \"key.pem\"\n[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\ncertificates = [\"main\"]\n"
      "default_certificate = \"second\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".default_certificate", "not one of this listener's certificates", 9},
-    {"dangling_listener_pool", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
-     "pool = \"imap\"\n", "listener \"b\".pool", "no [[pool]] named \"imap\"", 5},
+    {"dangling_listener_pool", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
+     "pool = \"imap\"\n",
+     "listener \"b\".pool", "no [[pool]] named \"imap\"", 5},
 
     // Unreadable files.
     {"unreadable_cert", true, "[[certificate]]\nname = \"c2\"\ncert = \"missing.crt\"\nkey = \"key.pem\"\n",
@@ -257,61 +278,91 @@ const ErrorCase error_cases[] = {
      "certificate \"c2\".key", "resolved against the config file's directory", 4},
     {"unreadable_pool_ca", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nca = \"/nonexistent/ca.pem\"\n",
      "pool \"p2\".ca", "cannot read \"/nonexistent/ca.pem\"", 4},
-    {"unreadable_client_ca", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+    {"unreadable_client_ca", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "client_certificates = \"require\"\nclient_ca = \"adir\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".client_ca", "is a directory", 5},
     {"unreadable_ticket_keys", true, "[server]\nticket_keys = \"tickets.missing\"\n", "server.ticket_keys",
      "cannot read", 2},
-    {"unreadable_ocsp_response", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-     "ocsp = \"missing.der\"\n", "certificate \"c2\".ocsp", "cannot read", 5},
+    {"unreadable_ocsp_response", true,
+     "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+     "ocsp = \"missing.der\"\n",
+     "certificate \"c2\".ocsp", "cannot read", 5},
     {"certificate_empty_path", true, "[[certificate]]\nname = \"c2\"\ncert = \"\"\nkey = \"key.pem\"\n",
      "certificate \"c2\".cert", "must name a PEM certificate file", 3},
 
     // Keys that only make sense in some modes.
-    {"l7_listener_pool", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\npool = \"owa\"\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".pool", "only for l4 and passthrough", 4},
-    {"l7_listener_proxy_protocol", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "proxy_protocol = \"v2\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n", "proxy_protocol",
-     "only for l4 and passthrough", 4},
-    {"l4_route_paths", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\npaths = [\"/owa\"]\n", "route[1].paths", "only applies to routes on l7", 8},
-    {"passthrough_route_cookie", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+    {"l7_listener_pool", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\npool = \"owa\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\n",
+     "listener \"b\".pool", "only for l4 and passthrough", 4},
+    {"l7_listener_proxy_protocol", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "proxy_protocol = \"v2\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
+     "proxy_protocol", "only for l4 and passthrough", 4},
+    {"l4_route_paths", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n[[route]]\n"
+     "listener = \"b\"\npool = \"owa\"\npaths = [\"/owa\"]\n",
+     "route[1].paths", "only applies to routes on l7", 8},
+    {"passthrough_route_cookie", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "mode = \"passthrough\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\naffinity = \"cookie\"\n",
      "route[1].affinity", "use \"source_ip\"", 8},
-    {"passthrough_certificates", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\ncertificates = [\"main\"]\n", "listener \"b\".certificates", "does not terminate TLS", 6},
-    {"passthrough_default_certificate", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "mode = \"passthrough\"\npool = \"owa\"\ndefault_certificate = \"main\"\n", "default_certificate",
-     "does not terminate TLS", 6},
-    {"passthrough_strict_sni", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\nstrict_sni = true\n", "strict_sni", "does not terminate TLS", 6},
-    {"passthrough_tls", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\ntls = \"modern\"\n", "listener \"b\".tls", "does not terminate TLS", 6},
-    {"passthrough_alpn", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\nalpn = [\"h2\"]\n", "alpn", "does not terminate TLS", 6},
-    {"passthrough_client_certificates", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+    {"passthrough_certificates", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
+     "pool = \"owa\"\ncertificates = [\"main\"]\n",
+     "listener \"b\".certificates", "does not terminate TLS", 6},
+    {"passthrough_default_certificate", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "mode = \"passthrough\"\npool = \"owa\"\ndefault_certificate = \"main\"\n",
+     "default_certificate", "does not terminate TLS", 6},
+    {"passthrough_strict_sni", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
+     "pool = \"owa\"\nstrict_sni = true\n",
+     "strict_sni", "does not terminate TLS", 6},
+    {"passthrough_tls", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
+     "pool = \"owa\"\ntls = \"modern\"\n",
+     "listener \"b\".tls", "does not terminate TLS", 6},
+    {"passthrough_alpn", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
+     "pool = \"owa\"\nalpn = [\"h2\"]\n",
+     "alpn", "does not terminate TLS", 6},
+    {"passthrough_client_certificates", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "mode = \"passthrough\"\npool = \"owa\"\nclient_certificates = \"optional\"\nclient_ca = \"clients.pem\"\n",
      "client_certificates", "does not terminate TLS", 6, 2},
-    {"passthrough_client_crl", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+    {"passthrough_client_crl", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "mode = \"passthrough\"\npool = \"owa\"\nclient_crl = \"clients.crl\"\n",
      "listener \"b\".client_crl", "does not terminate TLS", 6},
-    {"passthrough_client_verify_depth", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+    {"passthrough_client_verify_depth", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "mode = \"passthrough\"\npool = \"owa\"\nclient_verify_depth = 3\n",
      "listener \"b\".client_verify_depth", "does not terminate TLS", 6},
-    {"client_verify_depth_range", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+    {"client_verify_depth_range", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "client_certificates = \"require\"\nclient_ca = \"clients.pem\"\nclient_verify_depth = 0\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".client_verify_depth", "between 1 and 16", 6},
-    {"unreadable_client_crl", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "listener = \"b\"\npool = \"owa\"\n",
+     "listener \"b\".client_verify_depth", "between 1 and 16", 6},
+    {"unreadable_client_crl", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "client_certificates = \"require\"\nclient_ca = \"clients.pem\"\nclient_crl = \"missing.crl\"\n[[route]]\n"
-     "listener = \"b\"\npool = \"owa\"\n", "listener \"b\".client_crl", "cannot read", 6},
-    {"client_certificates_without_ca", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "listener = \"b\"\npool = \"owa\"\n",
+     "listener \"b\".client_crl", "cannot read", 6},
+    {"client_certificates_without_ca", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "client_certificates = \"require\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".client_certificates", "need client_ca", 4},
-    {"terminating_without_certificate", false, "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
+    {"terminating_without_certificate", false,
+     "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
      "pool = \"p\"\n[[server]]\nname = \"s\"\naddress = \"10.0.0.1:443\"\n[[pool]]\nname = \"p\"\n"
-     "servers = [\"s\"]\ntls = \"plain\"\n", "listener \"a\".mode", "no [[certificate]]", 4},
-    {"l7_alpn_unknown", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nalpn = [\"h2\", \"imap\"]\n"
-     "[[route]]\nlistener = \"b\"\npool = \"owa\"\n", "alpn[1]", "speaks only", 4},
+     "servers = [\"s\"]\ntls = \"plain\"\n",
+     "listener \"a\".mode", "no [[certificate]]", 4},
+    {"l7_alpn_unknown", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nalpn = [\"h2\", \"imap\"]\n"
+     "[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
+     "alpn[1]", "speaks only", 4},
     {"l4_forwards_nowhere", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n",
      "listener \"b\".pool", "forwards nowhere", 1},
     {"no_listener", false, "[[certificate]]\nname = \"c\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n", "listener",
@@ -320,30 +371,38 @@ const ErrorCase error_cases[] = {
     // Value checks.
     {"workers_negative", true, "[server]\nworkers = -1\n", "server.workers", "at least 0", 2},
     {"max_connections_zero", true, "[server]\nmax_connections = 0\n", "server.max_connections", "at least 1", 2},
-    {"listener_max_connections_negative", true, "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "max_connections = -5\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n", "listener \"b\".max_connections",
-     "at least 0", 4},
+    {"listener_max_connections_negative", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
+     "max_connections = -5\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
+     "listener \"b\".max_connections", "at least 0", 4},
     {"weight_too_big", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\nweight = 257\n",
      "server \"mbx02\".weight", "between 0 and 256", 4},
-    {"health_rise_zero", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nhealth = { kind = \"tcp\", rise = 0 }\n",
-     "health.rise", "at least 1", 4},
-    {"health_fall_zero", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nhealth = { kind = \"tcp\", fall = 0 }\n",
-     "health.fall", "at least 1", 4},
-    {"health_expect_600", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n[pool.health]\nkind = \"http\"\n"
-     "expect = 600\n", "pool \"p2\".health.expect", "between 100 and 599", 6},
+    {"health_rise_zero", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nhealth = { kind = \"tcp\", rise = 0 }\n", "health.rise",
+     "at least 1", 4},
+    {"health_fall_zero", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nhealth = { kind = \"tcp\", fall = 0 }\n", "health.fall",
+     "at least 1", 4},
+    {"health_expect_600", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n[pool.health]\nkind = \"http\"\n"
+     "expect = 600\n",
+     "pool \"p2\".health.expect", "between 100 and 599", 6},
     {"health_expect_99", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nhealth = { expect = 99 }\n",
      "health.expect", "between 100 and 599", 4},
-    {"health_path_relative", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n"
-     "health = { kind = \"http\", path = \"owa/healthcheck.htm\" }\n", "health.path", "must start with \"/\"", 4},
+    {"health_path_relative", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n"
+     "health = { kind = \"http\", path = \"owa/healthcheck.htm\" }\n",
+     "health.path", "must start with \"/\"", 4},
     {"route_path_relative", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\npaths = [\"/ecp\", \"owa\"]\n",
      "route[1].paths[1]", "must start with \"/\"", 4},
     {"route_paths_empty", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\npaths = []\n", "route[1].paths",
      "matches nothing", 4},
     {"host_wildcard_tld", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nhosts = [\"*.com\"]\n",
      "route[1].hosts[0]", "never \"*.com\"", 4},
-    {"host_wildcard_not_leftmost", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\n"
-     "hosts = [\"mail.contoso.com\", \"mail.*.contoso.com\"]\n", "hosts[1]", "only allowed as the left-most label",
-     4},
+    {"host_wildcard_not_leftmost", true,
+     "[[route]]\nlistener = \"https\"\npool = \"owa\"\n"
+     "hosts = [\"mail.contoso.com\", \"mail.*.contoso.com\"]\n",
+     "hosts[1]", "only allowed as the left-most label", 4},
     {"host_wildcard_partial", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nhosts = [\"m*.contoso.com\"]\n",
      "hosts[0]", "must be a whole label", 4},
     {"host_star_alone", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nhosts = [\"*\"]\n", "hosts[0]",
@@ -356,46 +415,61 @@ const ErrorCase error_cases[] = {
      "hosts[0]", "empty label", 4},
     {"pin_short_base64", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\npin = \"sha256/AAAA=\"\n",
      "server \"mbx02\".pin", "base64 of a 32-byte", 4},
-    {"pin_hex_39_digits", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
-     "pin = \"" + std::string(39, 'A') + "\"\n", "pin", "40 hex digits", 4},
-    {"pin_not_hex", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
-     "pin = \"" + std::string(39, 'A') + "G\"\n", "pin", "gatehouse cert pin HOST:PORT", 4},
-    {"pin_invisible_character", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
-     "pin = \"\xE2\x80\x8E" + std::string(40, 'A') + "\"\n", "pin", "invisible", 4},
-    {"verify_without_pin_or_ca", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n[[pool]]\n"
-     "name = \"p2\"\nservers = [\"mbx01\", \"mbx02\"]\n", "pool \"p2\".servers",
+    {"pin_hex_39_digits", true,
+     "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
+     "pin = \"" +
+         std::string(39, 'A') + "\"\n",
+     "pin", "40 hex digits", 4},
+    {"pin_not_hex", true,
+     "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
+     "pin = \"" +
+         std::string(39, 'A') + "G\"\n",
+     "pin", "gatehouse cert pin HOST:PORT", 4},
+    {"pin_invisible_character", true,
+     "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
+     "pin = \"\xE2\x80\x8E" +
+         std::string(40, 'A') + "\"\n",
+     "pin", "invisible", 4},
+    {"verify_without_pin_or_ca", true,
+     "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n[[pool]]\n"
+     "name = \"p2\"\nservers = [\"mbx01\", \"mbx02\"]\n",
+     "pool \"p2\".servers",
      "server \"mbx02\" has no pin and pool \"p2\" has no ca, so its certificate cannot be verified; set pin "
-     "(gatehouse cert pin HOST:PORT prints it) or ca, or tls = \"insecure\"", 6},
-    {"verify_empty_pin_explicit", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\npin = \"\"\n"
-     "[[pool]]\nname = \"p2\"\nservers = [\"mbx02\"]\nca = \"\"\n", "pool \"p2\".servers", "has no pin", 7},
+     "(gatehouse cert pin HOST:PORT prints it) or ca, or tls = \"insecure\"",
+     6},
+    {"verify_empty_pin_explicit", true,
+     "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\npin = \"\"\n"
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx02\"]\nca = \"\"\n",
+     "pool \"p2\".servers", "has no pin", 7},
     {"pool_servers_empty", true, "[[pool]]\nname = \"p2\"\nservers = []\n", "pool \"p2\".servers",
      "at least one server", 3},
     {"pool_server_twice", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\", \"mbx01\"]\n", "servers[1]",
      "listed twice", 3},
     {"name_with_space", true, "[[pool]]\nname = \"my pool\"\nservers = [\"mbx01\"]\n", "pool \"my pool\".name",
      "not a usable name", 2},
-    {"server_name_wildcard", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
-     "server_name = \"*.contoso.com\"\n", "server_name", "not a host name", 4},
+    {"server_name_wildcard", true,
+     "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
+     "server_name = \"*.contoso.com\"\n",
+     "server_name", "not a host name", 4},
 
     // Required keys.
     {"missing_certificate_name", true, "[[certificate]]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
      "certificate[1].name", "required key is missing; add name = ", 1},
     {"missing_certificate_cert", true, "[[certificate]]\nname = \"c2\"\nkey = \"key.pem\"\n", "certificate \"c2\".cert",
      "required key is missing", 1},
-    {"missing_certificate_key", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\n",
-     "certificate \"c2\".key", "required key is missing", 1},
+    {"missing_certificate_key", true, "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\n", "certificate \"c2\".key",
+     "required key is missing", 1},
     {"missing_listener_name", true, "[[listener]]\nbind = \"127.0.0.1:0\"\n", "listener[1].name",
      "required key is missing", 1},
     {"missing_listener_bind", true, "[[listener]]\nname = \"b\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".bind", "add bind = \"0.0.0.0:443\"", 1},
-    {"missing_server_name", true, "[[server]]\naddress = \"10.0.0.2:443\"\npin = \"" + pin_a + "\"\n",
-     "server[1].name", "required key is missing", 1},
+    {"missing_server_name", true, "[[server]]\naddress = \"10.0.0.2:443\"\npin = \"" + pin_a + "\"\n", "server[1].name",
+     "required key is missing", 1},
     {"missing_server_address", true, "[[server]]\nname = \"mbx02\"\n", "server \"mbx02\".address",
      "required key is missing", 1},
     {"missing_pool_name", true, "[[pool]]\nservers = [\"mbx01\"]\n", "pool[1].name", "required key is missing", 1},
     {"missing_pool_servers", true, "[[pool]]\nname = \"p2\"\n", "pool \"p2\".servers", "required key is missing", 1},
-    {"missing_route_listener", true, "[[route]]\npool = \"owa\"\n", "route[1].listener", "required key is missing",
-     1},
+    {"missing_route_listener", true, "[[route]]\npool = \"owa\"\n", "route[1].listener", "required key is missing", 1},
     {"missing_route_pool", true, "[[route]]\nlistener = \"https\"\n", "route[1].pool", "required key is missing", 1},
 };
 
@@ -403,18 +477,19 @@ INSTANTIATE_TEST_SUITE_P(Table, ConfigError, ::testing::ValuesIn(error_cases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Load, CollectsEveryErrorSortedByLine) {
-  auto result = load_string(base + "[server]\nworkers = -2\nadmin = \"nowhere\"\n[[route]]\nlistener = \"x\"\n"
-                                   "pool = \"y\"\n",
+  auto result = load_string(base +
+                                "[server]\nworkers = -2\nadmin = \"nowhere\"\n[[route]]\nlistener = \"x\"\n"
+                                "pool = \"y\"\n",
                             files().config());
   ASSERT_FALSE(result.config);
   ASSERT_EQ(result.errors.size(), 4u) << dump(result);
-  EXPECT_TRUE(std::is_sorted(result.errors.begin(), result.errors.end(),
-                             [](auto& a, auto& b) { return a.line < b.line; }));
+  EXPECT_TRUE(
+      std::is_sorted(result.errors.begin(), result.errors.end(), [](auto& a, auto& b) { return a.line < b.line; }));
 }
 
 TEST(Load, NeverThrowsOnGarbage) {
-  const std::string inputs[] = {"", std::string("\0\xff\xfe[[", 5), "[[[", "a = \"\\u\"", "= 1",
-                                "[server]\n[server.admin]\nx = 1\n"};
+  const std::string inputs[] = {"",    std::string("\0\xff\xfe[[", 5),     "[[[", "a = \"\\u\"",
+                                "= 1", "[server]\n[server.admin]\nx = 1\n"};
   for (auto& text : inputs) {
     LoadResult result;
     EXPECT_NO_THROW(result = load_string(text, "garbage.toml"));
@@ -440,8 +515,9 @@ TEST(Load, FromFileResolvesPathsAgainstItsDirectory) {
 }
 
 TEST(Load, InsecurePoolIsAWarningNotAnError) {
-  auto result = load_string(base + "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
-                                   "[[pool]]\nname = \"p2\"\nservers = [\"mbx02\"]\ntls = \"insecure\"\n",
+  auto result = load_string(base +
+                                "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:443\"\n"
+                                "[[pool]]\nname = \"p2\"\nservers = [\"mbx02\"]\ntls = \"insecure\"\n",
                             files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   ASSERT_EQ(result.warnings.size(), 1u) << dump(result);
@@ -477,10 +553,11 @@ TEST(Load, GlobalIsTheSettingsTableServerTheOlderName) {
 }
 
 TEST(Load, DefaultsAreResolved) {
-  auto result = load_string(base + "[[certificate]]\nname = \"second\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-                                   "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
-                                   "pool = \"owa\"\n[[listener]]\nname = \"pass\"\nbind = \"127.0.0.1:0\"\n"
-                                   "mode = \"passthrough\"\npool = \"owa\"\n",
+  auto result = load_string(base +
+                                "[[certificate]]\nname = \"second\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+                                "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
+                                "pool = \"owa\"\n[[listener]]\nname = \"pass\"\nbind = \"127.0.0.1:0\"\n"
+                                "mode = \"passthrough\"\npool = \"owa\"\n",
                             files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   const Config& config = *result.config;
@@ -550,12 +627,13 @@ TEST(Load, AdminCanBeDisabled) {
 }
 
 TEST(Load, AcceptedPinAndHostForms) {
-  auto result = load_string(base + "[[server]]\nname = \"hex\"\naddress = \"10.0.0.2:443\"\n"
-                                   "pin = \"1F 2E 3D 4C 5B 6A 79 88 97 A6 b5 c4 d3 e2 f1 00 11 22 33 44\"\n"
-                                   "[[server]]\nname = \"colons\"\naddress = \"10.0.0.3:443\"\n"
-                                   "pin = \"1F:2E:3D:4C:5B:6A:79:88:97:A6:B5:C4:D3:E2:F1:00:11:22:33:44\"\n"
-                                   "[[route]]\nlistener = \"https\"\npool = \"owa\"\n"
-                                   "hosts = [\"MAIL.Contoso.COM.\", \"*.Contoso.com\", \"autodiscover.contoso.com\"]\n",
+  auto result = load_string(base +
+                                "[[server]]\nname = \"hex\"\naddress = \"10.0.0.2:443\"\n"
+                                "pin = \"1F 2E 3D 4C 5B 6A 79 88 97 A6 b5 c4 d3 e2 f1 00 11 22 33 44\"\n"
+                                "[[server]]\nname = \"colons\"\naddress = \"10.0.0.3:443\"\n"
+                                "pin = \"1F:2E:3D:4C:5B:6A:79:88:97:A6:B5:C4:D3:E2:F1:00:11:22:33:44\"\n"
+                                "[[route]]\nlistener = \"https\"\npool = \"owa\"\n"
+                                "hosts = [\"MAIL.Contoso.COM.\", \"*.Contoso.com\", \"autodiscover.contoso.com\"]\n",
                             files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   EXPECT_THAT(result.config->routes[1].hosts,
@@ -566,10 +644,11 @@ TEST(Load, AcceptedPinAndHostForms) {
 
 TEST(Load, OcspModes) {
   std::ofstream(files().dir() / "mail.ocsp") << "x";
-  const std::string text = base + "[[certificate]]\nname = \"auto\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-                                  "ocsp = \"auto\"\n[[certificate]]\nname = \"file\"\ncert = \"cert.pem\"\n"
-                                  "key = \"key.pem\"\nocsp = \"mail.ocsp\"\n[[certificate]]\nname = \"none\"\n"
-                                  "cert = \"cert.pem\"\nkey = \"key.pem\"\nocsp = \"\"\n";
+  const std::string text = base +
+                           "[[certificate]]\nname = \"auto\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+                           "ocsp = \"auto\"\n[[certificate]]\nname = \"file\"\ncert = \"cert.pem\"\n"
+                           "key = \"key.pem\"\nocsp = \"mail.ocsp\"\n[[certificate]]\nname = \"none\"\n"
+                           "cert = \"cert.pem\"\nkey = \"key.pem\"\nocsp = \"\"\n";
   auto result = load_string(text, files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   const Config& c = *result.config;

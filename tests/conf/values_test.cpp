@@ -14,10 +14,9 @@ using std::chrono::seconds;
 
 TEST(ParseDuration, AcceptsUnitsAndCombinations) {
   const std::pair<const char*, Duration> cases[] = {
-      {"500ms", milliseconds(500)}, {"30s", seconds(30)},          {"5m", minutes(5)},
-      {"1h", hours(1)},             {"1h30m", minutes(90)},        {"0s", Duration(0)},
-      {"1m30s", seconds(90)},       {"2s500ms", milliseconds(2500)}, {"65m", minutes(65)},
-      {"87600h", hours(87600)},
+      {"500ms", milliseconds(500)}, {"30s", seconds(30)},     {"5m", minutes(5)},     {"1h", hours(1)},
+      {"1h30m", minutes(90)},       {"0s", Duration(0)},      {"1m30s", seconds(90)}, {"2s500ms", milliseconds(2500)},
+      {"65m", minutes(65)},         {"87600h", hours(87600)},
   };
   for (auto [text, expected] : cases) {
     auto parsed = parse_duration(text);
@@ -27,8 +26,15 @@ TEST(ParseDuration, AcceptsUnitsAndCombinations) {
 }
 
 TEST(ParseDuration, RejectsMalformed) {
-  const char* cases[] = {"",   "5",  "-1s", "1x",  "s",    "1.5s", " 1s", "1s ", "1 s", "1S",
-                         "ms", "1d", "1hh", "+1s", "1h-", "99999999999999999999s", "9999999h", "1000000000000000ms"};
+  const char* cases[] = {"",         "5",
+                         "-1s",      "1x",
+                         "s",        "1.5s",
+                         " 1s",      "1s ",
+                         "1 s",      "1S",
+                         "ms",       "1d",
+                         "1hh",      "+1s",
+                         "1h-",      "99999999999999999999s",
+                         "9999999h", "1000000000000000ms"};
   for (const char* text : cases) EXPECT_FALSE(parse_duration(text)) << '"' << text << '"';
 }
 
@@ -53,11 +59,11 @@ TEST(ParseAddress, AcceptsHostPortAndBracketedV6) {
 }
 
 TEST(ParseAddress, RejectsMalformed) {
-  const char* cases[] = {"",          "0.0.0.0",      "0.0.0.0:",        ":443",         "host:65536",
-                         "host:-1",   "host:4a",      "host:+443",       "::1:443",      "[::1]",
-                         "[::1]443",  "[::1]:",       "[]:443",          "[zz::]:443",   "[127.0.0.1]:443",
-                         "1.2.3:443", "999.1.1.1:80", "a..b:80",         "bad host:80",  "host:0443443",
-                         "[::1:443",  "*:443",        "host:80 ",        "host:00000080"};
+  const char* cases[] = {"",          "0.0.0.0",      "0.0.0.0:",  ":443",         "host:65536",
+                         "host:-1",   "host:4a",      "host:+443", "::1:443",      "[::1]",
+                         "[::1]443",  "[::1]:",       "[]:443",    "[zz::]:443",   "[127.0.0.1]:443",
+                         "1.2.3:443", "999.1.1.1:80", "a..b:80",   "bad host:80",  "host:0443443",
+                         "[::1:443",  "*:443",        "host:80 ",  "host:00000080"};
   for (const char* text : cases) EXPECT_FALSE(parse_address(text)) << '"' << text << '"';
 }
 

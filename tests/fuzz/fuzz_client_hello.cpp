@@ -95,7 +95,7 @@ void handshake(const ListenerTls& listener, std::string_view flight) {
   expect(ssl != nullptr, "a listener makes an SSL");
   BIO* in = BIO_new_mem_buf(flight.data(), static_cast<int>(flight.size()));
   BIO* out = BIO_new(BIO_s_mem());
-  BIO_set_mem_eof_return(in, -1);  // no more yet, rather than end of stream
+  BIO_set_mem_eof_return(in, -1);   // no more yet, rather than end of stream
   SSL_set_bio(ssl.get(), in, out);  // owned by ssl from here
   // Records after the ClientHello (a fuzzer may invent some) are read too.
   for (int i = 0; i < 8; ++i) {

@@ -27,14 +27,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const auto& listener : result.config->listeners) {
       for (const auto& name : listener.certificates)
         expect(result.config->find_certificate(name) != nullptr, "a listener's certificates exist");
-      if (!listener.pool.empty()) expect(result.config->find_pool(listener.pool) != nullptr, "a listener's pool exists");
+      if (!listener.pool.empty())
+        expect(result.config->find_pool(listener.pool) != nullptr, "a listener's pool exists");
     }
     for (const auto& route : result.config->routes) {
       expect(result.config->find_listener(route.listener) != nullptr, "a route's listener exists");
       expect(result.config->find_pool(route.pool) != nullptr, "a route's pool exists");
     }
     for (const auto& pool : result.config->pools)
-      for (const auto& name : pool.servers) expect(result.config->find_server(name) != nullptr, "a pool's servers exist");
+      for (const auto& name : pool.servers)
+        expect(result.config->find_server(name) != nullptr, "a pool's servers exist");
   }
 
   // The single-value parsers, on the whole text and on its first line.

@@ -68,7 +68,10 @@ TEST(HttpMessage, RefusesFramingThatCouldBeReadTwoWays) {
       {"space in name", start + "Bad Header: x\r\n\r\n", "name"},
       {"control in name", start + std::string("X-A\x01: y\r\n\r\n"), "name"},
       {"NUL in value", start + std::string("X-A: a\0b\r\n\r\n", 13), "value"},
-      {"DEL in value", start + "X-A: a\x7f" "b\r\n\r\n", "value"},
+      {"DEL in value",
+       start + "X-A: a\x7f"
+               "b\r\n\r\n",
+       "value"},
       {"101 fields", "GET / HTTP/1.1\r\nHost: h\r\n" + fields(100) + "\r\n", "100 header fields"},
       {"header over 64 KiB", "GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + std::string(70000, 'a') + "\r\n\r\n", "64 KiB"},
       {"request line over 64 KiB", "GET /" + std::string(70000, 'a') + " HTTP/1.1\r\nHost: h\r\n\r\n", "64 KiB"},
@@ -147,10 +150,10 @@ TEST(HttpMessage, HopByHopAndForwardingFieldsNeverCross) {
   for (const char* gone : {"Connection", "Keep-Alive", "X-Secret", "TE:", "Upgrade", "Proxy-Connection", "6.6.6.6",
                            "evil", "proto=http;", "Proto: http\r"})
     EXPECT_EQ(out.find(gone), std::string::npos) << gone << " in\n" << out;
-  for (const char* kept : {"GET /owa/ HTTP/1.1\r\n", "Host: mail.contoso.com\r\n", "Cookie: a=b\r\n",
-                           "Authorization: Negotiate abc\r\n", "X-Forwarded-For: 192.0.2.7\r\n",
-                           "X-Forwarded-Proto: https\r\n", "X-Forwarded-Host: mail.contoso.com\r\n",
-                           "Forwarded: for=192.0.2.7;proto=https;host=mail.contoso.com\r\n"})
+  for (const char* kept :
+       {"GET /owa/ HTTP/1.1\r\n", "Host: mail.contoso.com\r\n", "Cookie: a=b\r\n", "Authorization: Negotiate abc\r\n",
+        "X-Forwarded-For: 192.0.2.7\r\n", "X-Forwarded-Proto: https\r\n", "X-Forwarded-Host: mail.contoso.com\r\n",
+        "Forwarded: for=192.0.2.7;proto=https;host=mail.contoso.com\r\n"})
     EXPECT_NE(out.find(kept), std::string::npos) << kept << " missing in\n" << out;
   EXPECT_TRUE(out.ends_with("\r\n\r\n"));
 }
@@ -166,8 +169,7 @@ TEST(HttpMessage, ClientCertFieldIsOnlyTheProxys) {
   EXPECT_EQ(none.find("admin"), std::string::npos) << none;
   EXPECT_EQ(none.find("X-Forwarded-Client-Cert"), std::string::npos) << none;
   const std::string xfcc = "Hash=ab;Subject=\"CN=alice\"";
-  const std::string out =
-      serialize_request(p.head, ForwardedFor{"192.0.2.7", "mail.contoso.com", "https", xfcc}, true);
+  const std::string out = serialize_request(p.head, ForwardedFor{"192.0.2.7", "mail.contoso.com", "https", xfcc}, true);
   EXPECT_NE(out.find("\r\nX-Forwarded-Client-Cert: Hash=ab;Subject=\"CN=alice\"\r\n"), std::string::npos) << out;
   for (const char* name : {"x-forwarded-client-cert", "X-Forwarded-Client-Cert", "forwarded", "X-Forwarded-For"})
     EXPECT_TRUE(is_forwarding_field(name)) << name;

@@ -80,8 +80,8 @@ class L4Proxy {
   std::string config() const {
     std::ostringstream text;
     text << "[server]\nworkers = 2\nadmin = \"\"\naccess_log = \"\"\n\n"
-         << "[[certificate]]\nname = \"front\"\ncert = '" << front_.cert.string() << "'\nkey = '"
-         << front_.key.string() << "'\n\n"
+         << "[[certificate]]\nname = \"front\"\ncert = '" << front_.cert.string() << "'\nkey = '" << front_.key.string()
+         << "'\n\n"
          << "[[listener]]\nname = \"bulk\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\npool = \"echo\"\n\n"
          << "[[server]]\nname = \"mbx01\"\naddress = \"127.0.0.1:" << backend_.port() << "\"\npin = \""
          << back_.thumbprint << "\"\n\n"
@@ -150,8 +150,7 @@ asio::awaitable<void> receive_all(TlsStream& stream, Transfer& t, std::uint64_t 
     sha.update(buffer.data(), n);
     t.received += n;
     if (t.received > limit) {
-      t.fail("received " + std::to_string(t.received) + " bytes, more than the " + std::to_string(limit) +
-             " expected");
+      t.fail("received " + std::to_string(t.received) + " bytes, more than the " + std::to_string(limit) + " expected");
       stream.abort();
       co_return;
     }
@@ -253,12 +252,11 @@ std::string unfinished(const std::vector<Transfer>& transfers) {
 void print_rate(const std::string& what, std::uint64_t bytes_each_way, double seconds, double proxy_cpu = -1) {
   const double each_way = static_cast<double>(bytes_each_way) / 1e6 / seconds;
   std::cout << "[ figures  ] " << what << ": " << bytes_each_way / kMiB << " MiB each way in " << std::fixed
-            << std::setprecision(2) << seconds << " s = " << std::setprecision(1) << each_way
-            << " MB/s each way, " << 2 * each_way << " MB/s both ways";
+            << std::setprecision(2) << seconds << " s = " << std::setprecision(1) << each_way << " MB/s each way, "
+            << 2 * each_way << " MB/s both ways";
   if (proxy_cpu >= 0)
-    std::cout << "; gatehouse CPU " << std::setprecision(2) << proxy_cpu << " s ("
-              << std::setprecision(1) << proxy_cpu * 1e9 / (2.0 * static_cast<double>(bytes_each_way))
-              << " ns per byte relayed)";
+    std::cout << "; gatehouse CPU " << std::setprecision(2) << proxy_cpu << " s (" << std::setprecision(1)
+              << proxy_cpu * 1e9 / (2.0 * static_cast<double>(bytes_each_way)) << " ns per byte relayed)";
   std::cout << std::endl;
 }
 
@@ -282,11 +280,10 @@ TEST(L4Bulk, OneConnectionEchoes64MiBEachWay) {
   transfers[0].seed = 20240601;
   const auto port = proxy.port();
   const double cpu_before = proxy.process().cpu_seconds();
-  const auto seconds = run_transfers(transfers, kOneConnectionDeadline, [port](SSL_CTX* ctx, Transfer& t) {
-    return echo_transfer(port, ctx, t);
-  });
-  ASSERT_TRUE(seconds) << "the transfer did not finish within " << kOneConnectionDeadline.count() << " s:"
-                       << unfinished(transfers) << "\ngatehouse printed:\n"
+  const auto seconds = run_transfers(transfers, kOneConnectionDeadline,
+                                     [port](SSL_CTX* ctx, Transfer& t) { return echo_transfer(port, ctx, t); });
+  ASSERT_TRUE(seconds) << "the transfer did not finish within " << kOneConnectionDeadline.count()
+                       << " s:" << unfinished(transfers) << "\ngatehouse printed:\n"
                        << proxy.process().output();
   print_rate("l4 echo, 1 connection", transfers[0].size, *seconds, proxy.process().cpu_seconds() - cpu_before);
   expect_echoed(transfers, proxy.front_certificate().thumbprint);
@@ -309,11 +306,10 @@ TEST(L4Bulk, FiftyConnectionsAtOnceEachEcho64MiBEachWay) {
   }
   const auto port = proxy.port();
   const double cpu_before = proxy.process().cpu_seconds();
-  const auto seconds = run_transfers(transfers, kFiftyConnectionsDeadline, [port](SSL_CTX* ctx, Transfer& t) {
-    return echo_transfer(port, ctx, t);
-  });
-  ASSERT_TRUE(seconds) << "the transfers did not finish within " << kFiftyConnectionsDeadline.count() << " s:"
-                       << unfinished(transfers) << "\ngatehouse printed:\n"
+  const auto seconds = run_transfers(transfers, kFiftyConnectionsDeadline,
+                                     [port](SSL_CTX* ctx, Transfer& t) { return echo_transfer(port, ctx, t); });
+  ASSERT_TRUE(seconds) << "the transfers did not finish within " << kFiftyConnectionsDeadline.count()
+                       << " s:" << unfinished(transfers) << "\ngatehouse printed:\n"
                        << proxy.process().output();
   print_rate("l4 echo, 50 connections at once (aggregate)", fifty_connections_bytes() * kConnections, *seconds,
              proxy.process().cpu_seconds() - cpu_before);
@@ -336,11 +332,11 @@ TEST(L4Bulk, OneDirection64MiBThenHalfCloseThenDigest) {
   std::string answer;
   const auto port = proxy.port();
   const double cpu_before = proxy.process().cpu_seconds();
-  const auto seconds =
-      run_transfers(transfers, kOneConnectionDeadline,
-                    [port, &answer](SSL_CTX* ctx, Transfer& t) { return digest_transfer(port, ctx, t, answer); });
-  ASSERT_TRUE(seconds) << "the transfer did not finish within " << kOneConnectionDeadline.count() << " s:"
-                       << unfinished(transfers) << "\nanswer so far: " << answer.size() << " bytes"
+  const auto seconds = run_transfers(transfers, kOneConnectionDeadline, [port, &answer](SSL_CTX* ctx, Transfer& t) {
+    return digest_transfer(port, ctx, t, answer);
+  });
+  ASSERT_TRUE(seconds) << "the transfer did not finish within " << kOneConnectionDeadline.count()
+                       << " s:" << unfinished(transfers) << "\nanswer so far: " << answer.size() << " bytes"
                        << "\ngatehouse printed:\n"
                        << proxy.process().output();
   const auto& t = transfers[0];
@@ -376,11 +372,10 @@ TEST(L4BulkBaseline, OneConnectionEchoes64MiBEachWayWithoutProxy) {
   transfers[0].size = one_connection_bytes();
   transfers[0].seed = 20240601;
   const auto port = backend.port();
-  const auto seconds = run_transfers(transfers, kOneConnectionDeadline, [port](SSL_CTX* ctx, Transfer& t) {
-    return echo_transfer(port, ctx, t);
-  });
-  ASSERT_TRUE(seconds) << "the transfer did not finish within " << kOneConnectionDeadline.count() << " s:"
-                       << unfinished(transfers);
+  const auto seconds = run_transfers(transfers, kOneConnectionDeadline,
+                                     [port](SSL_CTX* ctx, Transfer& t) { return echo_transfer(port, ctx, t); });
+  ASSERT_TRUE(seconds) << "the transfer did not finish within " << kOneConnectionDeadline.count()
+                       << " s:" << unfinished(transfers);
   print_rate("baseline: same client straight to the backend, 1 connection", transfers[0].size, *seconds);
   expect_echoed(transfers, cert.thumbprint);
 }

@@ -164,7 +164,7 @@ bool run_with_deadline(asio::io_context& io, std::chrono::steady_clock::duration
 }
 
 asio::awaitable<std::pair<error_code, std::optional<TlsStream>>> connect_tls(std::uint16_t port, std::string sni,
-                                                                          SSL_CTX* ctx) {
+                                                                             SSL_CTX* ctx) {
   ignore_sigpipe();
   tcp::socket socket(co_await asio::this_coro::executor);
   auto [ec] = co_await socket.async_connect(tcp::endpoint(asio::ip::address_v4::loopback(), port), use_tuple);
@@ -371,15 +371,11 @@ int GatehouseProcess::stop(std::chrono::milliseconds timeout) {
     std::this_thread::sleep_for(10ms);
   if (done == 0) {
     ::kill(pid_, SIGKILL);
-    while ((done = ::waitpid(pid_, &raw, 0)) < 0 && errno == EINTR) {
-    }
+    while ((done = ::waitpid(pid_, &raw, 0)) < 0 && errno == EINTR) {}
   }
-  if (done == pid_ && WIFEXITED(raw))
-    status_ = WEXITSTATUS(raw);
-  else if (done == pid_ && WIFSIGNALED(raw))
-    status_ = 128 + WTERMSIG(raw);
-  else
-    status_ = -1;
+  if (done == pid_ && WIFEXITED(raw)) status_ = WEXITSTATUS(raw);
+  else if (done == pid_ && WIFSIGNALED(raw)) status_ = 128 + WTERMSIG(raw);
+  else status_ = -1;
   if (reader_.joinable()) reader_.join();
   return *status_;
 }

@@ -119,8 +119,8 @@ bool run_with_deadline(asio::io_context& io, std::chrono::steady_clock::duration
 
 // Connects to 127.0.0.1:port and completes a TLS client handshake sending
 // `sni` (none when empty). Error codes, never exceptions.
-asio::awaitable<std::pair<error_code, std::optional<TlsStream>>> connect_tls(std::uint16_t port,
-                                                                          std::string sni, SSL_CTX* ctx);
+asio::awaitable<std::pair<error_code, std::optional<TlsStream>>> connect_tls(std::uint16_t port, std::string sni,
+                                                                             SSL_CTX* ctx);
 
 // The real gatehouse binary (GATEHOUSE_BINARY) running `run -c CONFIG`.
 // A reader thread parses its stderr (one JSON event per line) and stdout
@@ -143,9 +143,9 @@ class GatehouseProcess {
   // std::out_of_range naming the listener when there is none.
   std::uint16_t port(const std::string& listener) const;
   // Snapshots of what the process printed so far.
-  std::vector<boost::json::object> events() const;      // stderr lines that are JSON objects
+  std::vector<boost::json::object> events() const;        // stderr lines that are JSON objects
   std::vector<boost::json::object> access_lines() const;  // stdout lines that are JSON objects
-  std::string output() const;                            // stderr and stdout, raw, interleaved
+  std::string output() const;                             // stderr and stdout, raw, interleaved
   // Waits until an event satisfies `predicate` (also checking those already
   // seen); nullopt after `timeout` or when the process has ended.
   std::optional<boost::json::object> wait_for_event(const std::function<bool(const boost::json::object&)>& predicate,

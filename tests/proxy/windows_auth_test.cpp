@@ -68,7 +68,8 @@ TEST(WindowsAuth, NtlmType3NamesDomainAndUser) {
 }
 
 TEST(WindowsAuth, NtlmInsideSpnegoIsFoundBySignature) {
-  const std::string spnego = std::string("\xa1\x81\x90\x30\x81\x8d\xa2\x81\x8a\x04\x81\x87", 12) + type3("CONTOSO", "dave");
+  const std::string spnego =
+      std::string("\xa1\x81\x90\x30\x81\x8d\xa2\x81\x8a\x04\x81\x87", 12) + type3("CONTOSO", "dave");
   EXPECT_EQ(ntlm_user(spnego), "CONTOSO\\dave");
   const RequestAuth auth = parse_authorization("Negotiate " + base64(spnego));
   EXPECT_TRUE(auth.connection_bound);
@@ -78,15 +79,15 @@ TEST(WindowsAuth, NtlmInsideSpnegoIsFoundBySignature) {
 
 TEST(WindowsAuth, MalformedNtlmNamesNobody) {
   std::string m = type3("CONTOSO", "alice");
-  EXPECT_FALSE(ntlm_user(m.substr(0, 63)));        // shorter than the fixed part
+  EXPECT_FALSE(ntlm_user(m.substr(0, 63)));  // shorter than the fixed part
   std::string wrong_type = m;
-  put32(wrong_type, 8, 1);                           // a Type 1
+  put32(wrong_type, 8, 1);  // a Type 1
   EXPECT_FALSE(ntlm_user(wrong_type));
   std::string outside = m;
-  put32(outside, 40, 0xfffffff0u);                   // user offset past the end
+  put32(outside, 40, 0xfffffff0u);  // user offset past the end
   EXPECT_FALSE(ntlm_user(outside));
   std::string too_long = m;
-  put16(too_long, 36, 0xffff);                       // user length past the end
+  put16(too_long, 36, 0xffff);  // user length past the end
   EXPECT_FALSE(ntlm_user(too_long));
   EXPECT_FALSE(ntlm_user("garbage"));
   // Still a connection-bound scheme, just without a user.
@@ -105,8 +106,8 @@ TEST(WindowsAuth, SchemesThatBindTheConnection) {
   EXPECT_FALSE(parse_authorization("Basic YWxpY2U6c2VjcmV0").connection_bound);
   EXPECT_FALSE(parse_authorization("Bearer eyJhbGciOi").connection_bound);
   EXPECT_FALSE(request_auth(Fields{{"Cookie", "a=b"}}));
-  const auto both = request_auth(Fields{{"Authorization", "Basic YWxpY2U6c2VjcmV0"},
-                                        {"Proxy-Authorization", "Negotiate YIIHAA=="}});
+  const auto both =
+      request_auth(Fields{{"Authorization", "Basic YWxpY2U6c2VjcmV0"}, {"Proxy-Authorization", "Negotiate YIIHAA=="}});
   ASSERT_TRUE(both);
   EXPECT_TRUE(both->connection_bound);
   EXPECT_EQ(both->scheme, "Negotiate");
@@ -121,7 +122,8 @@ TEST(WindowsAuth, BasicLogsTheUserNeverThePassword) {
 
 TEST(WindowsAuth, ResponsesThatBindTheConnection) {
   EXPECT_TRUE(response_binds(401, Fields{{"WWW-Authenticate", "NTLM"}}));
-  EXPECT_TRUE(response_binds(401, Fields{{"WWW-Authenticate", "Basic realm=\"x\""}, {"www-authenticate", "Negotiate"}}));
+  EXPECT_TRUE(
+      response_binds(401, Fields{{"WWW-Authenticate", "Basic realm=\"x\""}, {"www-authenticate", "Negotiate"}}));
   EXPECT_TRUE(response_binds(401, Fields{{"WWW-Authenticate", "Basic realm=\"x\", NTLM"}}));
   EXPECT_TRUE(response_binds(401, Fields{{"WWW-Authenticate", "NTLM TlRMTVNTUAACAAAA"}}));
   EXPECT_TRUE(response_binds(407, Fields{{"Proxy-Authenticate", "Negotiate"}}));

@@ -158,8 +158,8 @@ TEST(LoadCertificate, CorruptPemBlock) {
   TempDir dir;
   const auto files = make_cert(dir.path(), "mail", "mail.contoso.com");
   const auto corrupt = dir / "corrupt.crt";
-  testing::write_text(corrupt, testing::read_text(files.cert) +
-                                   "-----BEGIN CERTIFICATE-----\nnot!base64\n-----END CERTIFICATE-----\n");
+  testing::write_text(
+      corrupt, testing::read_text(files.cert) + "-----BEGIN CERTIFICATE-----\nnot!base64\n-----END CERTIFICATE-----\n");
   EXPECT_THAT(load_error(corrupt, files.key),
               AllOf(HasSubstr(corrupt.string()), HasSubstr("certificate 2 is not valid PEM")));
 }
@@ -170,8 +170,7 @@ TEST(LoadCertificate, MissingFiles) {
   const auto missing = dir / "missing.crt";
   EXPECT_THAT(load_error(missing, files.key), AllOf(HasSubstr(missing.string()), HasSubstr("no such file")));
   const auto missing_key = dir / "missing.key";
-  EXPECT_THAT(load_error(files.cert, missing_key),
-              AllOf(HasSubstr(missing_key.string()), HasSubstr("no such file")));
+  EXPECT_THAT(load_error(files.cert, missing_key), AllOf(HasSubstr(missing_key.string()), HasSubstr("no such file")));
 }
 
 TEST(LoadCertificate, SwappedCertAndKey) {
@@ -210,8 +209,8 @@ TEST(ReadPrivateKey, TraditionalRsaAndEcFormats) {
   rsa.rsa_bits = 2048;
   auto rsa_key = testing::raw_key(rsa);
   bssl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
-  ASSERT_TRUE(PEM_write_bio_RSAPrivateKey(bio.get(), EVP_PKEY_get0_RSA(rsa_key.get()), nullptr, nullptr, 0, nullptr,
-                                          nullptr));
+  ASSERT_TRUE(
+      PEM_write_bio_RSAPrivateKey(bio.get(), EVP_PKEY_get0_RSA(rsa_key.get()), nullptr, nullptr, 0, nullptr, nullptr));
   const std::uint8_t* data = nullptr;
   std::size_t length = 0;
   BIO_mem_contents(bio.get(), &data, &length);
@@ -221,8 +220,8 @@ TEST(ReadPrivateKey, TraditionalRsaAndEcFormats) {
 
   auto ec_key = testing::raw_key(RawOptions{});
   bssl::UniquePtr<BIO> ec_bio(BIO_new(BIO_s_mem()));
-  ASSERT_TRUE(PEM_write_bio_ECPrivateKey(ec_bio.get(), EVP_PKEY_get0_EC_KEY(ec_key.get()), nullptr, nullptr, 0,
-                                         nullptr, nullptr));
+  ASSERT_TRUE(PEM_write_bio_ECPrivateKey(ec_bio.get(), EVP_PKEY_get0_EC_KEY(ec_key.get()), nullptr, nullptr, 0, nullptr,
+                                         nullptr));
   BIO_mem_contents(ec_bio.get(), &data, &length);
   const auto ec_file = dir / "ec.key";
   testing::write_text(ec_file, "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n" +

@@ -15,8 +15,8 @@ namespace {
 using ::testing::AllOf;
 using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
-using ::testing::Not;
 using testing::make_cert;
+using ::testing::Not;
 using testing::TempDir;
 
 struct CheckRun {
@@ -64,9 +64,9 @@ class RunCheck : public ::testing::Test {
 TEST_F(RunCheck, AllCoveredIsZero) {
   make_cert(dir_.path(), "mail", "mail.contoso.com", {"mail.contoso.com", "autodiscover.contoso.com"});
   make_cert(dir_.path(), "wild", "*.contoso.com");
-  const auto r = run(certificate("contoso-san", "mail") + certificate("contoso-wild", "wild") + listener() +
-                     route(R"("mail.contoso.com", "Autodiscover.contoso.com", "owa.contoso.com", "*.contoso.com")") +
-                     pool());
+  const auto r =
+      run(certificate("contoso-san", "mail") + certificate("contoso-wild", "wild") + listener() +
+          route(R"("mail.contoso.com", "Autodiscover.contoso.com", "owa.contoso.com", "*.contoso.com")") + pool());
   EXPECT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_EQ(r.err, "");
   EXPECT_THAT(r.out, HasSubstr("listener https (l7, 127.0.0.1:0): default certificate contoso-san"));
@@ -93,11 +93,12 @@ TEST_F(RunCheck, MissingIsAnErrorWithTheOneLabelHint) {
 
 TEST_F(RunCheck, InsecurePoolWarnsAndStrictMakesItTwo) {
   make_cert(dir_.path(), "mail", "mail.contoso.com");
-  const std::string toml = certificate("contoso", "mail") + listener() + route(R"("mail.contoso.com")") +
-                           pool("insecure");
+  const std::string toml =
+      certificate("contoso", "mail") + listener() + route(R"("mail.contoso.com")") + pool("insecure");
   const auto lenient = run(toml);
   EXPECT_EQ(lenient.code, 0) << lenient.out << lenient.err;
-  EXPECT_THAT(lenient.out, AllOf(HasSubstr("warning: "), HasSubstr("insecure"), HasSubstr("check: 0 errors, 1 warning\n")));
+  EXPECT_THAT(lenient.out,
+              AllOf(HasSubstr("warning: "), HasSubstr("insecure"), HasSubstr("check: 0 errors, 1 warning\n")));
   const auto strict = run(toml, /*strict=*/true);
   EXPECT_EQ(strict.code, 2) << strict.out << strict.err;
 }
@@ -167,8 +168,9 @@ TEST_F(RunCheck, WildcardRouteServedByExactNamesWarns) {
   make_cert(dir_.path(), "mail", "mail.contoso.com", {"mail.contoso.com", "autodiscover.contoso.com"});
   const auto r = run(certificate("contoso-san", "mail") + listener() + route(R"("*.contoso.com")") + pool());
   EXPECT_EQ(r.code, 0) << r.out << r.err;
-  EXPECT_THAT(r.out, AllOf(HasSubstr("warning: "), HasSubstr("route host *.contoso.com is served by a non-wildcard "
-                                                             "certificate (contoso-san)"),
+  EXPECT_THAT(r.out, AllOf(HasSubstr("warning: "),
+                           HasSubstr("route host *.contoso.com is served by a non-wildcard "
+                                     "certificate (contoso-san)"),
                            HasSubstr("mail.contoso.com, autodiscover.contoso.com")));
   EXPECT_THAT(r.out, ContainsRegex("\\*\\.contoso\\.com +contoso-san +exact names only"));
   // With no name below it at all, the wildcard route is simply MISSING.

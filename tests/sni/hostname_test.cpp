@@ -35,31 +35,22 @@ TEST_P(NormalizeHost, Table) {
 
 INSTANTIATE_TEST_SUITE_P(
     Hostname, NormalizeHost,
-    ::testing::Values(HostCase{"mail.contoso.com", "mail.contoso.com"},
-                      HostCase{"MAIL.Contoso.COM", "mail.contoso.com"},
-                      HostCase{"mail.contoso.com.", "mail.contoso.com"},
-                      HostCase{"mail.contoso.com..", std::nullopt},  // only one trailing dot is ignored
-                      HostCase{"localhost", "localhost"},
-                      HostCase{"xn--mnchen-3ya.de", "xn--mnchen-3ya.de"},  // IDN as punycode
-                      HostCase{"_dmarc.contoso.com", "_dmarc.contoso.com"},
-                      HostCase{"mbx-01.contoso.com", "mbx-01.contoso.com"},
-                      HostCase{"10.0.0.1", "10.0.0.1"},
-                      HostCase{"", std::nullopt},
-                      HostCase{".", std::nullopt},
-                      HostCase{".contoso.com", std::nullopt},
-                      HostCase{"mail..contoso.com", std::nullopt},
-                      HostCase{"*.contoso.com", std::nullopt},  // patterns go through normalize_pattern
-                      HostCase{"mail*.contoso.com", std::nullopt},
-                      HostCase{"mail contoso.com", std::nullopt},
-                      HostCase{"mail.contoso.com:443", std::nullopt},
-                      HostCase{"m\xc3\xbcnchen.de", std::nullopt},  // IDN must arrive as punycode
-                      HostCase{"mail/contoso.com", std::nullopt},
-                      HostCase{std::string("mail\0x.com", 10), std::nullopt},
-                      HostCase{label63 + ".com", label63 + ".com"},
-                      HostCase{label64 + ".com", std::nullopt},
-                      HostCase{name_of_length(253), name_of_length(253)},
-                      HostCase{name_of_length(253) + ".", name_of_length(253)},
-                      HostCase{name_of_length(254), std::nullopt}));
+    ::testing::Values(
+        HostCase{"mail.contoso.com", "mail.contoso.com"}, HostCase{"MAIL.Contoso.COM", "mail.contoso.com"},
+        HostCase{"mail.contoso.com.", "mail.contoso.com"},
+        HostCase{"mail.contoso.com..", std::nullopt},  // only one trailing dot is ignored
+        HostCase{"localhost", "localhost"}, HostCase{"xn--mnchen-3ya.de", "xn--mnchen-3ya.de"},  // IDN as punycode
+        HostCase{"_dmarc.contoso.com", "_dmarc.contoso.com"}, HostCase{"mbx-01.contoso.com", "mbx-01.contoso.com"},
+        HostCase{"10.0.0.1", "10.0.0.1"}, HostCase{"", std::nullopt}, HostCase{".", std::nullopt},
+        HostCase{".contoso.com", std::nullopt}, HostCase{"mail..contoso.com", std::nullopt},
+        HostCase{"*.contoso.com", std::nullopt},  // patterns go through normalize_pattern
+        HostCase{"mail*.contoso.com", std::nullopt}, HostCase{"mail contoso.com", std::nullopt},
+        HostCase{"mail.contoso.com:443", std::nullopt},
+        HostCase{"m\xc3\xbcnchen.de", std::nullopt},  // IDN must arrive as punycode
+        HostCase{"mail/contoso.com", std::nullopt}, HostCase{std::string("mail\0x.com", 10), std::nullopt},
+        HostCase{label63 + ".com", label63 + ".com"}, HostCase{label64 + ".com", std::nullopt},
+        HostCase{name_of_length(253), name_of_length(253)}, HostCase{name_of_length(253) + ".", name_of_length(253)},
+        HostCase{name_of_length(254), std::nullopt}));
 
 struct PatternCase {
   std::string input;
@@ -78,29 +69,29 @@ TEST_P(NormalizePattern, Table) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Hostname, NormalizePattern,
-    ::testing::Values(PatternCase{"mail.contoso.com", "mail.contoso.com", PatternError::none},
-                      PatternCase{"Mail.Contoso.com.", "mail.contoso.com", PatternError::none},
-                      PatternCase{"*.contoso.com", "*.contoso.com", PatternError::none},
-                      PatternCase{"*.CONTOSO.com.", "*.contoso.com", PatternError::none},
-                      PatternCase{"*.eu.contoso.com", "*.eu.contoso.com", PatternError::none},
-                      PatternCase{"*.xn--mnchen-3ya.de", "*.xn--mnchen-3ya.de", PatternError::none},
-                      PatternCase{"*.com", "", PatternError::wildcard_tld},
-                      PatternCase{"*.com.", "", PatternError::wildcard_tld},
-                      PatternCase{"*", "", PatternError::wildcard_tld},
-                      PatternCase{"m*.contoso.com", "", PatternError::wildcard_partial},
-                      PatternCase{"*mail.contoso.com", "", PatternError::wildcard_partial},
-                      PatternCase{"ma*il.contoso.com", "", PatternError::wildcard_partial},
-                      PatternCase{"**.contoso.com", "", PatternError::wildcard_partial},
-                      PatternCase{"mail.*.contoso.com", "", PatternError::wildcard_not_leftmost},
-                      PatternCase{"*.*.contoso.com", "", PatternError::wildcard_not_leftmost},
-                      PatternCase{"mail.contoso.*", "", PatternError::wildcard_not_leftmost},
-                      PatternCase{"*.contoso..com", "", PatternError::bad_name},
-                      PatternCase{"*.con toso.com", "", PatternError::bad_name},
-                      PatternCase{"", "", PatternError::bad_name},
-                      PatternCase{"mail!.contoso.com", "", PatternError::bad_name},
-                      PatternCase{"*." + label64 + ".com", "", PatternError::bad_name}));
+INSTANTIATE_TEST_SUITE_P(Hostname, NormalizePattern,
+                         ::testing::Values(PatternCase{"mail.contoso.com", "mail.contoso.com", PatternError::none},
+                                           PatternCase{"Mail.Contoso.com.", "mail.contoso.com", PatternError::none},
+                                           PatternCase{"*.contoso.com", "*.contoso.com", PatternError::none},
+                                           PatternCase{"*.CONTOSO.com.", "*.contoso.com", PatternError::none},
+                                           PatternCase{"*.eu.contoso.com", "*.eu.contoso.com", PatternError::none},
+                                           PatternCase{"*.xn--mnchen-3ya.de", "*.xn--mnchen-3ya.de",
+                                                       PatternError::none},
+                                           PatternCase{"*.com", "", PatternError::wildcard_tld},
+                                           PatternCase{"*.com.", "", PatternError::wildcard_tld},
+                                           PatternCase{"*", "", PatternError::wildcard_tld},
+                                           PatternCase{"m*.contoso.com", "", PatternError::wildcard_partial},
+                                           PatternCase{"*mail.contoso.com", "", PatternError::wildcard_partial},
+                                           PatternCase{"ma*il.contoso.com", "", PatternError::wildcard_partial},
+                                           PatternCase{"**.contoso.com", "", PatternError::wildcard_partial},
+                                           PatternCase{"mail.*.contoso.com", "", PatternError::wildcard_not_leftmost},
+                                           PatternCase{"*.*.contoso.com", "", PatternError::wildcard_not_leftmost},
+                                           PatternCase{"mail.contoso.*", "", PatternError::wildcard_not_leftmost},
+                                           PatternCase{"*.contoso..com", "", PatternError::bad_name},
+                                           PatternCase{"*.con toso.com", "", PatternError::bad_name},
+                                           PatternCase{"", "", PatternError::bad_name},
+                                           PatternCase{"mail!.contoso.com", "", PatternError::bad_name},
+                                           PatternCase{"*." + label64 + ".com", "", PatternError::bad_name}));
 
 TEST(Hostname, DescribeNamesEveryError) {
   for (auto e : {PatternError::bad_name, PatternError::wildcard_not_leftmost, PatternError::wildcard_partial,
@@ -129,7 +120,7 @@ INSTANTIATE_TEST_SUITE_P(Hostname, HostMatches,
                                            MatchCase{"mail.contoso.com", "mail.contoso.com.au", false},
                                            MatchCase{"*.contoso.com", "mail.contoso.com", true},
                                            MatchCase{"*.contoso.com", "autodiscover.contoso.com", true},
-                                           MatchCase{"*.contoso.com", "contoso.com", false},  // apex
+                                           MatchCase{"*.contoso.com", "contoso.com", false},         // apex
                                            MatchCase{"*.contoso.com", "www.eu.contoso.com", false},  // two levels
                                            MatchCase{"*.contoso.com", "mailcontoso.com", false},
                                            MatchCase{"*.contoso.com", "mail.fabrikam.com", false},
@@ -151,8 +142,7 @@ INSTANTIATE_TEST_SUITE_P(Hostname, WildcardParent,
                          ::testing::Values(ParentCase{"mail.contoso.com", "contoso.com"},
                                            ParentCase{"www.eu.contoso.com", "eu.contoso.com"},
                                            ParentCase{"contoso.com", ""},  // "*.com" is never valid
-                                           ParentCase{"localhost", ""},
-                                           ParentCase{"", ""}));
+                                           ParentCase{"localhost", ""}, ParentCase{"", ""}));
 
 TEST(Hostname, IsWildcard) {
   EXPECT_TRUE(is_wildcard("*.contoso.com"));

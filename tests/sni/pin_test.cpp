@@ -42,18 +42,17 @@ INSTANTIATE_TEST_SUITE_P(
                       ParseCase{"SHA256/VJwSKp6ZXVdk/P6vSaM69EJ7biW17Coe6U7bahpuZV8=", true, spki},
                       ParseCase{"sha256/VJwSKp6ZXVdk/P6vSaM69EJ7biW17Coe6U7bahpuZV8", false, spki},  // no padding
                       ParseCase{"sha256/AAAA", false, spki},                                         // too short
-                      ParseCase{"sha256/", false, spki},
-                      ParseCase{"sha256/not base64!!", false, spki},
+                      ParseCase{"sha256/", false, spki}, ParseCase{"sha256/not base64!!", false, spki},
                       ParseCase{"CCB34DE5336A5A9151FFAC659C0889675E820B11", true, sha1},
                       ParseCase{"ccb34de5336a5a9151ffac659c0889675e820b11", true, sha1},
                       ParseCase{"CC:B3:4D:E5:33:6A:5A:91:51:FF:AC:65:9C:08:89:67:5E:82:0B:11", true, sha1},
                       ParseCase{"cc b3 4d e5 33 6a 5a 91 51 ff ac 65 9c 08 89 67 5e 82 0b 11", true, sha1},
-                      ParseCase{"\xE2\x80\x8E" "cc b3 4d e5 33 6a 5a 91 51 ff ac 65 9c 08 89 67 5e 82 0b 11", true,
-                                sha1},  // Windows dialog's invisible left-to-right mark
-                      ParseCase{"CCB34DE5336A5A9151FFAC659C0889675E820B1", false, sha1},    // 39 digits
-                      ParseCase{"CCB34DE5336A5A9151FFAC659C0889675E820B1100", false, sha1}, // 42 digits
-                      ParseCase{"GCB34DE5336A5A9151FFAC659C0889675E820B11", false, sha1},
-                      ParseCase{"", false, sha1},
+                      ParseCase{"\xE2\x80\x8E"
+                                "cc b3 4d e5 33 6a 5a 91 51 ff ac 65 9c 08 89 67 5e 82 0b 11",
+                                true, sha1},  // Windows dialog's invisible left-to-right mark
+                      ParseCase{"CCB34DE5336A5A9151FFAC659C0889675E820B1", false, sha1},     // 39 digits
+                      ParseCase{"CCB34DE5336A5A9151FFAC659C0889675E820B1100", false, sha1},  // 42 digits
+                      ParseCase{"GCB34DE5336A5A9151FFAC659C0889675E820B11", false, sha1}, ParseCase{"", false, sha1},
                       ParseCase{"md5/abc", false, sha1}));
 
 TEST(Pin, MatchesGeneratedCertificate) {

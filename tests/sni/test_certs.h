@@ -68,8 +68,7 @@ struct CertFiles {
 
 // A certificate from the project's own `cert new` code, written as STEM.crt/.key.
 inline CertFiles make_cert(const std::filesystem::path& dir, const std::string& stem, const std::string& cn,
-                           std::vector<std::string> sans = {}, const std::string& key = "ec256",
-                           bool expired = false) {
+                           std::vector<std::string> sans = {}, const std::string& key = "ec256", bool expired = false) {
   NewCertificateOptions options;
   options.common_name = cn;
   options.sans = std::move(sans);
@@ -93,8 +92,8 @@ struct RawOptions {
   std::vector<std::string> dns_sans;  // written verbatim, unchecked
   int rsa_bits = 0;                   // 0: EC
   int curve = NID_X9_62_prime256v1;
-  const EVP_MD* digest = nullptr;     // default SHA-256
-  std::vector<int> eku;               // NIDs; empty: no EKU extension
+  const EVP_MD* digest = nullptr;  // default SHA-256
+  std::vector<int> eku;            // NIDs; empty: no EKU extension
   std::chrono::days valid_for{365};
   std::chrono::days starts_ago{1};
 };
@@ -125,8 +124,8 @@ inline CertFiles make_raw_cert(const std::filesystem::path& dir, const std::stri
   ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1234);
   bssl::UniquePtr<X509_NAME> name(X509_NAME_new());
   if (o.common_name) {
-    X509_NAME_add_entry_by_txt(name.get(), "O", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>("Contoso"),
-                               -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name.get(), "O", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>("Contoso"), -1,
+                               -1, 0);
     X509_NAME_add_entry_by_NID(name.get(), NID_commonName, MBSTRING_UTF8,
                                reinterpret_cast<const unsigned char*>(o.common_name->c_str()), -1, -1, 0);
   }

@@ -7,9 +7,9 @@
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
-#include <boost/json.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <boost/json.hpp>
 
 #include <cstdio>
 #include <memory>
@@ -50,8 +50,7 @@ std::vector<std::string> san_names(const STACK_OF(X509_EXTENSION) * extensions) 
   std::vector<std::string> names;
   const int at = X509v3_get_ext_by_NID(extensions, NID_subject_alt_name, -1);
   if (at < 0) return names;
-  bssl::UniquePtr<GENERAL_NAMES> sans(
-      static_cast<GENERAL_NAMES*>(X509V3_EXT_d2i(X509v3_get_ext(extensions, at))));
+  bssl::UniquePtr<GENERAL_NAMES> sans(static_cast<GENERAL_NAMES*>(X509V3_EXT_d2i(X509v3_get_ext(extensions, at))));
   for (const GENERAL_NAME* name : sans.get()) {
     if (name->type == GEN_DNS) {
       names.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(name->d.dNSName)),
@@ -101,8 +100,8 @@ TEST_P(GenerateEachKey, GeneratesAndInspects) {
   EXPECT_TRUE(cert.at("IsSelfSigned").as_bool());
   EXPECT_TRUE(cert.at("HasPrivateKey").as_bool());
   EXPECT_EQ(cert.at("SerialNumber").as_string().size(), 32u);  // 16 random bytes
-  EXPECT_THAT(std::string(cert.at("NotBefore").as_string()), ::testing::MatchesRegex(
-                                                                  "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"));
+  EXPECT_THAT(std::string(cert.at("NotBefore").as_string()),
+              ::testing::MatchesRegex("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"));
 
   // And it loads as a serving certificate.
   const auto loaded = load_certificate("mail", written[0], written[1]);
@@ -256,10 +255,19 @@ TEST(Tooling, BadOptionsNameTheFlag) {
       {"dsa", [](auto& o) { o.key = "dsa"; }, "--key"},
       {"empty cn", [](auto& o) { o.common_name = ""; }, "--cn"},
       {"cn not a host without --san", [](auto& o) { o.common_name = "Mailbox 01"; }, "--cn"},
-      {"cn too long", [](auto& o) { o.common_name = std::string(65, 'a'); o.sans = {"a.contoso.com"}; }, "--cn"},
+      {"cn too long",
+       [](auto& o) {
+         o.common_name = std::string(65, 'a');
+         o.sans = {"a.contoso.com"};
+       },
+       "--cn"},
       {"zero days", [](auto& o) { o.days = 0; }, "--days"},
       {"negative days", [](auto& o) { o.days = -5; }, "--days"},
-      {"tld wildcard", [](auto& o) { o.sans = {"mail.contoso.com", "*.com"}; }, "--san"},
+      {"tld wildcard",
+       [](auto& o) {
+         o.sans = {"mail.contoso.com", "*.com"};
+       },
+       "--san"},
       {"partial wildcard", [](auto& o) { o.sans = {"m*.contoso.com"}; }, "--san"},
       {"bad characters", [](auto& o) { o.sans = {"mail_contoso com"}; }, "--san"},
       {"empty san", [](auto& o) { o.sans = {""}; }, "--san"},
@@ -324,8 +332,8 @@ TEST(Inspect, EveryCertificateOfTheFile) {
 
 TEST(Inspect, TextIsAlignedFormatList) {
   TempDir dir;
-  const auto files = testing::make_cert(dir.path(), "mail", "mail.contoso.com",
-                                        {"mail.contoso.com", "autodiscover.contoso.com"});
+  const auto files =
+      testing::make_cert(dir.path(), "mail", "mail.contoso.com", {"mail.contoso.com", "autodiscover.contoso.com"});
   std::ostringstream out;
   inspect_text(files.cert, out);
   const std::string text = out.str();
@@ -363,8 +371,8 @@ TEST(Inspect, ThumbprintMatchesOpensslCli) {
   TempDir dir;
   const auto files = testing::make_cert(dir.path(), "mail", "mail.contoso.com", {}, "rsa2048");
   const auto out = dir / "fingerprint.txt";
-  const std::string command = "openssl x509 -noout -fingerprint -sha1 -in '" + files.cert.string() + "' > '" +
-                              out.string() + "'";
+  const std::string command =
+      "openssl x509 -noout -fingerprint -sha1 -in '" + files.cert.string() + "' > '" + out.string() + "'";
   ASSERT_EQ(std::system(command.c_str()), 0);
   std::string fingerprint = testing::read_text(out);
   fingerprint = fingerprint.substr(fingerprint.find('=') + 1);
