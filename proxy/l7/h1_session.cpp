@@ -215,8 +215,9 @@ asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& gu
     const RequestHead& head = parser->head();
     const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
     const std::string_view target_authority = authority_of(head.target);
-    const Routed routed = route_request(
-        connection, target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
+    const Routed routed =
+        route_request(connection.generation, connection.listener, connection.info,
+                      target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
     Http1Downstream down(stream, *parser, in, head, connection.handle, binding);
     ExchangeResult result;
     if (routed.status != 0) {

@@ -648,7 +648,8 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
   if (!head.content_length && !s.body_end_) head.chunked = true;
   if (s.body_end_ && !head.content_length && head.method != "GET" && head.method != "HEAD") head.content_length = 0;
 
-  const Routed routed = route_request(connection_, head.host, head.target);
+  const Routed routed =
+      route_request(connection_.generation, connection_.listener, connection_.info, head.host, head.target);
   ExchangeResult result;
   if (routed.status != 0) {
     result.status = routed.status;

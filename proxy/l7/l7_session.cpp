@@ -1,123 +1,12 @@
 #include "proxy/l7/l7_session.h"
 
-#include <boost/asio/ip/address.hpp>
-
-#include <algorithm>
-#include <cctype>
-#include <optional>
-
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
-#include "sni/hostname.h"
-#include "sni/index.h"
 
 namespace gatehouse::proxy {
 
 namespace l7 {
-
-namespace {
-
-// "mail.contoso.com:443" -> "mail.contoso.com"; "[::1]:8443" -> "::1".
-std::string_view strip_port(std::string_view host) {
-  if (!host.empty() && host.front() == '[') {
-    const auto close = host.find(']');
-    return close == std::string_view::npos ? host : host.substr(1, close - 1);
-  }
-  const auto colon = host.rfind(':');
-  if (colon == std::string_view::npos || host.find(':') != colon) return host;
-  const auto port = host.substr(colon + 1);
-  if (!std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }))
-    return host;
-  return host.substr(0, colon);
-}
-
-std::string_view path_of(std::string_view target) {
-  if (target == "*") return "/";
-  return origin_form(target);
-}
-
-std::string shorten(std::string_view s, std::size_t max = 200) {
-  return s.size() <= max ? std::string(s) : std::string(s.substr(0, max)) + "...";
-}
-
-}  // namespace
-
-namespace {
-
-// The "authority/path" rest of an absolute-form target, or nullopt.
-std::optional<std::string_view> after_scheme(std::string_view target) {
-  for (std::string_view scheme : {"https://", "http://"}) {
-    if (target.size() >= scheme.size() && std::equal(scheme.begin(), scheme.end(), target.begin(), [](char a, char b) {
-          return a == std::tolower(static_cast<unsigned char>(b));
-        }))
-      return target.substr(scheme.size());
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
-std::string_view origin_form(std::string_view target) {
-  const auto rest = after_scheme(target);
-  if (!rest) return target;
-  const auto slash = rest->find_first_of("/?");
-  return slash == std::string_view::npos ? std::string_view("/") : rest->substr(slash);
-}
-
-std::string_view authority_of(std::string_view target) {
-  const auto rest = after_scheme(target);
-  if (!rest) return {};
-  return rest->substr(0, rest->find_first_of("/?"));
-}
-
-Routed route_request(const ClientConnection& connection, std::string_view host_field, std::string_view target) {
-  Routed out;
-  const std::string_view name = strip_port(host_field);
-  if (!name.empty()) {
-    if (auto normalised = sni::normalize_host(name)) {
-      out.host = *normalised;
-    } else {
-      boost::system::error_code ec;
-      const auto address = boost::asio::ip::make_address(name, ec);
-      if (ec) {
-        out.status = 400;
-        out.detail = "invalid Host \"" + shorten(host_field) + "\"";
-        return out;
-      }
-      out.host = address.to_string();
-    }
-  } else if (auto sni_host = sni::normalize_host(connection.info.sni)) {
-    out.host = *sni_host;  // HTTP/1.0 without Host
-  }
-
-  // A client may reuse a connection for another name its certificate
-  // covers (HTTP/2 coalescing), never for one it does not.
-  if (!connection.info.sni.empty() && connection.info.certificate != nullptr) {
-    const auto sni_host = sni::normalize_host(connection.info.sni);
-    if ((!sni_host || *sni_host != out.host) && !sni::covers(*connection.info.certificate, out.host)) {
-      out.status = 421;
-      out.detail = "host \"" + shorten(out.host) + "\" is not served by the certificate for \"" +
-                   shorten(connection.info.sni) + "\"";
-      return out;
-    }
-  }
-
-  const std::string_view path = path_of(target);
-  const auto choice = connection.generation.route_http(connection.listener, out.host, path);
-  if (choice.route == nullptr) {
-    out.status = 404;
-    out.detail = "no route for " + shorten(out.host) + shorten(path, 100);
-    return out;
-  }
-  out.route = choice.route;
-  out.pool = choice.pool;
-  if (out.pool == nullptr) {
-    out.status = 503;
-    out.detail = "route has no pool";
-  }
-  return out;
-}
 
 void finish_request(const ClientConnection& connection, std::string_view protocol, const RequestHead& head,
                     const ExchangeResult& result, const Routed& routed, std::chrono::steady_clock::time_point started) {

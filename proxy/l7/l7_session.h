@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "proxy/l7/exchange.h"
+#include "proxy/l7/routing.h"
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/server.h"
 #include "proxy/tls/tls_stream.h"
@@ -38,22 +39,6 @@ struct ClientConnection {
   ConnectionHandle& handle;
   asio::steady_timer& watchdog;
 };
-
-// Where a request goes, or the error status it gets instead.
-struct Routed {
-  int status = 0;      // 0 = forward; else 400, 421, 404 or 503
-  std::string detail;  // for the error body and the log
-  std::string host;    // normalised Host (no port)
-  const conf::Route* route = nullptr;
-  const PoolRuntime* pool = nullptr;
-};
-Routed route_request(const ClientConnection& connection, std::string_view host, std::string_view target);
-
-// An absolute-form target ("https://mail.contoso.com/owa/") as origin-form
-// ("/owa/"), and its authority ("mail.contoso.com", "" for other forms):
-// RFC 9112 3.2.2 says the authority then overrides Host.
-std::string_view origin_form(std::string_view target);
-std::string_view authority_of(std::string_view target);
 
 // Counts one answered request (metrics) and writes its access-log line.
 void finish_request(const ClientConnection& connection, std::string_view protocol, const RequestHead& head,
