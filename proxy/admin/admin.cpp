@@ -16,7 +16,7 @@
 
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
-#include "proxy/runtime/server.h"
+#include "proxy/runtime/worker.h"
 
 namespace gatehouse::proxy {
 
@@ -53,7 +53,7 @@ std::vector<std::string> segments(std::string_view target) {
   return out;
 }
 
-Response handle(Server& server, const Request& req) {
+Response handle(AdminControl& server, const Request& req) {
   const auto parts = segments(req.target());
   const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
   const bool post = req.method() == http::verb::post;
@@ -89,7 +89,7 @@ Response handle(Server& server, const Request& req) {
   return answer(req, http::status::method_not_allowed, "text/plain; charset=utf-8", "method not allowed\n");
 }
 
-asio::awaitable<void> session(Server& server, tcp::socket socket) {
+asio::awaitable<void> session(AdminControl& server, tcp::socket socket) {
   boost::beast::tcp_stream stream(std::move(socket));
   boost::beast::flat_buffer buffer;
   for (;;) {
@@ -108,7 +108,7 @@ asio::awaitable<void> session(Server& server, tcp::socket socket) {
   stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
 }
 
-asio::awaitable<void> accept_loop(Server& server, std::shared_ptr<tcp::acceptor> acceptor) {
+asio::awaitable<void> accept_loop(AdminControl& server, std::shared_ptr<tcp::acceptor> acceptor) {
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(use_tuple);
     if (!acceptor->is_open()) co_return;
@@ -119,7 +119,7 @@ asio::awaitable<void> accept_loop(Server& server, std::shared_ptr<tcp::acceptor>
 
 }  // namespace
 
-AdminServer::AdminServer(asio::io_context& io, Server& server, const conf::Address& address)
+AdminServer::AdminServer(asio::io_context& io, AdminControl& server, const conf::Address& address)
     : acceptor_(std::make_shared<tcp::acceptor>(io)) {
   error_code ec;
   const auto ip = asio::ip::make_address(address.host, ec);

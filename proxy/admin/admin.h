@@ -17,15 +17,30 @@
 #include <string>
 
 #include "conf/config.h"
+#include "proxy/runtime/generation.h"
 
 namespace gatehouse::proxy {
 
-class Server;
+// What the admin endpoint needs of the running proxy, which implements it
+// (the application layer, above this one). Called on the control thread.
+class AdminControl {
+ public:
+  virtual const std::shared_ptr<Generation>& current() const = 0;
+  // Reloads from the config file; false (old generation kept) on any error.
+  virtual bool reload(std::string* errors) = 0;
+  virtual std::size_t active_connections() const = 0;
+  virtual std::size_t worker_count() const = 0;
+  // Bound address of a listener (port 0 resolved).
+  virtual boost::asio::ip::tcp::endpoint bound(const std::string& listener) const = 0;
+
+ protected:
+  ~AdminControl() = default;
+};
 
 class AdminServer {
  public:
   // Throws std::runtime_error naming [server] admin when it cannot listen.
-  AdminServer(boost::asio::io_context& io, Server& server, const conf::Address& address);
+  AdminServer(boost::asio::io_context& io, AdminControl& server, const conf::Address& address);
   ~AdminServer();
   boost::asio::ip::tcp::endpoint endpoint() const { return endpoint_; }
 
@@ -35,9 +50,9 @@ class AdminServer {
 };
 
 // What /status.json serves (and /status renders).
-boost::json::value status_json(const Server& server);
+boost::json::value status_json(const AdminControl& server);
 std::string status_html(const boost::json::value& status);
 // What /metrics serves.
-std::string prometheus_text(const Server& server);
+std::string prometheus_text(const AdminControl& server);
 
 }  // namespace gatehouse::proxy

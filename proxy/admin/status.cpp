@@ -12,7 +12,7 @@
 #include "proxy/admin/admin.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/metrics.h"
-#include "proxy/runtime/server.h"
+#include "proxy/runtime/worker.h"
 
 namespace gatehouse::proxy {
 
@@ -82,7 +82,7 @@ std::string str(const json::value& v) {
 
 }  // namespace
 
-json::value status_json(const Server& server) {
+json::value status_json(const AdminControl& server) {
   const Generation& g = *server.current();
   json::object out;
   out["generation"] = g.number();
@@ -273,7 +273,7 @@ std::string status_html(const json::value& status) {
   return h.str();
 }
 
-std::string prometheus_text(const Server& server) {
+std::string prometheus_text(const AdminControl& server) {
   const Generation& g = *server.current();
   const Metrics& m = metrics();
   std::ostringstream o;

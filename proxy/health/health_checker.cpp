@@ -9,7 +9,7 @@
 
 #include <vector>
 
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 
@@ -51,7 +51,7 @@ asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerR
   const std::string request = "GET " + health.path + " HTTP/1.1\r\nHost: " + server.config->server_name +
                               "\r\nUser-Agent: Gatehouse-HealthCheck\r\nAccept: */*\r\nConnection: close\r\n\r\n";
   if (auto ec = co_await stream.write_all(request.data(), request.size())) co_return "HTTP: " + ec.message();
-  std::optional<l7::ResponseParser> parser;
+  std::optional<http::ResponseParser> parser;
   parser.emplace();
   std::string in;
   char buffer[4096];
@@ -60,7 +60,7 @@ asio::awaitable<std::string> probe_server(const PoolRuntime& pool, const ServerR
     if (ec) co_return "HTTP: no response (" + ec.message() + ")";
     in.append(buffer, n);
     for (;;) {
-      l7::error_code perr;
+      http::error_code perr;
       const std::size_t used = parser->feed(in, perr);
       in.erase(0, used);
       if (perr) co_return "HTTP: malformed response: " + parser->violation();

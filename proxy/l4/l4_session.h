@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "proxy/runtime/generation.h"
-#include "proxy/runtime/server.h"
+#include "proxy/runtime/worker.h"
 #include "proxy/tls/tls_stream.h"
 
 namespace gatehouse::proxy {

@@ -13,11 +13,11 @@
 #include <string>
 #include <string_view>
 
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 #include "proxy/l7/windows_auth.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/generation.h"
-#include "proxy/runtime/server.h"
+#include "proxy/runtime/worker.h"
 
 namespace gatehouse::proxy::l7 {
 

@@ -15,7 +15,7 @@
 #include "proxy/l7/exchange.h"
 #include "proxy/l7/routing.h"
 #include "proxy/runtime/generation.h"
-#include "proxy/runtime/server.h"
+#include "proxy/runtime/worker.h"
 #include "proxy/tls/tls_stream.h"
 
 namespace gatehouse::proxy {

@@ -13,9 +13,30 @@
 #include <string>
 #include <string_view>
 
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 
 namespace gatehouse::proxy::l7 {
+
+// The HTTP message layer (proxy/http) as l7 speaks it.
+using http::append_chunk;
+using http::append_last_chunk;
+using http::error_code;
+using http::error_response;
+using http::Field;
+using http::Fields;
+using http::find_field;
+using http::ForwardedFor;
+using http::is_forwarding_field;
+using http::is_hop_by_hop;
+using http::kMaxHeaderBytes;
+using http::kMaxHeaderFields;
+using http::reason_phrase;
+using http::RequestHead;
+using http::RequestParser;
+using http::ResponseHead;
+using http::ResponseParser;
+using http::serialize_request;
+using http::serialize_response;
 
 // What a request's Authorization (or Proxy-Authorization) says, for the
 // access log and for binding.

@@ -15,7 +15,7 @@
 #include <string>
 
 #include "proxy/runtime/generation.h"
-#include "proxy/runtime/server.h"
+#include "proxy/runtime/worker.h"
 #include "proxy/tls/tls_stream.h"
 
 namespace gatehouse::proxy {

@@ -10,12 +10,13 @@
 #include <string>
 #include <string_view>
 
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 #include "proxy/l7/windows_auth.h"
 #include "tests/fuzz/fuzz_check.h"
 
 using gatehouse::fuzz::expect;
 namespace l7 = gatehouse::proxy::l7;
+namespace http = gatehouse::proxy::http;
 
 namespace {
 
@@ -28,9 +29,9 @@ std::size_t field_lines(std::string_view head) {
 }
 
 // Feeds `in` as h1_session does; false when the parser refused it.
-bool feed(l7::RequestParser& parser, std::string& in, std::size_t& head_bytes) {
+bool feed(http::RequestParser& parser, std::string& in, std::size_t& head_bytes) {
   while (!in.empty()) {
-    l7::error_code ec;
+    http::error_code ec;
     const bool head_done_before = parser.is_header_done();
     const std::size_t used = parser.feed(in, ec);
     expect(used <= in.size(), "the parser consumes no more than it was given");
@@ -44,7 +45,7 @@ bool feed(l7::RequestParser& parser, std::string& in, std::size_t& head_bytes) {
     if (used == 0) break;  // needs more
   }
   // h1_session refuses a head that has grown past the limit without ending.
-  return parser.is_header_done() || head_bytes + in.size() <= l7::kMaxHeaderBytes;
+  return parser.is_header_done() || head_bytes + in.size() <= http::kMaxHeaderBytes;
 }
 
 }  // namespace
@@ -54,7 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t split = data[0] == 0 ? size : data[0];
   const std::string_view input(reinterpret_cast<const char*>(data) + 1, size - 1);
 
-  l7::RequestParser parser;
+  http::RequestParser parser;
   std::string in;
   std::size_t head_bytes = 0;
   bool ok = true;
@@ -64,27 +65,27 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   if (!parser.is_header_done()) return 0;
 
-  const l7::RequestHead& head = parser.head();
+  const http::RequestHead& head = parser.head();
   expect(head.version == 10 || head.version == 11, "only HTTP/1.0 and 1.1 heads are accepted");
   expect(!(head.content_length && head.chunked), "never both Content-Length and chunked");
   (void)l7::request_auth(head.fields);
-  for (const auto& f : head.fields) expect(!l7::is_hop_by_hop(f.name), "hop-by-hop fields never cross the proxy");
+  for (const auto& f : head.fields) expect(!http::is_hop_by_hop(f.name), "hop-by-hop fields never cross the proxy");
 
   const bool has_body = head.content_length ? *head.content_length > 0 : head.chunked;
-  const l7::ForwardedFor forwarded{"192.0.2.1", head.host, "https"};
-  const std::string out = l7::serialize_request(head, forwarded, has_body);
+  const http::ForwardedFor forwarded{"192.0.2.1", head.host, "https"};
+  const std::string out = http::serialize_request(head, forwarded, has_body);
 
   // What the backend reads, modelled by the same parser: that is fair only
   // within the limits Gatehouse sets its own clients, which the fields the
   // proxy adds (Host, X-Forwarded-*, Forwarded, framing) may cross.
-  if (out.size() > l7::kMaxHeaderBytes || field_lines(out) > l7::kMaxHeaderFields) return 0;
-  l7::RequestParser backend;
-  l7::error_code ec;
+  if (out.size() > http::kMaxHeaderBytes || field_lines(out) > http::kMaxHeaderFields) return 0;
+  http::RequestParser backend;
+  http::error_code ec;
   const std::size_t used = backend.feed(out, ec);
   if (ec) std::fprintf(stderr, "backend refuses: %s\n%s\n", backend.violation().c_str(), out.c_str());
   expect(!ec, "the backend accepts the head the proxy sends");
   expect(backend.is_header_done() && used == out.size(), "the head the proxy sends is one whole head");
-  const l7::RequestHead& again = backend.head();
+  const http::RequestHead& again = backend.head();
   expect(again.method == head.method && again.target == head.target, "the backend reads the same request line");
   expect(again.host == head.host, "the backend reads the same Host");
   expect(again.content_length == head.content_length, "the backend reads the same Content-Length");

@@ -10,12 +10,13 @@
 #include <string>
 #include <string_view>
 
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 #include "proxy/l7/windows_auth.h"
 #include "tests/fuzz/fuzz_check.h"
 
 using gatehouse::fuzz::expect;
 namespace l7 = gatehouse::proxy::l7;
+namespace http = gatehouse::proxy::http;
 
 namespace {
 
@@ -27,22 +28,22 @@ std::size_t field_lines(std::string_view head) {
   return n >= 2 ? n - 2 : 0;
 }
 
-void check_head(l7::ResponseHead& head, bool head_request) {
+void check_head(http::ResponseHead& head, bool head_request) {
   (void)l7::response_binds(head.status, head.fields);
-  for (const auto& f : head.fields) expect(!l7::is_hop_by_hop(f.name), "hop-by-hop fields never cross the proxy");
+  for (const auto& f : head.fields) expect(!http::is_hop_by_hop(f.name), "hop-by-hop fields never cross the proxy");
   if (head.status / 100 == 1) return;  // interim: exchange.cpp passes on 100 only, as its own head
   const bool has_body = !head_request && head.status != 204 && head.status != 304;
   const bool chunked = has_body && !head.content_length;
   const bool close = !head.keep_alive;
-  const std::string out = l7::serialize_response(head, chunked, close, 11);
+  const std::string out = http::serialize_response(head, chunked, close, 11);
 
   // What the client reads, modelled by the same parser: that is fair only
   // within the limits Gatehouse sets its backends, which the framing fields
   // the proxy adds may cross.
-  if (out.size() > l7::kMaxHeaderBytes || field_lines(out) > l7::kMaxHeaderFields) return;
-  l7::ResponseParser client;
+  if (out.size() > http::kMaxHeaderBytes || field_lines(out) > http::kMaxHeaderFields) return;
+  http::ResponseParser client;
   if (head_request) client.skip(true);
-  l7::error_code ec;
+  http::error_code ec;
   const std::size_t used = client.feed(out, ec);
   if (ec) std::fprintf(stderr, "client refuses: %s\n%s\n", client.violation().c_str(), out.c_str());
   expect(!ec, "the client accepts the head the proxy sends");
@@ -60,7 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t split = (data[0] & 0x7f) == 0 ? size : (data[0] & 0x7f);
   const std::string_view input(reinterpret_cast<const char*>(data) + 1, size - 1);
 
-  std::optional<l7::ResponseParser> parser;
+  std::optional<http::ResponseParser> parser;
   parser.emplace();
   if (head_request) parser->skip(true);
   std::string carry;
@@ -74,7 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::string_view rest = piece;
     bool done = false;
     while (!rest.empty()) {
-      l7::error_code ec;
+      http::error_code ec;
       const std::size_t used = parser->feed(rest, ec);
       if (ec) {
         expect(!parser->violation().empty(), "a refused response says why");
@@ -83,7 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       expect(used <= rest.size(), "the parser consumes no more than it was given");
       rest.remove_prefix(used);
       if (parser->is_header_done() && !head_delivered) {
-        l7::ResponseHead& head = parser->head();
+        http::ResponseHead& head = parser->head();
         check_head(head, head_request);
         if (head.status / 100 == 1) {
           if (head.status == 101) return 0;  // not proxied
@@ -102,10 +103,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     if (done) return 0;
     carry = std::string(rest);
-    if (carry.size() > l7::kMaxHeaderBytes + 16 * 1024) return 0;  // exchange.cpp gives up there
+    if (carry.size() > http::kMaxHeaderBytes + 16 * 1024) return 0;  // exchange.cpp gives up there
   }
   if (parser->is_header_done() && parser->need_eof()) {
-    l7::error_code ec;
+    http::error_code ec;
     parser->feed_eof(ec);
   }
   return 0;

@@ -15,6 +15,7 @@
 
 using gatehouse::fuzz::expect;
 namespace l7 = gatehouse::proxy::l7;
+namespace http = gatehouse::proxy::http;
 
 namespace {
 
@@ -28,8 +29,8 @@ std::string encode_base64(std::string_view bytes) {
   return out;
 }
 
-l7::Fields lines_as_fields(std::string_view text) {
-  l7::Fields fields;
+http::Fields lines_as_fields(std::string_view text) {
+  http::Fields fields;
   while (!text.empty()) {
     const auto end = text.find('\n');
     const std::string_view line = text.substr(0, end);
@@ -71,7 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect(round && *round == text, "base64 decodes what it encodes");
 
   // Header lines: a request's credentials and a response's challenge.
-  const l7::Fields fields = lines_as_fields(text);
+  const http::Fields fields = lines_as_fields(text);
   (void)l7::request_auth(fields);
   const int status = size >= 2 ? 100 + (data[0] << 8 | data[1]) % 500 : 401;
   for (int s : {status, 401, 407, 200}) (void)l7::response_binds(s, fields);

@@ -1,13 +1,13 @@
 // The HTTP/1.1 message layer: what a request may look like before the proxy
 // forwards it, and what it looks like when forwarded.
 
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 
-namespace gatehouse::proxy::l7 {
+namespace gatehouse::proxy::http {
 namespace {
 
 struct Parsed {
@@ -256,4 +256,4 @@ TEST(HttpMessage, ChunkFraming) {
 }
 
 }  // namespace
-}  // namespace gatehouse::proxy::l7
+}  // namespace gatehouse::proxy::http

@@ -1,4 +1,4 @@
-#include "proxy/runtime/server.h"
+#include "proxy/app/server.h"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>

@@ -9,9 +9,9 @@
 
 #include "bench/handshake_bench.h"
 #include "conf/config.h"
-#include "proxy/runtime/server.h"
-#include "proxy/tools/cert_pin.h"
-#include "proxy/tools/demo.h"
+#include "proxy/app/cert_pin.h"
+#include "proxy/app/demo.h"
+#include "proxy/app/server.h"
 #include "sni/tooling.h"
 
 namespace {

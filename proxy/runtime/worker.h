@@ -1,8 +1,7 @@
 #pragma once
-// The running proxy: N workers, each a thread with its own io_context and its
-// own SO_REUSEPORT acceptor per listener, so an accepted connection never
-// crosses threads. The main thread handles signals, builds new generations
-// on reload and publishes them to the workers.
+// A worker: a thread with its own io_context and its own SO_REUSEPORT
+// acceptor per listener, so an accepted connection never crosses threads;
+// and the handle through which a drain reaches each of its connections.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -22,11 +21,6 @@
 #include "proxy/runtime/generation.h"
 
 namespace gatehouse::proxy {
-
-class TicketKeys;
-class HealthChecker;
-class OcspFetcher;
-class AdminServer;
 
 // A live connection as its worker sees it, so a drain can end it.
 struct ConnectionHandle {
@@ -57,7 +51,7 @@ class Worker {
   std::size_t active() const { return active_.load(std::memory_order_relaxed); }
 
  private:
-  friend class Server;
+  friend class Server;  // the application layer (proxy/app) runs workers
   // Declaration order is destruction order reversed: acceptors go first,
   // then the io_context (whose pending coroutines still untrack themselves),
   // then the rest.
@@ -85,54 +79,6 @@ class TrackedConnection {
  private:
   Worker& worker_;
   ConnectionHandle handle_;
-};
-
-class Server {
- public:
-  // Builds the first generation; throws std::runtime_error (naming the file,
-  // key or peer) when the config cannot be served.
-  explicit Server(conf::Config config);
-  ~Server();
-
-  // Serves until SIGTERM/SIGINT (or stop()), then drains; SIGHUP reloads.
-  // `on_ready` runs once every listener is bound.
-  int run(std::function<void(Server&)> on_ready = {});
-  void stop();
-
-  // Reloads from the config file; false (old generation kept) on any error.
-  bool reload(std::string* errors = nullptr);
-
-  // Bound address of a listener (resolves port 0).
-  boost::asio::ip::tcp::endpoint bound(const std::string& listener) const;
-
-  // For the admin endpoint (control thread only).
-  const std::shared_ptr<Generation>& current() const { return current_; }
-  std::size_t active_connections() const;
-  std::size_t worker_count() const { return workers_.size(); }
-  boost::asio::ip::tcp::endpoint admin_endpoint() const;
-
- private:
-  struct Bound {
-    conf::Address configured;
-    boost::asio::ip::tcp::endpoint endpoint;
-  };
-  void publish(std::shared_ptr<Generation> generation);
-  void open_listeners(const Generation& generation);
-  void retire(std::shared_ptr<Generation> old_generation);
-  void drain_and_stop();
-
-  conf::Config initial_;
-  std::filesystem::path config_file_;
-  std::shared_ptr<TicketKeys> ticket_keys_;
-  std::vector<std::unique_ptr<Worker>> workers_;
-  std::shared_ptr<Generation> current_;
-  std::uint64_t next_generation_ = 1;
-  std::map<std::string, Bound> bound_;
-  boost::asio::io_context main_io_{1};
-  std::unique_ptr<HealthChecker> health_;  // runs on main_io_, so destroyed before it
-  std::unique_ptr<OcspFetcher> ocsp_;      // likewise
-  std::unique_ptr<AdminServer> admin_;     // likewise
-  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace gatehouse::proxy

@@ -1,4 +1,4 @@
-#include "proxy/tools/demo.h"
+#include "proxy/app/demo.h"
 
 #include <stdlib.h>
 
@@ -6,9 +6,9 @@
 #include <iostream>
 
 #include "conf/config.h"
+#include "proxy/app/demo_backend.h"
+#include "proxy/app/server.h"
 #include "proxy/runtime/connection.h"
-#include "proxy/runtime/server.h"
-#include "proxy/tools/demo_backend.h"
 #include "sni/certificate.h"
 #include "sni/tooling.h"
 

@@ -1,4 +1,4 @@
-#include "proxy/tools/demo_backend.h"
+#include "proxy/app/demo_backend.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -7,7 +7,7 @@
 
 #include <stdexcept>
 
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 #include "proxy/tls/listener_tls.h"
 #include "proxy/tls/tls_stream.h"
 #include "sni/certificate.h"
@@ -27,10 +27,10 @@ asio::awaitable<void> serve_one(std::shared_ptr<SSL_CTX> ctx, std::string name, 
   std::string in;
   char buf[16384];
   for (;;) {
-    l7::RequestParser parser;
+    http::RequestParser parser;
     while (!parser.is_done()) {
       if (!in.empty()) {
-        l7::error_code ec;
+        http::error_code ec;
         const std::size_t used = parser.feed(in, ec);
         in.erase(0, used);
         parser.body().clear();
@@ -42,7 +42,7 @@ asio::awaitable<void> serve_one(std::shared_ptr<SSL_CTX> ctx, std::string name, 
       if (ec) co_return;
       in.append(buf, n);
     }
-    const l7::RequestHead& head = parser.head();
+    const http::RequestHead& head = parser.head();
     const std::string body = "mailbox " + name + " answered: " + head.method + " " + head.target + "\n";
     const std::string response =
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +

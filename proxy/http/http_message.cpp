@@ -1,4 +1,4 @@
-#include "proxy/l7/http_message.h"
+#include "proxy/http/http_message.h"
 
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/core/string.hpp>
@@ -7,9 +7,9 @@
 #include <algorithm>
 #include <array>
 
-namespace gatehouse::proxy::l7 {
+namespace gatehouse::proxy::http {
 
-namespace http = boost::beast::http;
+namespace beast_http = boost::beast::http;
 using boost::beast::iequals;
 
 namespace {
@@ -40,20 +40,22 @@ std::vector<std::string_view> connection_tokens(const Fields& raw) {
 }
 
 std::string describe(const error_code& ec) {
-  if (ec == http::error::header_limit) return "request line or header block over 64 KiB";
-  if (ec == http::error::bad_content_length) return "invalid Content-Length, or Content-Length with Transfer-Encoding";
-  if (ec == http::error::multiple_content_length) return "several differing Content-Length fields";
-  if (ec == http::error::bad_transfer_encoding) return "Transfer-Encoding with Content-Length, or repeated";
-  if (ec == http::error::bad_field) return "invalid character in a header field name";
-  if (ec == http::error::bad_value) return "invalid character in a header field value";
-  if (ec == http::error::bad_method) return "malformed method";
-  if (ec == http::error::bad_target) return "malformed request target";
-  if (ec == http::error::bad_version) return "malformed HTTP version";
-  if (ec == http::error::bad_line_ending) return "malformed line ending";
-  if (ec == http::error::bad_status || ec == http::error::bad_reason) return "malformed status line";
-  if (ec == http::error::bad_chunk || ec == http::error::bad_chunk_extension) return "malformed chunked body";
-  if (ec == http::error::body_limit) return "body too large";
-  if (ec == http::error::partial_message) return "message ended early";
+  if (ec == beast_http::error::header_limit) return "request line or header block over 64 KiB";
+  if (ec == beast_http::error::bad_content_length)
+    return "invalid Content-Length, or Content-Length with Transfer-Encoding";
+  if (ec == beast_http::error::multiple_content_length) return "several differing Content-Length fields";
+  if (ec == beast_http::error::bad_transfer_encoding) return "Transfer-Encoding with Content-Length, or repeated";
+  if (ec == beast_http::error::bad_field) return "invalid character in a header field name";
+  if (ec == beast_http::error::bad_value) return "invalid character in a header field value";
+  if (ec == beast_http::error::bad_method) return "malformed method";
+  if (ec == beast_http::error::bad_target) return "malformed request target";
+  if (ec == beast_http::error::bad_version) return "malformed HTTP version";
+  if (ec == beast_http::error::bad_line_ending) return "malformed line ending";
+  if (ec == beast_http::error::bad_status || ec == beast_http::error::bad_reason) return "malformed status line";
+  if (ec == beast_http::error::bad_chunk || ec == beast_http::error::bad_chunk_extension)
+    return "malformed chunked body";
+  if (ec == beast_http::error::body_limit) return "body too large";
+  if (ec == beast_http::error::partial_message) return "message ended early";
   return ec.message();
 }
 
@@ -116,7 +118,7 @@ Parser<isRequest>::Parser() {
 template <bool isRequest>
 void Parser<isRequest>::fail(error_code& ec, std::string why) {
   violation_ = std::move(why);
-  ec = http::error::bad_field;
+  ec = beast_http::error::bad_field;
 }
 
 template <bool isRequest>
@@ -133,7 +135,7 @@ std::size_t Parser<isRequest>::feed(std::string_view data, error_code& ec) {
     if (end != std::string_view::npos) checked_fold_ = true;
   }
   std::size_t used = this->put(boost::asio::buffer(data.data(), data.size()), ec);
-  if (ec == http::error::need_more) ec = {};
+  if (ec == beast_http::error::need_more) ec = {};
   if (!ec && this->is_header_done() && !this->eager()) this->eager(true);
   if (ec && violation_.empty()) violation_ = describe(ec);
   return used;
@@ -146,8 +148,8 @@ void Parser<isRequest>::feed_eof(error_code& ec) {
 }
 
 template <bool isRequest>
-void Parser<isRequest>::on_request_impl(http::verb, boost::beast::string_view method, boost::beast::string_view target,
-                                        int version, error_code&) {
+void Parser<isRequest>::on_request_impl(beast_http::verb, boost::beast::string_view method,
+                                        boost::beast::string_view target, int version, error_code&) {
   if constexpr (isRequest) {
     head_.method.assign(method.data(), method.size());
     head_.target.assign(target.data(), target.size());
@@ -168,8 +170,8 @@ void Parser<isRequest>::on_response_impl(int status, boost::beast::string_view r
 }
 
 template <bool isRequest>
-void Parser<isRequest>::on_field_impl(http::field, boost::beast::string_view name, boost::beast::string_view value,
-                                      error_code& ec) {
+void Parser<isRequest>::on_field_impl(beast_http::field, boost::beast::string_view name,
+                                      boost::beast::string_view value, error_code& ec) {
   if (++field_count_ > kMaxHeaderFields) return fail(ec, "more than 100 header fields");
   Field f{std::string(name.data(), name.size()), std::string(value.data(), value.size())};
   if (in_trailers_) {
@@ -342,4 +344,4 @@ void append_last_chunk(std::string& out, const Fields& trailers) {
   out += "\r\n";
 }
 
-}  // namespace gatehouse::proxy::l7
+}  // namespace gatehouse::proxy::http

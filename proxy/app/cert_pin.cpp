@@ -1,4 +1,4 @@
-#include "proxy/tools/cert_pin.h"
+#include "proxy/app/cert_pin.h"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>

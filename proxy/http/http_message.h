@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-namespace gatehouse::proxy::l7 {
+namespace gatehouse::proxy::http {
 
 using error_code = boost::system::error_code;
 
@@ -143,4 +143,4 @@ bool is_hop_by_hop(std::string_view name);
 // dropped, in HTTP/1.1 and HTTP/2 alike, any case.
 bool is_forwarding_field(std::string_view name);
 
-}  // namespace gatehouse::proxy::l7
+}  // namespace gatehouse::proxy::http
