@@ -98,6 +98,12 @@ bool is_forwarding_field(std::string_view name) {
          iequals(name, "x-forwarded-host") || iequals(name, "forwarded") || iequals(name, "x-forwarded-client-cert");
 }
 
+bool forwards_request_field(std::string_view name, std::span<const std::string_view> connection_listed) {
+  if (is_hop_by_hop(name) || is_forwarding_field(name)) return false;
+  return std::none_of(connection_listed.begin(), connection_listed.end(),
+                      [&](std::string_view token) { return iequals(token, name); });
+}
+
 bool is_hop_by_hop(std::string_view name) {
   static constexpr std::array<std::string_view, 7> names{"connection",        "keep-alive", "proxy-connection", "te",
                                                          "transfer-encoding", "upgrade",    "content-length"};
@@ -175,7 +181,7 @@ void Parser<isRequest>::on_field_impl(beast_http::field, boost::beast::string_vi
   if (++field_count_ > kMaxHeaderFields) return fail(ec, "more than 100 header fields");
   Field f{std::string(name.data(), name.size()), std::string(value.data(), value.size())};
   if (in_trailers_) {
-    if (!is_hop_by_hop(f.name) && !is_forwarding_field(f.name)) trailers_.push_back(std::move(f));
+    if (forwards_request_field(f.name)) trailers_.push_back(std::move(f));
     return;
   }
   if constexpr (isRequest) {
@@ -204,12 +210,12 @@ void Parser<isRequest>::on_header_impl(error_code& ec) {
   }
   const auto listed = connection_tokens(raw_);
   for (auto& f : raw_) {
-    if (is_hop_by_hop(f.name)) continue;
-    if (!listed.empty() &&
-        std::any_of(listed.begin(), listed.end(), [&](std::string_view t) { return iequals(t, f.name); }))
-      continue;
     if constexpr (isRequest) {
-      if (is_forwarding_field(f.name)) continue;
+      if (!forwards_request_field(f.name, listed)) continue;
+    } else {
+      if (is_hop_by_hop(f.name) ||
+          std::any_of(listed.begin(), listed.end(), [&](std::string_view t) { return iequals(t, f.name); }))
+        continue;
     }
     head_.fields.push_back(std::move(f));
   }
@@ -275,7 +281,7 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
   return out;
 }
 
-std::string serialize_response(const ResponseHead& head, bool chunked, bool close, int) {
+std::string serialize_response(const ResponseHead& head, bool chunked, bool close) {
   std::string out;
   out.reserve(128 + head.fields.size() * 48);
   out += "HTTP/1.1 ";
@@ -316,16 +322,22 @@ std::string_view reason_phrase(int status) {
   }
 }
 
+ErrorResponse make_error(int status, std::string_view detail) {
+  ErrorResponse out;
+  out.body = std::to_string(status) + " " + std::string(reason_phrase(status));
+  if (!detail.empty()) out.body += ": " + std::string(detail);
+  out.body += "\n";
+  out.head.status = status;
+  out.head.fields.push_back({"Content-Type", "text/plain; charset=utf-8"});
+  out.head.fields.push_back({"Cache-Control", "no-store"});
+  out.head.content_length = out.body.size();
+  return out;
+}
+
 std::string error_response(int status, std::string_view detail, bool close, bool head_only) {
-  std::string body = std::to_string(status) + " " + std::string(reason_phrase(status));
-  if (!detail.empty()) body += ": " + std::string(detail);
-  body += "\n";
-  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason_phrase(status)) +
-                    "\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: " +
-                    std::to_string(body.size()) + "\r\n";
-  if (close) out += "Connection: close\r\n";
-  out += "\r\n";
-  if (!head_only) out += body;
+  const ErrorResponse error = make_error(status, detail);
+  std::string out = serialize_response(error.head, false, close);
+  if (!head_only) out += error.body;
   return out;
 }
 

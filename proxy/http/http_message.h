@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,10 @@ struct RequestHead {
   bool chunked = false;    // body of unknown length follows
   bool keep_alive = true;  // client wants the connection kept
   bool expect_continue = false;
+
+  // A body follows the head: chunked (HTTP/2: no END_STREAM on the HEADERS)
+  // or a Content-Length over 0.
+  bool has_body() const { return chunked || (content_length && *content_length > 0); }
 };
 
 struct ResponseHead {
@@ -125,9 +130,17 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
 
 // Response head towards an HTTP/1.x client. `chunked` and `close` are the
 // proxy's framing decisions for this client.
-std::string serialize_response(const ResponseHead& head, bool chunked, bool close, int client_version);
+std::string serialize_response(const ResponseHead& head, bool chunked, bool close);
 
-// A short text/plain error response; `close` adds Connection: close.
+// The proxy's own short answer (400, 403, 404, 421, 502, 503, 504...):
+// text/plain, never cached, saying the status and why. Every codec sends
+// this one, as a Downstream (l7) or on the wire (error_response).
+struct ErrorResponse {
+  ResponseHead head;
+  std::string body;
+};
+ErrorResponse make_error(int status, std::string_view detail);
+// make_error() as HTTP/1.1 bytes; `close` adds Connection: close.
 std::string error_response(int status, std::string_view detail, bool close, bool head_only = false);
 std::string_view reason_phrase(int status);
 
@@ -135,12 +148,19 @@ std::string_view reason_phrase(int status);
 void append_chunk(std::string& out, std::string_view data);
 void append_last_chunk(std::string& out, const Fields& trailers);
 
-// Whether a field never crosses the proxy: hop-by-hop (RFC 9110 7.6.1),
-// framing, and the forwarding fields the proxy sets itself.
+// Whether a field belongs to one connection and never crosses the proxy in
+// either direction: hop-by-hop (RFC 9110 7.6.1) and framing (Content-Length,
+// Transfer-Encoding), which the proxy writes itself.
 bool is_hop_by_hop(std::string_view name);
 // Whether a request field is one the proxy sets itself (Host, X-Forwarded-*,
 // Forwarded, X-Forwarded-Client-Cert): whatever the client sent in it is
-// dropped, in HTTP/1.1 and HTTP/2 alike, any case.
+// dropped.
 bool is_forwarding_field(std::string_view name);
+// The one filter for every field a client sends, in HTTP/1.1 and HTTP/2
+// alike (heads and trailers, any case): false for hop-by-hop and framing
+// fields, the fields an HTTP/1.1 Connection field lists
+// (`connection_listed`), and the forwarding fields. A client can smuggle
+// none of them to a backend.
+bool forwards_request_field(std::string_view name, std::span<const std::string_view> connection_listed = {});
 
 }  // namespace gatehouse::proxy::http

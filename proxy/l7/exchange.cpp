@@ -50,7 +50,7 @@ class Exchange final : IdleExpiry {
     binds_ = binds;
     last_activity_ = Clock::now();
     body_cancel_.expires_at(Clock::time_point::max());
-    const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
+    const bool has_body = head_.has_body();
     if (!has_body) body_sent_ = true;
     bool idle = false;
     try {
@@ -116,7 +116,7 @@ class Exchange final : IdleExpiry {
   asio::awaitable<void> wait_cancel() { co_await body_cancel_.async_wait(use_tuple); }
 
   asio::awaitable<void> send_body() {
-    const bool has_body = head_.chunked || (head_.content_length && *head_.content_length > 0);
+    const bool has_body = head_.has_body();
     if (!has_body) {
       body_sent_ = true;
       co_return;
@@ -177,9 +177,7 @@ class Exchange final : IdleExpiry {
     bool any_byte = false;
     for (;;) {
       IoBuffer buffer;
-      auto [ec, n] = backend_.try_read_some(buffer.data(), IoBuffer::size);
-      if (ec == asio::error::would_block || ec == asio::error::in_progress)
-        std::tie(ec, n) = co_await backend_.read_some(buffer.data(), IoBuffer::size);
+      auto [ec, n] = co_await backend_.read_some(buffer.data(), IoBuffer::size);
       if (ec == asio::error::eof && parser->is_header_done() && parser->need_eof()) {
         error_code eof_ec;
         parser->feed_eof(eof_ec);
@@ -334,7 +332,7 @@ std::string_view cookie_value(const Fields& fields, std::string_view name) {
 
 // The bytes a maglev pool hashes: its hash_key's header or cookie when the
 // request has it, else the client address.
-std::string_view hash_source(const conf::Pool& pool, const RequestHead& head, const std::string& client) {
+std::string_view hash_source(const conf::Pool& pool, const RequestHead& head, std::string_view client) {
   if (pool.hash_key.starts_with("header:")) {
     if (const std::string* v = find_field(head.fields, pool.hash_key.substr(7))) return *v;
   } else if (pool.hash_key == "cookie") {
@@ -346,16 +344,9 @@ std::string_view hash_source(const conf::Pool& pool, const RequestHead& head, co
 }  // namespace
 
 void send_error(Downstream& down, int status, std::string_view detail, bool head_request) {
-  std::string body = std::to_string(status) + " " + std::string(reason_phrase(status));
-  if (!detail.empty()) body += ": " + std::string(detail);
-  body += "\n";
-  ResponseHead head;
-  head.status = status;
-  head.fields.push_back({"Content-Type", "text/plain; charset=utf-8"});
-  head.fields.push_back({"Cache-Control", "no-store"});
-  head.content_length = body.size();
-  down.head(head, !head_request);
-  if (!head_request) down.body(body);
+  const http::ErrorResponse error = http::make_error(status, detail);
+  down.head(error.head, !head_request);
+  if (!head_request) down.body(error.body);
   down.end({});
 }
 
@@ -393,7 +384,7 @@ asio::awaitable<void> BackendBinding::watch() {
 asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
                                         const PoolRuntime& pool, Downstream& down, BackendBinding* binding) {
   ExchangeResult result;
-  const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
+  const bool has_body = head.has_body();
   result.request_body_done = !has_body;
   const bool head_request = head.method == "HEAD";
   const auto auth = request_auth(head.fields);
@@ -407,8 +398,8 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     result.error = auth->scheme + " authentication is per connection and needs HTTP/1.1";
     co_return result;
   }
-  const std::string request_head =
-      serialize_request(head, ForwardedFor{context.client_address, head.host, "https", context.client_cert}, has_body);
+  const std::string request_head = serialize_request(
+      head, ForwardedFor{std::string(context.client_address), head.host, "https", context.client_cert}, has_body);
   const Clock::duration idle = route.idle_timeout ? Clock::duration(*route.idle_timeout)
                                                   : Clock::duration(context.listener.config->idle_timeout);
 

@@ -94,7 +94,7 @@ struct RequestContext {
   const Generation& generation;
   const ListenerRuntime& listener;
   tcp::endpoint client;
-  std::string client_address;  // IP only, for X-Forwarded-For
+  std::string_view client_address;  // IP only, for X-Forwarded-For
   const ConnectionHandle& handle;
   asio::any_io_executor executor;
   // The connection's (HTTP/1.1) or the stream's (HTTP/2) idle guard, which

@@ -17,9 +17,7 @@ namespace {
 // Reads once from the client and appends to `in`.
 asio::awaitable<error_code> read_more(TlsStream& stream, std::string& in) {
   IoBuffer buffer;
-  auto [ec, n] = stream.try_read_some(buffer.data(), IoBuffer::size);
-  if (ec == asio::error::would_block || ec == asio::error::in_progress)
-    std::tie(ec, n) = co_await stream.read_some(buffer.data(), IoBuffer::size);
+  auto [ec, n] = co_await stream.read_some(buffer.data(), IoBuffer::size);
   if (!ec) in.append(buffer.data(), n);
   co_return ec;
 }
@@ -77,7 +75,7 @@ class Http1Downstream final : public Downstream {
     if (handle_.draining && !binding_.bound()) close_ = true;
     chunked_ = has_body && !head.content_length && request_.version >= 11;
     if (has_body && !head.content_length && !chunked_) close_ = true;  // HTTP/1.0: the end is the close
-    out_ += serialize_response(head, chunked_, close_, request_.version);
+    out_ += serialize_response(head, chunked_, close_);
   }
 
   void body(std::string_view data) override {
@@ -134,138 +132,137 @@ struct WaitExpiry final : IdleExpiry {
   bool fired = false;
 };
 
-asio::awaitable<void> serve_requests(ClientConnection& connection, IdleGuard& guard) {
-  TlsStream& stream = connection.stream;
-  const conf::Listener& config = *connection.listener.config;
-  std::string in;
-  Clock::time_point last_activity = Clock::now();
-  WaitExpiry wait_expiry(stream);
-  // Declared after `in` and before anything of a request: it outlives every
-  // exchange on it, and closes its backend connection with the client's.
-  BackendBinding binding(connection.generation, connection.worker.index());
+// How reading the next request head ended.
+enum class HeadRead { complete, malformed, closed };
 
-  for (;;) {
-    // The head of the next request, within the listener's idle_timeout.
-    std::optional<RequestParser> parser;
-    parser.emplace();
-    error_code parse_error;
-    bool closed = false;
-    std::size_t head_bytes = 0;  // of this head already parsed (Beast takes whole fields as they come)
-    while (!parser->is_header_done()) {
-      if (!in.empty()) {
-        const std::size_t used = parser->feed(in, parse_error);
-        in.erase(0, used);
-        head_bytes += used;
-        if (parse_error || parser->is_header_done()) break;
+// One client connection's requests, one at a time.
+class Http1Connection {
+ public:
+  Http1Connection(ClientConnection& connection, IdleGuard& guard)
+      : connection_(connection),
+        config_(*connection.listener.config),
+        guard_(guard),
+        wait_expiry_(connection.stream),
+        binding_(connection.generation, connection.worker.index()) {
+    connection_.binding = &binding_;
+  }
+  ~Http1Connection() { connection_.binding = nullptr; }
+
+  asio::awaitable<void> run() {
+    for (;;) {
+      parser_.emplace();
+      const HeadRead read = co_await read_head();
+      if (read == HeadRead::closed) {
+        if (!in_.empty() || parser_->got_some())
+          log::info("request_incomplete", {{"listener", config_.name}, {"client", connection_.client_text}});
+        break;
       }
-      if (head_bytes + in.size() > kMaxHeaderBytes) {
-        parse_error = boost::beast::http::error::header_limit;
+      if (read == HeadRead::malformed) {
+        co_await refuse_malformed();
+        break;
+      }
+      if (!co_await serve_one()) break;
+    }
+    co_await connection_.stream.shutdown_send();
+  }
+
+ private:
+  // Reads until the parser has a whole head, within the listener's
+  // idle_timeout (a drain ends a connection that is between requests).
+  asio::awaitable<HeadRead> read_head() {
+    std::size_t head_bytes = 0;  // of this head already parsed (Beast takes whole fields as they come)
+    parse_error_ = {};
+    while (!parser_->is_header_done()) {
+      if (!in_.empty()) {
+        const std::size_t used = parser_->feed(in_, parse_error_);
+        in_.erase(0, used);
+        head_bytes += used;
+        if (parse_error_ || parser_->is_header_done()) break;
+      }
+      if (head_bytes + in_.size() > kMaxHeaderBytes) {
+        parse_error_ = boost::beast::http::error::header_limit;
         break;
       }
       // A bound connection is not closed when a drain begins: like an l4
       // stream, it may finish until drain_timeout (its client would have to
       // authenticate again on a new one).
-      guard.arm(&last_activity, config.idle_timeout, in.empty() && !parser->got_some() && !binding.bound(),
-                &wait_expiry);
-      error_code read_ec;
-      if (binding.bound()) {
-        // The backend may end its (authenticated) connection while the
-        // client is quiet: then the client's connection ends too.
-        auto first = co_await (read_more(stream, in) || binding.watch());
-        if (first.index() == 0) {
-          read_ec = std::get<0>(first);
-        } else {
-          log::info("bound_backend_closed", {{"listener", config.name},
-                                             {"client", connection.client_text},
-                                             {"server", binding.connection().server->config->name}});
-          binding.lose();
-          read_ec = asio::error::connection_reset;
-        }
-      } else {
-        read_ec = co_await read_more(stream, in);
-      }
-      guard.disarm();
-      if (read_ec || wait_expiry.fired) {
-        closed = true;
-        break;
-      }
-      last_activity = Clock::now();
+      const bool between_requests = in_.empty() && !parser_->got_some() && !binding_.bound();
+      guard_.arm(&last_activity_, config_.idle_timeout, between_requests, &wait_expiry_);
+      const error_code read_ec = co_await read_or_lose_binding();
+      guard_.disarm();
+      if (read_ec || wait_expiry_.fired) co_return HeadRead::closed;
+      last_activity_ = Clock::now();
     }
-    if (!parse_error && head_bytes > kMaxHeaderBytes) parse_error = boost::beast::http::error::header_limit;
-    if (closed) {
-      if (!in.empty() || parser->got_some())
-        log::info("request_incomplete", {{"listener", config.name}, {"client", connection.client_text}});
-      break;
-    }
-    const auto started = Clock::now();
-    if (parse_error) {
-      std::string why = parser->violation().empty() ? parse_error.message() : parser->violation();
-      if (parse_error == boost::beast::http::error::header_limit) why = "request line or header block over 64 KiB";
-      log::warning("bad_request", {{"listener", config.name}, {"client", connection.client_text}, {"reason", why}});
-      const std::string response = error_response(400, why, true);
-      co_await stream.write_all(response.data(), response.size());
-      RequestHead partial = parser->head();
-      ExchangeResult result;
-      result.status = 400;
-      result.error = why;
-      finish_request(connection, "HTTP/1.1", partial, result, Routed{}, started);
-      break;
-    }
+    if (!parse_error_ && head_bytes > kMaxHeaderBytes) parse_error_ = boost::beast::http::error::header_limit;
+    co_return parse_error_ ? HeadRead::malformed : HeadRead::complete;
+  }
 
-    const RequestHead& head = parser->head();
-    const bool has_body = head.chunked || (head.content_length && *head.content_length > 0);
-    const std::string_view target_authority = authority_of(head.target);
-    const Routed routed =
-        route_request(connection.generation, connection.listener, connection.info,
-                      target_authority.empty() ? std::string_view(head.host) : target_authority, head.target);
-    Http1Downstream down(stream, *parser, in, head, connection.handle, binding);
+  // Reads more of the client's bytes. While the connection is bound, the
+  // backend may end its (authenticated) connection while the client is
+  // quiet: then the client's connection ends too.
+  asio::awaitable<error_code> read_or_lose_binding() {
+    if (!binding_.bound()) co_return co_await read_more(connection_.stream, in_);
+    auto first = co_await (read_more(connection_.stream, in_) || binding_.watch());
+    if (first.index() == 0) co_return std::get<0>(first);
+    log::info("bound_backend_closed", {{"listener", config_.name},
+                                       {"client", connection_.client_text},
+                                       {"server", binding_.connection().server->config->name}});
+    binding_.lose();
+    co_return asio::error::connection_reset;
+  }
+
+  // 400 and close: the proxy and a backend might read the bytes two ways.
+  asio::awaitable<void> refuse_malformed() {
+    const auto started = Clock::now();
+    std::string why = parser_->violation().empty() ? parse_error_.message() : parser_->violation();
+    if (parse_error_ == boost::beast::http::error::header_limit) why = "request line or header block over 64 KiB";
+    log::warning("bad_request", {{"listener", config_.name}, {"client", connection_.client_text}, {"reason", why}});
+    const std::string response = error_response(400, why, true);
+    co_await connection_.stream.write_all(response.data(), response.size());
     ExchangeResult result;
-    if (routed.status != 0) {
-      result.status = routed.status;
-      result.request_body_done = !has_body;
-      send_error(down, routed.status, routed.detail, head.method == "HEAD");
-    } else {
-      RequestHead forwarded = head;
-      forwarded.target = origin_form(head.target);
-      forwarded.host = !target_authority.empty() ? std::string(target_authority)
-                       : head.host.empty()       ? routed.host
-                                                 : head.host;
-      RequestContext context{connection.worker,
-                             connection.generation,
-                             connection.listener,
-                             connection.client,
-                             connection.client_address,
-                             connection.handle,
-                             connection.watchdog.get_executor(),
-                             guard};
-      context.client_cert = connection.info.client_xfcc;
-      result = co_await forward(context, forwarded, *routed.route, *routed.pool, down, &binding);
-      if (!down.body_error().empty()) {
-        log::warning("bad_request",
-                     {{"listener", config.name}, {"client", connection.client_text}, {"reason", down.body_error()}});
-      }
-    }
-    const bool flushed = !co_await down.flush();
-    finish_request(connection, "HTTP/1.1", head, result, routed, started);
-    last_activity = Clock::now();
+    result.status = 400;
+    result.error = why;
+    finish_request(connection_, parser_->head(), result, Routed{}, started);
+  }
+
+  // Serves the parsed request; false when the connection must end after it.
+  asio::awaitable<bool> serve_one() {
+    const RequestHead& head = parser_->head();
+    Http1Downstream down(connection_.stream, *parser_, in_, head, connection_.handle, binding_);
+    const RequestIo io{.down = down, .guard = guard_, .executor = connection_.watchdog.get_executor()};
+    const ExchangeResult result = co_await handle_request(connection_, head, io);
+    if (!down.body_error().empty())
+      log::warning("bad_request",
+                   {{"listener", config_.name}, {"client", connection_.client_text}, {"reason", down.body_error()}});
+    last_activity_ = Clock::now();
     // The next request can be read only where this one's body ended.
     // A drain that began after this response's head went out closes the
     // connection at the next request (answered with Connection: close) or
     // once the client has been quiet for kDrainQuiet.
-    if (!flushed || down.close() || result.client_failed || !result.request_body_done || !parser->is_done() ||
-        binding.close_client || connection.handle.force_close)
-      break;
-    parser.reset();
+    co_return !(down.close() || result.client_failed || !result.request_body_done || !parser_->is_done() ||
+                binding_.close_client || connection_.handle.force_close);
   }
-  co_await stream.shutdown_send();
-}
+
+  ClientConnection& connection_;
+  const conf::Listener& config_;
+  IdleGuard& guard_;
+  std::string in_;
+  Clock::time_point last_activity_ = Clock::now();
+  WaitExpiry wait_expiry_;
+  std::optional<RequestParser> parser_;
+  error_code parse_error_;
+  // Declared after `in_` and before anything of a request: it outlives every
+  // exchange on it, and closes its backend connection with the client's.
+  BackendBinding binding_;
+};
 
 }  // namespace
 
 asio::awaitable<void> serve_http1(ClientConnection& connection) {
   // One idle watcher for the connection's whole life, not one per read.
   IdleGuard guard(connection.watchdog, connection.handle);
-  co_await (serve_requests(connection, guard) || guard.watch());
+  Http1Connection http1(connection, guard);
+  co_await (http1.run() || guard.watch());
 }
 
 }  // namespace gatehouse::proxy::l7

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <map>
 
+#include "proxy/l7/h2_request.h"
 #include "proxy/l7/l7_session.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
@@ -108,7 +109,7 @@ class Stream final : public Downstream {
       : session_(session), id_(id), signal_(executor), watchdog_(executor), guard_(watchdog_, handle) {}
 
   asio::awaitable<error_code> read_body(std::string& out, bool& done) override;
-  const Fields& request_trailers() const override { return trailers_in_; }
+  const Fields& request_trailers() const override { return request_.trailers(); }
   void interim(const ResponseHead& head) override;
   void head(const ResponseHead& head, bool has_body) override;
   void body(std::string_view data) override;
@@ -136,8 +137,7 @@ class Stream final : public Downstream {
   asio::steady_timer watchdog_;  // the exchange's idle timer, which guard_ runs
   IdleGuard guard_;              // watches the exchange for the route's idle_timeout until close()
 
-  RequestHead head_;
-  std::string authority_, path_, scheme_;
+  Http2RequestHead request_;
   std::size_t header_bytes_ = 0;
   std::size_t field_count_ = 0;
   bool headers_done_ = false;
@@ -145,7 +145,6 @@ class Stream final : public Downstream {
 
   std::string body_in_;
   bool body_end_ = false;
-  Fields trailers_in_;
 
   std::string out_;
   std::size_t out_offset_ = 0;
@@ -510,39 +509,12 @@ int Http2Session::on_header(nghttp2_session*, const nghttp2_frame* frame, const 
   if (s->bad_) return 0;
   const std::string_view name(reinterpret_cast<const char*>(name_data), namelen);
   const std::string_view value(reinterpret_cast<const char*>(value_data), valuelen);
-  if (s->headers_done_) {  // trailers
-    if (!name.starts_with(':') && !is_hop_by_hop(name) && !is_forwarding_field(name))
-      s->trailers_in_.push_back({std::string(name), std::string(value)});
+  if (s->headers_done_) {
+    s->request_.add_trailer(name, value);
     return 0;
   }
-  if (name == ":method") s->head_.method = value;
-  else if (name == ":path") s->path_ = value;
-  else if (name == ":authority") s->authority_ = value;
-  else if (name == ":scheme") s->scheme_ = value;
-  else if (name.starts_with(':')) return 0;
-  else if (name == "host") {
-    if (s->head_.host.empty()) s->head_.host = value;
-  } else if (name == "content-length") {
-    std::uint64_t length = 0;
-    for (char c : value) {
-      if (c < '0' || c > '9') return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-      length = length * 10 + static_cast<std::uint64_t>(c - '0');
-    }
-    s->head_.content_length = length;
-  } else if (name == "cookie") {
-    // HTTP/2 splits cookies across fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
-    for (auto& f : s->head_.fields) {
-      if (f.name == "cookie") {
-        f.value += "; ";
-        f.value += value;
-        return 0;
-      }
-    }
-    s->head_.fields.push_back({"cookie", std::string(value)});
-  } else if (!is_hop_by_hop(name) && !is_forwarding_field(name)) {
-    s->head_.fields.push_back({std::string(name), std::string(value)});
-  }
-  return 0;
+  // A malformed request refuses its stream (RST_STREAM PROTOCOL_ERROR).
+  return s->request_.add(name, value) ? 0 : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 }
 
 int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, void* user) {
@@ -640,40 +612,21 @@ int Http2Session::on_stream_close(nghttp2_session*, std::int32_t stream_id, std:
 
 asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream) {
   Stream& s = *stream;
-  const auto started = Clock::now();
-  RequestHead& head = s.head_;
-  head.target = s.path_;
-  head.version = 20;
-  if (!s.authority_.empty()) head.host = s.authority_;
-  if (!head.content_length && !s.body_end_) head.chunked = true;
-  if (s.body_end_ && !head.content_length && head.method != "GET" && head.method != "HEAD") head.content_length = 0;
-
-  const Routed routed =
-      route_request(connection_.generation, connection_.listener, connection_.info, head.host, head.target);
-  ExchangeResult result;
-  if (routed.status != 0) {
-    result.status = routed.status;
-    send_error(s, routed.status, routed.detail, head.method == "HEAD");
-    co_await s.flush();
-  } else {
-    RequestContext context{
-        connection_.worker,         connection_.generation, connection_.listener,       connection_.client,
-        connection_.client_address, connection_.handle,     s.watchdog_.get_executor(), s.guard_};
-    context.client_cert = connection_.info.client_xfcc;
-    result = co_await forward(context, head, *routed.route, *routed.pool, s, nullptr);
-    if (result.http11_required && !s.closed_) {
-      // NTLM and Negotiate authenticate a connection, which streams of one
-      // HTTP/2 connection cannot own: the client retries over HTTP/1.1
-      // (RFC 9113 8.1; IIS answers so too), where the connection is bound.
-      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_HTTP_1_1_REQUIRED);
-      want_write();
-    } else if (result.response_done && !s.body_end_ && !s.closed_) {
-      // Answered before the request body ended: stop the upload (RFC 9113 8.1).
-      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_NO_ERROR);
-      want_write();
-    }
+  const RequestHead& head = s.request_.finish(s.body_end_);
+  const RequestIo io{.down = s, .guard = s.guard_, .executor = s.watchdog_.get_executor()};
+  const ExchangeResult result = co_await handle_request(connection_, head, io);
+  if (s.closed_) co_return;
+  if (result.http11_required) {
+    // NTLM and Negotiate authenticate a connection, which streams of one
+    // HTTP/2 connection cannot own: the client retries over HTTP/1.1
+    // (RFC 9113 8.1; IIS answers so too), where the connection is bound.
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_HTTP_1_1_REQUIRED);
+    want_write();
+  } else if (result.response_done && !s.body_end_) {
+    // Answered before the request body ended: stop the upload (RFC 9113 8.1).
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_NO_ERROR);
+    want_write();
   }
-  finish_request(connection_, "HTTP/2", head, result, routed, started);
 }
 
 asio::awaitable<void> Http2Session::run_stream(std::shared_ptr<Stream> stream) {
@@ -688,9 +641,7 @@ asio::awaitable<void> Http2Session::reader() {
   TlsStream& tls = connection_.stream;
   while (!terminated_) {
     IoBuffer buffer;
-    auto [ec, n] = tls.try_read_some(buffer.data(), IoBuffer::size);
-    if (ec == asio::error::would_block || ec == asio::error::in_progress)
-      std::tie(ec, n) = co_await tls.read_some(buffer.data(), IoBuffer::size);
+    auto [ec, n] = co_await tls.read_some(buffer.data(), IoBuffer::size);
     if (ec) break;
     touch();
     bool failed = false;

@@ -6,14 +6,12 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/json/object.hpp>
 
 #include <memory>
 #include <string>
 #include <string_view>
 
-#include "proxy/l7/exchange.h"
-#include "proxy/l7/routing.h"
+#include "proxy/l7/request.h"
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/worker.h"
 #include "proxy/tls/tls_stream.h"
@@ -24,25 +22,6 @@ asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> gener
                                tcp::socket socket);
 
 namespace l7 {
-
-// What every request of one client connection shares.
-struct ClientConnection {
-  Worker& worker;
-  const Generation& generation;
-  const ListenerRuntime& listener;
-  TlsStream& stream;
-  const HandshakeInfo& info;
-  tcp::endpoint client;
-  std::string client_text;     // "ip:port", for logs
-  std::string client_address;  // "ip", for X-Forwarded-For
-  bool resumed = false;
-  ConnectionHandle& handle;
-  asio::steady_timer& watchdog;
-};
-
-// Counts one answered request (metrics) and writes its access-log line.
-void finish_request(const ClientConnection& connection, std::string_view protocol, const RequestHead& head,
-                    const ExchangeResult& result, const Routed& routed, std::chrono::steady_clock::time_point started);
 
 asio::awaitable<void> serve_http1(ClientConnection& connection);
 asio::awaitable<void> serve_http2(ClientConnection& connection);

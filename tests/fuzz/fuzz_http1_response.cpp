@@ -35,7 +35,7 @@ void check_head(http::ResponseHead& head, bool head_request) {
   const bool has_body = !head_request && head.status != 204 && head.status != 304;
   const bool chunked = has_body && !head.content_length;
   const bool close = !head.keep_alive;
-  const std::string out = http::serialize_response(head, chunked, close, 11);
+  const std::string out = http::serialize_response(head, chunked, close);
 
   // What the client reads, modelled by the same parser: that is fair only
   // within the limits Gatehouse sets its backends, which the framing fields
