@@ -26,6 +26,17 @@ std::string describe_duration(Clock::duration d) {
   return std::to_string(ms) + " ms";
 }
 
+// What an exchange may do besides answering.
+struct ExchangeOptions {
+  // Not a byte of answer yet when the backend ends the connection: say
+  // retry instead of failing (see forward() for when).
+  bool may_retry = false;
+  // The client connection can own a backend connection (HTTP/1.1).
+  bool can_bind = false;
+  // The connection is (or becomes, by the request's credentials) private.
+  bool binds = false;
+};
+
 // One exchange on one backend connection. Its coroutines are members so
 // that they never outlive what they refer to.
 class Exchange final : IdleExpiry {
@@ -42,50 +53,31 @@ class Exchange final : IdleExpiry {
 
   enum class Outcome { done, failed_before_response, failed_after_head, timed_out, retry, http11_required };
 
-  // `can_bind`: the client connection can own a backend connection (HTTP/1.1).
-  // `binds`: this exchange's connection is (or becomes) private already.
-  asio::awaitable<Outcome> run(bool may_retry, bool can_bind, bool binds) {
-    may_retry_ = may_retry;
-    can_bind_ = can_bind;
-    binds_ = binds;
+  asio::awaitable<Outcome> run(ExchangeOptions options) {
+    options_ = options;
     last_activity_ = Clock::now();
     body_cancel_.expires_at(Clock::time_point::max());
-    const bool has_body = head_.has_body();
-    if (!has_body) body_sent_ = true;
-    bool idle = false;
+    if (!head_.has_body()) body_sent_ = true;
     try {
       // The connection's (HTTP/1.1) or stream's (HTTP/2) guard interrupts
       // the exchange when it goes idle (expire()).
       GuardScope scope(context_.guard, *this);
-      if (has_body) co_await (send_body_or_cancel() && receive_response());
+      if (head_.has_body()) co_await (send_body_or_cancel() && receive_response());
       else co_await receive_response();
-      idle = expired_;
     } catch (const boost::system::system_error&) {
       // Cancelled from outside (the HTTP/2 stream was closed): Asio reports
       // that by throwing from the next wait.
       backend_.abort();
       result_.error = "cancelled";
-      co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
+      co_return failed();
     }
-    if (idle) {
-      backend_.abort();
-      if (context_.handle.force_close) {
-        result_.error = "closed by drain";
-        co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
-      }
-      result_.error = "backend sent nothing for " + describe_duration(idle_);
-      co_return head_delivered_ ? Outcome::failed_after_head : Outcome::timed_out;
-    }
-    if (retry_) co_return Outcome::retry;
-    if (http11_required_) co_return Outcome::http11_required;
-    if (response_failed_) co_return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response;
-    co_return Outcome::done;
+    co_return outcome();
   }
 
   // Added to the response head (cookie affinity).
   void set_cookie(std::string cookie) { set_cookie_ = std::move(cookie); }
   // The connection must stay with its client from now on.
-  bool binds() const { return binds_; }
+  bool binds() const { return options_.binds; }
 
   bool reusable() const {
     return result_.response_done && !result_.backend_closes && !close_delimited_ && body_sent_ && !extra_bytes_ &&
@@ -93,6 +85,9 @@ class Exchange final : IdleExpiry {
   }
 
  private:
+  // How the response ended, when not by completing.
+  enum class Ending { none, failed, retry, http11_required };
+
   // Arms the connection's guard for this exchange, and gives it back disarmed.
   struct GuardScope {
     GuardScope(IdleGuard& guard, Exchange& exchange) : guard(guard) {
@@ -101,6 +96,27 @@ class Exchange final : IdleExpiry {
     ~GuardScope() { guard.disarm(); }
     IdleGuard& guard;
   };
+
+  Outcome failed() const { return head_delivered_ ? Outcome::failed_after_head : Outcome::failed_before_response; }
+
+  Outcome outcome() {
+    if (expired_) {
+      backend_.abort();
+      if (context_.handle.force_close) {
+        result_.error = "closed by drain";
+        return failed();
+      }
+      result_.error = "backend sent nothing for " + describe_duration(idle_);
+      return head_delivered_ ? Outcome::failed_after_head : Outcome::timed_out;
+    }
+    switch (ending_) {
+      case Ending::retry: return Outcome::retry;
+      case Ending::http11_required: return Outcome::http11_required;
+      case Ending::failed: return failed();
+      case Ending::none: break;
+    }
+    return Outcome::done;
+  }
 
   // Idle for idle_, or force-closed by a drain: whatever waits returns.
   void expire(bool) override {
@@ -116,11 +132,6 @@ class Exchange final : IdleExpiry {
   asio::awaitable<void> wait_cancel() { co_await body_cancel_.async_wait(use_tuple); }
 
   asio::awaitable<void> send_body() {
-    const bool has_body = head_.has_body();
-    if (!has_body) {
-      body_sent_ = true;
-      co_return;
-    }
     std::string piece;
     std::string framed;
     for (;;) {
@@ -129,7 +140,7 @@ class Exchange final : IdleExpiry {
       if (auto ec = co_await down_.read_body(piece, done)) {
         result_.client_failed = true;
         result_.error = "client: " + ec.message();
-        response_failed_ = true;
+        ending_ = Ending::failed;
         backend_.abort();
         co_return;
       }
@@ -159,48 +170,46 @@ class Exchange final : IdleExpiry {
     }
   }
 
-  void fail_response(std::string why) {
-    if (!response_failed_) {
-      response_failed_ = true;
+  void end_as(Ending ending, std::string why) {
+    if (ending_ == Ending::none) {
+      ending_ = ending;
       if (result_.error.empty()) result_.error = std::move(why);
     }
     backend_.abort();
     body_cancel_.cancel();
   }
+  void fail_response(std::string why) { end_as(Ending::failed, std::move(why)); }
+
+  // Sends what is queued for the client; false (the exchange failed) when
+  // the client went away.
+  asio::awaitable<bool> flush_client() {
+    if (auto ec = co_await down_.flush()) {
+      result_.client_failed = true;
+      fail_response("client: " + ec.message());
+      co_return false;
+    }
+    co_return true;
+  }
 
   asio::awaitable<void> receive_response() {
-    const bool head_request = head_.method == "HEAD";
-    std::optional<ResponseParser> parser;
-    parser.emplace();
-    if (head_request) parser->skip(true);
+    parser_.emplace();
+    if (head_.method == "HEAD") parser_->skip(true);
     std::string carry;
     bool any_byte = false;
     for (;;) {
       IoBuffer buffer;
       auto [ec, n] = co_await backend_.read_some(buffer.data(), IoBuffer::size);
-      if (ec == asio::error::eof && parser->is_header_done() && parser->need_eof()) {
+      if (ec == asio::error::eof && parser_->is_header_done() && parser_->need_eof()) {
+        // A close-delimited body ends here.
         error_code eof_ec;
-        parser->feed_eof(eof_ec);
+        parser_->feed_eof(eof_ec);
         down_.end({});
         result_.response_done = true;
-        if (auto fec = co_await down_.flush()) {
-          result_.client_failed = true;
-          fail_response("client: " + fec.message());
-        }
+        co_await flush_client();
         co_return;
       }
       if (ec) {
-        if (!any_byte && may_retry_ && ec != asio::error::operation_aborted) {
-          // Not a byte of answer: see forward() for when that may be sent
-          // again.
-          retry_ = true;
-          backend_.abort();
-          body_cancel_.cancel();
-          co_return;
-        }
-        if (result_.client_failed) co_return;
-        fail_response(ec == asio::error::eof ? "backend closed the connection before the response ended"
-                                             : "backend: " + ec.message());
+        on_read_error(ec, any_byte);
         co_return;
       }
       any_byte = true;
@@ -210,64 +219,11 @@ class Exchange final : IdleExpiry {
         carry.append(data);
         data = carry;
       }
-      bool done = false;
-      while (!data.empty()) {
-        error_code perr;
-        const std::size_t used = parser->feed(data, perr);
-        if (perr) {
-          fail_response("backend sent a malformed response: " + parser->violation());
-          co_return;
-        }
-        data.remove_prefix(used);
-        if (parser->is_header_done() && !head_delivered_) {
-          ResponseHead& rh = parser->head();
-          if (rh.status / 100 == 1) {
-            if (rh.status == 101) {
-              fail_response("backend switched protocols, which is not proxied");
-              co_return;
-            }
-            down_.interim(rh);
-            parser.emplace();
-            if (head_request) parser->skip(true);
-            continue;
-          }
-          if (response_binds(rh.status, rh.fields)) binds_ = true;
-          if (binds_ && !can_bind_) {
-            // Nothing of it reaches the client, and the connection that
-            // offered the handshake is never reused.
-            http11_required_ = true;
-            fail_response("the response offers Windows authentication, which needs HTTP/1.1");
-            co_return;
-          }
-          if (binds_ && !rh.keep_alive) down_.close_after();
-          const bool has_body = !head_request && rh.status != 204 && rh.status != 304;
-          if (!set_cookie_.empty()) rh.fields.push_back({"Set-Cookie", set_cookie_});
-          close_delimited_ = rh.close_delimited;
-          result_.backend_closes = !rh.keep_alive;
-          result_.status = rh.status;
-          down_.head(rh, has_body);
-          head_delivered_ = true;
-        }
-        if (!parser->body().empty()) {
-          result_.bytes_out += parser->body().size();
-          down_.body(parser->body());
-          parser->body().clear();
-        }
-        if (parser->is_done()) {
-          down_.end(parser->trailers());
-          done = true;
-          extra_bytes_ = !data.empty();
-          break;
-        }
-        if (used == 0) break;
-      }
+      const Fed fed = feed(data);
+      if (fed == Fed::failed) co_return;
       carry = std::string(data);
-      if (auto fec = co_await down_.flush()) {
-        result_.client_failed = true;
-        fail_response("client: " + fec.message());
-        co_return;
-      }
-      if (done) {
+      if (!co_await flush_client()) co_return;
+      if (fed == Fed::done) {
         result_.response_done = true;
         // Answered before the request body ended (a 401 or 413 to an upload,
         // or a final status to an Expect: 100-continue the client is still
@@ -282,6 +238,83 @@ class Exchange final : IdleExpiry {
     }
   }
 
+  void on_read_error(error_code ec, bool any_byte) {
+    if (!any_byte && options_.may_retry && ec != asio::error::operation_aborted) {
+      // Not a byte of answer: see forward() for when that may be sent again.
+      end_as(Ending::retry, {});
+      return;
+    }
+    if (result_.client_failed) return;
+    fail_response(ec == asio::error::eof ? "backend closed the connection before the response ended"
+                                         : "backend: " + ec.message());
+  }
+
+  enum class Fed { more, done, failed };
+
+  // Parses what the backend sent and queues it for the client; `data` keeps
+  // what the parser could not take yet.
+  Fed feed(std::string_view& data) {
+    while (!data.empty()) {
+      error_code perr;
+      const std::size_t used = parser_->feed(data, perr);
+      if (perr) {
+        fail_response("backend sent a malformed response: " + parser_->violation());
+        return Fed::failed;
+      }
+      data.remove_prefix(used);
+      if (parser_->is_header_done() && !head_delivered_) {
+        const HeadSeen seen = on_head(parser_->head());
+        if (seen == HeadSeen::failed) return Fed::failed;
+        if (seen == HeadSeen::interim) {
+          parser_.emplace();
+          if (head_.method == "HEAD") parser_->skip(true);
+          continue;
+        }
+      }
+      if (!parser_->body().empty()) {
+        result_.bytes_out += parser_->body().size();
+        down_.body(parser_->body());
+        parser_->body().clear();
+      }
+      if (parser_->is_done()) {
+        down_.end(parser_->trailers());
+        extra_bytes_ = !data.empty();
+        return Fed::done;
+      }
+      if (used == 0) break;
+    }
+    return Fed::more;
+  }
+
+  enum class HeadSeen { interim, final, failed };
+
+  HeadSeen on_head(ResponseHead& rh) {
+    if (rh.status / 100 == 1) {
+      if (rh.status == 101) {
+        fail_response("backend switched protocols, which is not proxied");
+        return HeadSeen::failed;
+      }
+      down_.interim(rh);
+      return HeadSeen::interim;
+    }
+    if (response_binds(rh.status, rh.fields)) options_.binds = true;
+    if (options_.binds && !options_.can_bind) {
+      // Nothing of it reaches the client, and the connection that offered
+      // the handshake is never reused.
+      end_as(Ending::http11_required, "the response offers Windows authentication, which needs HTTP/1.1");
+      return HeadSeen::failed;
+    }
+    if (options_.binds && !rh.keep_alive) down_.close_after();
+    const bool has_body = head_.method != "HEAD" && rh.status != 204 && rh.status != 304;
+    if (!set_cookie_.empty()) rh.fields.push_back({"Set-Cookie", set_cookie_});
+    close_delimited_ = rh.close_delimited;
+    result_.backend_closes = !rh.keep_alive;
+    result_.status = rh.status;
+    down_.head(rh, has_body);
+    head_delivered_ = true;
+    return HeadSeen::final;
+  }
+
   RequestContext& context_;
   const RequestHead& head_;
   Downstream& down_;
@@ -290,17 +323,14 @@ class Exchange final : IdleExpiry {
   Clock::duration idle_;
   asio::steady_timer body_cancel_;
   Clock::time_point last_activity_;
-  bool may_retry_ = false;
-  bool retry_ = false;
-  bool response_failed_ = false;
-  bool head_delivered_ = false;
-  bool close_delimited_ = false;
-  bool body_sent_ = false;
-  bool extra_bytes_ = false;
-  bool expired_ = false;
-  bool can_bind_ = false;
-  bool binds_ = false;
-  bool http11_required_ = false;
+  ExchangeOptions options_;
+  std::optional<ResponseParser> parser_;
+  Ending ending_ = Ending::none;
+  bool head_delivered_ = false;   // the final response head went to the client
+  bool close_delimited_ = false;  // the response body ends with the connection
+  bool body_sent_ = false;        // the whole request body went to the backend
+  bool extra_bytes_ = false;      // the backend sent more than the response
+  bool expired_ = false;          // the guard ended the exchange (idle or drain)
   std::string set_cookie_;
 };
 
@@ -381,214 +411,262 @@ asio::awaitable<void> BackendBinding::watch() {
   }
 }
 
-asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
-                                        const PoolRuntime& pool, Downstream& down, BackendBinding* binding) {
-  ExchangeResult result;
-  const bool has_body = head.has_body();
-  result.request_body_done = !has_body;
-  const bool head_request = head.method == "HEAD";
-  const auto auth = request_auth(head.fields);
-  if (auth) {
-    result.auth_scheme = auth->scheme;
-    result.auth_user = auth->user;
-  }
-  const bool auth_binds = auth && auth->connection_bound;
-  if (auth_binds && binding == nullptr) {
-    result.http11_required = true;
-    result.error = auth->scheme + " authentication is per connection and needs HTTP/1.1";
-    co_return result;
-  }
-  const std::string request_head = serialize_request(
-      head, ForwardedFor{std::string(context.client_address), head.host, "https", context.client_cert}, has_body);
-  const Clock::duration idle = route.idle_timeout ? Clock::duration(*route.idle_timeout)
-                                                  : Clock::duration(context.listener.config->idle_timeout);
+namespace {
 
-  auto finish_with_error = [&](int status, std::string detail) {
-    result.error = detail;
-    result.status = status;
-    send_error(down, status, detail, head_request);
-  };
+// Gives the server's active count back however a pooled exchange ends.
+struct Lease {
+  const Generation& generation;
+  std::size_t worker;
+  const PoolRuntime* pool;
+  std::optional<BackendConnection> backend;
+  ~Lease() { release(); }
+  void release() {
+    if (backend) release_backend(generation, worker, *backend, pool);
+    backend.reset();
+  }
+};
+
+// One request forwarded: on the client's bound connection, or on a server
+// of the route's pool (sent once more elsewhere when that is safe).
+class Forwarder {
+ public:
+  Forwarder(RequestContext& context, const RequestHead& head, const conf::Route& route, const PoolRuntime& pool,
+            Downstream& down, BackendBinding* binding)
+      : context_(context),
+        head_(head),
+        route_(route),
+        pool_(pool),
+        down_(down),
+        binding_(binding),
+        auth_(request_auth(head.fields)),
+        idle_(route.idle_timeout ? Clock::duration(*route.idle_timeout)
+                                 : Clock::duration(context.listener.config->idle_timeout)) {}
+
+  asio::awaitable<ExchangeResult> run() {
+    start_result();
+    if (auth_binds() && binding_ == nullptr) {
+      result_.http11_required = true;
+      result_.error = auth_->scheme + " authentication is per connection and needs HTTP/1.1";
+      co_return std::move(result_);
+    }
+    request_head_ = serialize_request(
+        head_, ForwardedFor{std::string(context_.client_address), head_.host, "https", context_.client_cert},
+        head_.has_body());
+    if (binding_ != nullptr && binding_->bound()) co_await on_bound_connection();
+    else co_await on_pool();
+    co_return std::move(result_);
+  }
+
+ private:
+  bool auth_binds() const { return auth_ && auth_->connection_bound; }
+
+  void start_result() {
+    result_ = ExchangeResult{};
+    result_.request_body_done = !head_.has_body();
+    if (auth_) {
+      result_.auth_scheme = auth_->scheme;
+      result_.auth_user = auth_->user;
+    }
+  }
+
+  void fail(int status, std::string detail) {
+    result_.error = detail;
+    result_.status = status;
+    send_error(down_, status, detail, head_.method == "HEAD");
+  }
+
   // What the client gets when the exchange did not complete.
-  auto report = [&](Exchange::Outcome outcome) -> asio::awaitable<void> {
+  asio::awaitable<void> report(Exchange::Outcome outcome) {
+    const std::string why = result_.error;
     switch (outcome) {
       case Exchange::Outcome::failed_before_response:
-        if (!result.client_failed) {
-          const std::string why = result.error;
-          finish_with_error(502, "backend \"" + result.server + "\" failed before answering");
-          result.error = why;
-          co_await down.flush();
+        if (!result_.client_failed) {
+          fail(502, "backend \"" + result_.server + "\" failed before answering");
+          result_.error = why;
+          co_await down_.flush();
         }
         break;
-      case Exchange::Outcome::timed_out: {
-        const std::string why = result.error;
-        finish_with_error(504, "backend \"" + result.server + "\" did not answer in time");
-        result.error = why;
-        co_await down.flush();
+      case Exchange::Outcome::timed_out:
+        fail(504, "backend \"" + result_.server + "\" did not answer in time");
+        result_.error = why;
+        co_await down_.flush();
         break;
-      }
-      case Exchange::Outcome::failed_after_head: down.abort(); break;
+      case Exchange::Outcome::failed_after_head: down_.abort(); break;
       default: break;
     }
-    if (!result.error.empty() && !result.http11_required)
-      log::warning("request_failed", {{"listener", context.listener.config->name},
-                                      {"client", context.client_address},
-                                      {"pool", pool.config->name},
-                                      {"server", result.server},
-                                      {"status", result.status},
-                                      {"error", result.error}});
-  };
+    if (!result_.error.empty() && !result_.http11_required)
+      log::warning("request_failed", {{"listener", context_.listener.config->name},
+                                      {"client", context_.client_address},
+                                      {"pool", pool_.config->name},
+                                      {"server", result_.server},
+                                      {"status", result_.status},
+                                      {"error", result_.error}});
+  }
+
   // Who the bound connection is authenticated as, for this request's log
   // line and the next ones.
-  auto remember_auth = [&] {
-    if (binding == nullptr || !binding->bound()) return;
-    if (auth_binds) {
-      binding->scheme = auth->scheme;
-      if (auth->final_leg && result.status != 401 && result.status != 407) binding->user = auth->user;
-    } else if (!auth) {
-      result.auth_scheme = binding->scheme;
-      result.auth_user = binding->user;
+  void remember_auth() {
+    if (binding_ == nullptr || !binding_->bound()) return;
+    if (auth_binds()) {
+      binding_->scheme = auth_->scheme;
+      if (auth_->final_leg && result_.status != 401 && result_.status != 407) binding_->user = auth_->user;
+    } else if (!auth_) {
+      result_.auth_scheme = binding_->scheme;
+      result_.auth_user = binding_->user;
     }
-  };
+  }
 
-  if (binding != nullptr && binding->bound()) {
-    // Every request of a bound client goes on its connection, wherever it
-    // routes: another connection would carry another identity (or none).
-    BackendConnection& backend = binding->connection();
-    result.server = backend.server->config->name;
-    result.backend_reused = true;
-    result.bound = true;
-    if (binding->pool() != &pool)
-      log::info("bound_route_mismatch", {{"listener", context.listener.config->name},
-                                         {"client", context.client_address},
-                                         {"bound_pool", binding->pool()->config->name},
-                                         {"pool", pool.config->name},
-                                         {"server", result.server}});
+  // Every request of a bound client goes on its connection, wherever it
+  // routes: another connection would carry another identity (or none).
+  asio::awaitable<void> on_bound_connection() {
+    BackendConnection& backend = binding_->connection();
+    result_.server = backend.server->config->name;
+    result_.backend_reused = true;
+    result_.bound = true;
+    if (binding_->pool() != &pool_)
+      log::info("bound_route_mismatch", {{"listener", context_.listener.config->name},
+                                         {"client", context_.client_address},
+                                         {"bound_pool", binding_->pool()->config->name},
+                                         {"pool", pool_.config->name},
+                                         {"server", result_.server}});
     if (!backend.stream->quiet()) {
       // The backend closed it while the client was between requests. No
       // other connection may answer for it: the client connection closes
       // unanswered, as at any keep-alive race, and the client starts over.
-      binding->lose();
-      result.client_failed = true;
-      result.error = "the bound backend connection was closed by the server";
-      co_return result;
+      binding_->lose();
+      result_.client_failed = true;
+      result_.error = "the bound backend connection was closed by the server";
+      co_return;
     }
-    if (auto ec = co_await backend.stream->write_all(request_head.data(), request_head.size())) {
-      binding->lose();
-      finish_with_error(502, "backend \"" + result.server + "\": " + ec.message());
-      co_return result;
+    if (auto ec = co_await backend.stream->write_all(request_head_.data(), request_head_.size())) {
+      binding_->lose();
+      fail(502, "backend \"" + result_.server + "\": " + ec.message());
+      co_return;
     }
-    {
-      Exchange exchange(context, head, down, backend, result, idle);
-      const auto outcome = co_await exchange.run(false, true, true);
-      const bool kept = outcome == Exchange::Outcome::done && exchange.reusable();
-      co_await report(outcome);
-      remember_auth();
-      if (!kept) binding->lose();
-    }
-    co_return result;
+    Exchange exchange(context_, head_, down_, backend, result_, idle_);
+    const auto outcome = co_await exchange.run({.may_retry = false, .can_bind = true, .binds = true});
+    const bool kept = outcome == Exchange::Outcome::done && exchange.reusable();
+    co_await report(outcome);
+    remember_auth();
+    if (!kept) binding_->lose();
   }
 
-  ConnectTarget target;
-  target.pool = &pool;
-  target.hash_key = balancer::hash_key(hash_source(*pool.config, head, context.client_address));
-  std::optional<std::size_t> cookie_server;
-  if (route.affinity == conf::Affinity::cookie) {
-    // A tampered or stale cookie is ignored: the request is balanced anew.
-    cookie_server = context.generation.affinity_server(pool, cookie_value(head.fields, kAffinityCookie));
-    target.preferred = cookie_server;
+  ConnectTarget connect_target() {
+    ConnectTarget target;
+    target.pool = &pool_;
+    target.hash_key = balancer::hash_key(hash_source(*pool_.config, head_, context_.client_address));
+    if (route_.affinity == conf::Affinity::cookie) {
+      // A tampered or stale cookie is ignored: the request is balanced anew.
+      cookie_server_ = context_.generation.affinity_server(pool_, cookie_value(head_.fields, kAffinityCookie));
+      target.preferred = cookie_server_;
+    }
+    target.affinity = route_.affinity == conf::Affinity::source_ip;
+    target.timeout = context_.listener.config->handshake_timeout;
+    target.reuse = true;
+    return target;
   }
-  target.affinity = route.affinity == conf::Affinity::source_ip;
-  target.timeout = context.listener.config->handshake_timeout;
-  target.reuse = true;
 
-  // Gives the server's active count back however this ends.
-  struct Lease {
-    const Generation& generation;
-    std::size_t worker;
-    const PoolRuntime* pool;
-    std::optional<BackendConnection> backend;
-    ~Lease() { release(); }
-    void release() {
-      if (backend) release_backend(generation, worker, *backend, pool);
-      backend.reset();
+  asio::awaitable<void> on_pool() {
+    ConnectTarget target = connect_target();
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      // (Not co_await inside the braces: GCC 12 mis-handles co_await in
+      // aggregate initialisers.)
+      auto connected = co_await connect_backend(context_.generation, context_.worker.index(), target);
+      Lease lease{context_.generation, context_.worker.index(), &pool_, std::move(connected)};
+      if (!lease.backend) {
+        if (context_.generation.effective_pool(&pool_)->any_available())
+          fail(502, "no server of pool \"" + pool_.config->name + "\" could be reached");
+        else fail(503, "no server of pool \"" + pool_.config->name + "\" is available");
+        co_return;
+      }
+      const bool again = co_await attempt_on(lease, attempt);
+      if (!again) co_return;
+      start_result();
+      target.reuse = false;
     }
-  };
+    fail(502, "no server of pool \"" + pool_.config->name + "\" answered");
+  }
 
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    // (Not co_await inside the braces: GCC 12 mis-handles co_await in
-    // aggregate initialisers.)
-    auto connected = co_await connect_backend(context.generation, context.worker.index(), target);
-    Lease lease{context.generation, context.worker.index(), &pool, std::move(connected)};
-    auto& backend = lease.backend;
-    if (!backend) {
-      if (context.generation.effective_pool(&pool)->any_available())
-        finish_with_error(502, "no server of pool \"" + pool.config->name + "\" could be reached");
-      else finish_with_error(503, "no server of pool \"" + pool.config->name + "\" is available");
-      co_return result;
-    }
-    result.server = backend->server->config->name;
-    result.backend_reused = backend->reused;
+  // One attempt on a connected server; true when the request is to be sent
+  // once more, on a fresh connection.
+  asio::awaitable<bool> attempt_on(Lease& lease, int attempt) {
+    BackendConnection& backend = *lease.backend;
+    result_.server = backend.server->config->name;
+    result_.backend_reused = backend.reused;
     // Sent again, once, when the backend ends the connection before a byte
     // of answer: a kept-alive connection it closed just then (nothing was
     // processed), or a server that died under an idempotent request without
     // a body (RFC 9110 9.2.2), which another server may answer instead. Never
     // a request that carries Windows credentials: its connection is its own.
-    const bool may_retry = attempt == 0 && !has_body && !auth_binds && (backend->reused || idempotent(head.method));
-
-    if (auto ec = co_await backend->stream->write_all(request_head.data(), request_head.size())) {
+    const bool may_retry =
+        attempt == 0 && !head_.has_body() && !auth_binds() && (backend.reused || idempotent(head_.method));
+    if (auto ec = co_await backend.stream->write_all(request_head_.data(), request_head_.size())) {
       lease.release();
-      if (may_retry) {
-        target.reuse = false;
-        continue;
-      }
-      finish_with_error(502, "backend \"" + result.server + "\": " + ec.message());
-      co_return result;
+      if (may_retry) co_return true;
+      fail(502, "backend \"" + result_.server + "\": " + ec.message());
+      co_return false;
     }
-
-    Exchange exchange(context, head, down, *backend, result, idle);
-    if (route.affinity == conf::Affinity::cookie && backend->pool == &pool && cookie_server != backend->server_index)
+    Exchange exchange(context_, head_, down_, backend, result_, idle_);
+    if (route_.affinity == conf::Affinity::cookie && backend.pool == &pool_ && cookie_server_ != backend.server_index)
       exchange.set_cookie(std::string(kAffinityCookie) + "=" +
-                          context.generation.affinity_cookie(pool, backend->server_index) +
+                          context_.generation.affinity_cookie(pool_, backend.server_index) +
                           "; Path=/; Secure; HttpOnly");
-    const auto outcome = co_await exchange.run(may_retry, binding != nullptr, auth_binds);
+    const auto outcome =
+        co_await exchange.run({.may_retry = may_retry, .can_bind = binding_ != nullptr, .binds = auth_binds()});
     if (outcome == Exchange::Outcome::retry) {
       lease.release();
-      result = ExchangeResult{};
-      result.request_body_done = !has_body;
-      if (auth) {
-        result.auth_scheme = auth->scheme;
-        result.auth_user = auth->user;
-      }
-      target.reuse = false;
-      continue;
+      co_return true;
     }
     if (outcome == Exchange::Outcome::http11_required) {
-      result.http11_required = true;
-      co_return result;  // the lease closes the connection that offered it
+      result_.http11_required = true;
+      co_return false;  // the lease closes the connection that offered it
     }
-    if (outcome == Exchange::Outcome::done && exchange.reusable()) {
-      if (exchange.binds()) {
-        // From now on this connection is the client's alone.
-        binding->bind(std::move(*backend), &pool);
-        backend.reset();
-        result.bound = true;
-      } else {
-        const bool current = context.worker.generation().get() == &context.generation;
-        keep_backend(context.generation, context.worker.index(), std::move(*backend), &pool, current);
-        backend.reset();
-      }
-    } else {
+    settle(lease, exchange, outcome);
+    co_await report(outcome);
+    remember_auth();
+    co_return false;
+  }
+
+  // The backend connection after a final answer: bound to the client, kept
+  // for the next request, or closed.
+  void settle(Lease& lease, const Exchange& exchange, Exchange::Outcome outcome) {
+    if (outcome != Exchange::Outcome::done || !exchange.reusable()) {
       lease.release();
       // The client believes its connection is (becoming) authenticated;
       // without the backend connection that holds it, it must start over.
-      if (exchange.binds() && binding != nullptr) binding->close_client = true;
+      if (exchange.binds() && binding_ != nullptr) binding_->close_client = true;
+      return;
     }
-    co_await report(outcome);
-    remember_auth();
-    co_return result;
+    if (exchange.binds()) {
+      // From now on this connection is the client's alone.
+      binding_->bind(std::move(*lease.backend), &pool_);
+      result_.bound = true;
+    } else {
+      const bool current = context_.worker.generation().get() == &context_.generation;
+      keep_backend(context_.generation, context_.worker.index(), std::move(*lease.backend), &pool_, current);
+    }
+    lease.backend.reset();
   }
-  finish_with_error(502, "no server of pool \"" + pool.config->name + "\" answered");
-  co_return result;
+
+  RequestContext& context_;
+  const RequestHead& head_;
+  const conf::Route& route_;
+  const PoolRuntime& pool_;
+  Downstream& down_;
+  BackendBinding* binding_;
+  const std::optional<RequestAuth> auth_;
+  const Clock::duration idle_;
+  std::string request_head_;
+  std::optional<std::size_t> cookie_server_;
+  ExchangeResult result_;
+};
+
+}  // namespace
+
+asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
+                                        const PoolRuntime& pool, Downstream& down, BackendBinding* binding) {
+  Forwarder forwarder(context, head, route, pool, down, binding);
+  co_return co_await forwarder.run();
 }
 
 }  // namespace gatehouse::proxy::l7
