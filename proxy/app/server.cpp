@@ -27,7 +27,6 @@ namespace {
 
 using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-std::atomic<std::size_t> process_connections{0};
 
 std::size_t configured_workers(const conf::Config& config) {
   if (config.server.workers > 0) return static_cast<std::size_t>(config.server.workers);
@@ -58,13 +57,9 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
                                        const ListenerRuntime* listener, tcp::socket socket) {
   struct Count {
     explicit Count(std::shared_ptr<std::atomic<std::uint64_t>> open) : open(std::move(open)) {
-      process_connections.fetch_add(1, std::memory_order_relaxed);
       this->open->fetch_add(1, std::memory_order_relaxed);
     }
-    ~Count() {
-      process_connections.fetch_sub(1, std::memory_order_relaxed);
-      open->fetch_sub(1, std::memory_order_relaxed);
-    }
+    ~Count() { open->fetch_sub(1, std::memory_order_relaxed); }
     std::shared_ptr<std::atomic<std::uint64_t>> open;
   } count(listener->open);
   metrics().connections_total.fetch_add(1, std::memory_order_relaxed);
@@ -98,7 +93,7 @@ class OncePerSecond {
   std::uint64_t suppressed_ = 0;
 };
 
-asio::awaitable<void> accept_loop(Worker& worker, std::string name, tcp::acceptor& acceptor) {
+asio::awaitable<void> accept_loop(const Server& server, Worker& worker, std::string name, tcp::acceptor& acceptor) {
   auto executor = co_await asio::this_coro::executor;
   OncePerSecond accept_failed, refused;
   for (;;) {
@@ -123,7 +118,7 @@ asio::awaitable<void> accept_loop(Worker& worker, std::string name, tcp::accepto
     if (listener == nullptr) continue;  // closes the socket
     const std::uint64_t server_limit = generation->config().server.max_connections;
     const std::uint64_t listener_limit = listener->config->max_connections;
-    const bool over_server = process_connections.load(std::memory_order_relaxed) >= server_limit;
+    const bool over_server = server.active_connections() >= server_limit;
     if (over_server || (listener_limit > 0 && listener->open->load(std::memory_order_relaxed) >= listener_limit)) {
       // Closed before a byte is read: the client sees a clean end.
       const char* reason = over_server ? "max_connections" : "listener_max_connections";
@@ -163,6 +158,9 @@ Server::~Server() {
   for (auto& w : workers_) {
     w->io_.stop();
     if (w->thread_.joinable()) w->thread_.join();
+    // Connections still held by the stopped io_context end with it, after
+    // the control thread's io_context: nothing may post to that then.
+    w->on_empty(nullptr);
     // Kept-alive backend sockets belong to this worker's io_context, which
     // is destroyed before the generation that holds them.
     if (w->generation_) w->generation_->close_idle(w->index_);
@@ -172,12 +170,6 @@ Server::~Server() {
 }
 
 tcp::endpoint Server::admin_endpoint() const { return admin_ ? admin_->endpoint() : tcp::endpoint{}; }
-
-std::size_t Server::active_connections() const {
-  std::size_t n = 0;
-  for (const auto& w : workers_) n += w->active();
-  return n;
-}
 
 tcp::endpoint Server::bound(const std::string& listener) const {
   auto it = bound_.find(listener);
@@ -227,22 +219,23 @@ void Server::open_listeners(const Generation& generation) {
     Worker& worker = *workers_[i];
     std::map<std::string, std::unique_ptr<tcp::acceptor>> mine;
     for (auto& [name, acceptors] : opened) mine[name] = std::move(acceptors[i]);
-    asio::post(worker.io_, [&worker, removed, mine = std::make_shared<decltype(mine)>(std::move(mine))]() mutable {
-      for (const auto& name : removed) {
-        auto it = worker.acceptors_.find(name);
-        if (it == worker.acceptors_.end()) continue;
-        error_code ignored;
-        it->second->close(ignored);
-        // Destroyed later: the accept loop still refers to it until it sees the close.
-        asio::post(worker.io_, [a = std::shared_ptr<tcp::acceptor>(std::move(it->second))] {});
-        worker.acceptors_.erase(it);
-      }
-      for (auto& [name, acceptor] : *mine) {
-        tcp::acceptor& ref = *acceptor;
-        worker.acceptors_[name] = std::move(acceptor);
-        asio::co_spawn(worker.io_, accept_loop(worker, name, ref), asio::detached);
-      }
-    });
+    asio::post(worker.io_,
+               [this, &worker, removed, mine = std::make_shared<decltype(mine)>(std::move(mine))]() mutable {
+                 for (const auto& name : removed) {
+                   auto it = worker.acceptors_.find(name);
+                   if (it == worker.acceptors_.end()) continue;
+                   error_code ignored;
+                   it->second->close(ignored);
+                   // Destroyed later: the accept loop still refers to it until it sees the close.
+                   asio::post(worker.io_, [a = std::shared_ptr<tcp::acceptor>(std::move(it->second))] {});
+                   worker.acceptors_.erase(it);
+                 }
+                 for (auto& [name, acceptor] : *mine) {
+                   tcp::acceptor& ref = *acceptor;
+                   worker.acceptors_[name] = std::move(acceptor);
+                   asio::co_spawn(worker.io_, accept_loop(*this, worker, name, ref), asio::detached);
+                 }
+               });
   }
 }
 
@@ -257,35 +250,24 @@ void Server::publish(std::shared_ptr<Generation> generation) {
   current_ = std::move(generation);
 }
 
+void Server::poke_workers(const Generation* generation, Drain drain) {
+  for (auto& w : workers_)
+    asio::post(w->io_, [worker = w.get(), generation, drain] { worker->poke(generation, drain); });
+}
+
 void Server::retire(std::shared_ptr<Generation> old_generation) {
   // Idle keep-alive connections of the old generation end now; busy ones
   // may finish for drain_timeout, then they are closed.
-  for (auto& w : workers_) {
-    asio::post(w->io_, [worker = w.get(), old = old_generation.get()] {
-      for (ConnectionHandle* c : worker->connections_) {
-        if (c->generation != old) continue;
-        c->draining = true;
-        c->watchdog->cancel();
-      }
-    });
-  }
+  poke_workers(old_generation.get(), Drain::soft);
+  asio::co_spawn(main_io_, end_retired(old_generation, current_->config().server.drain_timeout), asio::detached);
+}
+
+asio::awaitable<void> Server::end_retired(std::weak_ptr<Generation> retired, Clock::duration drain_timeout) {
   // The old generation lives as long as a connection uses it, not as long
-  // as this timer: a reload a second must not keep thirty of them.
-  auto timer = std::make_shared<asio::steady_timer>(main_io_, current_->config().server.drain_timeout);
-  timer->async_wait([this, timer, weak = std::weak_ptr<Generation>(old_generation)](error_code ec) {
-    if (ec) return;
-    auto old = weak.lock();
-    if (!old) return;
-    for (auto& w : workers_) {
-      asio::post(w->io_, [worker = w.get(), old] {
-        for (ConnectionHandle* c : worker->connections_) {
-          if (c->generation != old.get()) continue;
-          c->force_close = true;
-          c->watchdog->cancel();
-        }
-      });
-    }
-  });
+  // as this wait: a reload a second must not keep thirty of them.
+  asio::steady_timer timer(main_io_, drain_timeout);
+  co_await timer.async_wait(use_tuple);
+  if (auto old = retired.lock()) poke_workers(old.get(), Drain::hard);
 }
 
 bool Server::reload(std::string* errors) {
@@ -323,55 +305,54 @@ bool Server::reload(std::string* errors) {
 }
 
 void Server::stop() {
-  asio::post(main_io_, [this] { drain_and_stop(); });
+  asio::post(main_io_, [this] { asio::co_spawn(main_io_, drain_and_stop(), asio::detached); });
 }
 
-void Server::drain_and_stop() {
-  if (stopping_.exchange(true)) return;
-  log::info("draining", {{"connections", process_connections.load()},
-                         {"drain_timeout_ms", current_->config().server.drain_timeout.count()}});
+std::size_t Server::active_connections() const {
+  std::size_t n = 0;
+  for (const auto& w : workers_) n += w->active();
+  return n;
+}
+
+asio::awaitable<bool> Server::wait_empty(Clock::time_point deadline) {
+  while (active_connections() > 0 && Clock::now() < deadline) {
+    // A worker whose last connection ends cancels this wait (on_empty).
+    empty_signal_.expires_at(deadline);
+    co_await empty_signal_.async_wait(use_tuple);
+  }
+  co_return active_connections() == 0;
+}
+
+asio::awaitable<void> Server::drain_and_stop() {
+  if (stopping_.exchange(true)) co_return;
+  const auto drain_timeout = current_->config().server.drain_timeout;
+  log::info("draining", {{"connections", active_connections()}, {"drain_timeout_ms", drain_timeout.count()}});
   for (auto& w : workers_) {
-    asio::post(w->io_, [worker = w.get()] {
+    asio::post(w->io_, [this, worker = w.get()] {
       for (auto& [name, acceptor] : worker->acceptors_) {
         error_code ignored;
         acceptor->close(ignored);
       }
-      for (ConnectionHandle* c : worker->connections_) {
-        c->draining = true;
-        c->watchdog->cancel();
-      }
+      worker->on_empty([this] { asio::post(main_io_, [this] { empty_signal_.cancel(); }); });
+      worker->poke(nullptr, Drain::soft);
     });
   }
-  const auto deadline = Clock::now() + current_->config().server.drain_timeout;
-  auto timer = std::make_shared<asio::steady_timer>(main_io_);
-  auto poll = std::make_shared<std::function<void()>>();
-  *poll = [this, timer, poll, deadline, forced = false]() mutable {
-    std::size_t active = 0;
-    for (auto& w : workers_) active += w->active();
-    if (active == 0 || (forced && Clock::now() > deadline + std::chrono::seconds(1))) {
-      for (auto& w : workers_) w->io_.stop();
-      main_io_.stop();
-      *poll = nullptr;  // breaks the self-reference
-      return;
-    }
-    if (!forced && Clock::now() > deadline) {
-      forced = true;
-      log::warning("drain_timeout", {{"connections", active}});
-      for (auto& w : workers_) {
-        asio::post(w->io_, [worker = w.get()] {
-          for (ConnectionHandle* c : worker->connections_) {
-            c->force_close = true;
-            c->watchdog->cancel();
-          }
-        });
-      }
-    }
-    timer->expires_after(std::chrono::milliseconds(20));
-    timer->async_wait([poll](error_code) {
-      if (*poll) (*poll)();
-    });
-  };
-  (*poll)();
+  if (!co_await wait_empty(Clock::now() + drain_timeout)) {
+    log::warning("drain_timeout", {{"connections", active_connections()}});
+    poke_workers(nullptr, Drain::hard);
+    co_await wait_empty(Clock::now() + std::chrono::seconds(1));
+  }
+  for (auto& w : workers_) w->io_.stop();
+  main_io_.stop();
+}
+
+asio::awaitable<void> Server::handle_signals(asio::signal_set& signals) {
+  for (;;) {
+    auto [ec, signal] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec) co_return;
+    if (signal == SIGHUP) reload();
+    else asio::co_spawn(main_io_, drain_and_stop(), asio::detached);
+  }
 }
 
 int Server::run(std::function<void(Server&)> on_ready) {
@@ -392,17 +373,9 @@ int Server::run(std::function<void(Server&)> on_ready) {
     w->thread_ = std::thread([worker = w.get()] { worker->io_.run(); });
   }
 
+  // Registered before "ready": a SIGHUP from then on reloads.
   asio::signal_set signals(main_io_, SIGHUP, SIGTERM, SIGINT);
-  std::function<void(error_code, int)> on_signal = [&](error_code ec, int signal) {
-    if (ec) return;
-    if (signal == SIGHUP) {
-      reload();
-    } else {
-      drain_and_stop();
-    }
-    signals.async_wait(on_signal);
-  };
-  signals.async_wait(on_signal);
+  asio::co_spawn(main_io_, handle_signals(signals), asio::detached);
 
   for (const auto& [name, b] : bound_) log::info("listening", {{"listener", name}, {"address", to_string(b.endpoint)}});
   log::info("ready", {{"generation", current_->number()}, {"workers", workers_.size()}});

@@ -6,6 +6,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
@@ -20,6 +21,7 @@
 
 #include "conf/config.h"
 #include "proxy/admin/admin.h"
+#include "proxy/runtime/connection.h"
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/worker.h"
 
@@ -61,7 +63,16 @@ class Server final : public AdminControl {
   void publish(std::shared_ptr<Generation> generation);
   void open_listeners(const Generation& generation);
   void retire(std::shared_ptr<Generation> old_generation);
-  void drain_and_stop();
+  asio::awaitable<void> end_retired(std::weak_ptr<Generation> retired, Clock::duration drain_timeout);
+  // Posts Worker::poke to every worker.
+  void poke_workers(const Generation* generation, Drain drain);
+  // Stops accepting, lets connections finish for drain_timeout, ends the
+  // rest, and stops the workers and the control thread.
+  asio::awaitable<void> drain_and_stop();
+  // true once no worker has a connection; false at `deadline`.
+  asio::awaitable<bool> wait_empty(Clock::time_point deadline);
+  asio::awaitable<void> handle_signals(
+      boost::asio::signal_set& signals);  // SIGHUP reloads; SIGTERM and SIGINT drain and stop
 
   conf::Config initial_;
   std::filesystem::path config_file_;
@@ -71,9 +82,10 @@ class Server final : public AdminControl {
   std::uint64_t next_generation_ = 1;
   std::map<std::string, Bound> bound_;
   boost::asio::io_context main_io_{1};
-  std::unique_ptr<HealthChecker> health_;  // runs on main_io_, so destroyed before it
-  std::unique_ptr<OcspFetcher> ocsp_;      // likewise
-  std::unique_ptr<AdminServer> admin_;     // likewise
+  boost::asio::steady_timer empty_signal_{main_io_};  // cancelled when a draining worker empties
+  std::unique_ptr<HealthChecker> health_;             // runs on main_io_, so destroyed before it
+  std::unique_ptr<OcspFetcher> ocsp_;                 // likewise
+  std::unique_ptr<AdminServer> admin_;                // likewise
   std::atomic<bool> stopping_{false};
 };
 

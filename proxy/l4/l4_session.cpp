@@ -53,6 +53,21 @@ asio::awaitable<void> pump(TlsStream& from, TlsStream& to, Clock::time_point& la
   to.abort();
 }
 
+namespace {
+
+// Ends both directions of an l4 stream.
+struct StreamExpiry final : IdleExpiry {
+  StreamExpiry(TlsStream& front, TlsStream& back) : front(front), back(back) {}
+  void expire(bool) override {
+    front.abort();
+    back.abort();
+  }
+  TlsStream& front;
+  TlsStream& back;
+};
+
+}  // namespace
+
 asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
                                tcp::socket socket) {
   const auto started = Clock::now();
@@ -118,9 +133,14 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
   Clock::time_point last_activity = Clock::now();
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
+  // Idle for idle_timeout, or force-closed at drain_timeout: both
+  // directions end. A reload lets the stream finish.
+  StreamExpiry expiry{front, *backend->stream};
+  IdleGuard guard(watchdog_timer, handle);
+  guard.arm(&last_activity, idle_timeout, OnDrain::finish, &expiry);
   co_await ((pump(front, *backend->stream, last_activity, bytes_in) &&
              pump(*backend->stream, front, last_activity, bytes_out)) ||
-            idle_watchdog(watchdog_timer, last_activity, idle_timeout, handle));
+            guard.watch());
   release_backend(*generation, worker.index(), *backend, pool);
 
   access["bytes_in"] = bytes_in;

@@ -91,7 +91,7 @@ class Exchange final : IdleExpiry {
   // Arms the connection's guard for this exchange, and gives it back disarmed.
   struct GuardScope {
     GuardScope(IdleGuard& guard, Exchange& exchange) : guard(guard) {
-      guard.arm(&exchange.last_activity_, exchange.idle_, false, &exchange);
+      guard.arm(&exchange.last_activity_, exchange.idle_, OnDrain::finish, &exchange);
     }
     ~GuardScope() { guard.disarm(); }
     IdleGuard& guard;

@@ -187,7 +187,8 @@ class Http1Connection {
       // stream, it may finish until drain_timeout (its client would have to
       // authenticate again on a new one).
       const bool between_requests = in_.empty() && !parser_->got_some() && !binding_.bound();
-      guard_.arm(&last_activity_, config_.idle_timeout, between_requests, &wait_expiry_);
+      guard_.arm(&last_activity_, config_.idle_timeout, between_requests ? OnDrain::when_quiet : OnDrain::finish,
+                 &wait_expiry_);
       const error_code read_ec = co_await read_or_lose_binding();
       guard_.disarm();
       if (read_ec || wait_expiry_.fired) co_return HeadRead::closed;

@@ -156,13 +156,13 @@ class Stream final : public Downstream {
   bool cancelled_ = false;
 };
 
-class Http2Session {
+class Http2Session final : IdleExpiry {
  public:
   explicit Http2Session(ClientConnection& connection)
       : connection_(connection),
         write_signal_(connection.stream.socket().get_executor()),
         done_signal_(connection.stream.socket().get_executor()),
-        idle_timer_(connection.stream.socket().get_executor()) {}
+        guard_(connection.watchdog, connection.handle) {}
   ~Http2Session() {
     if (session_ != nullptr) nghttp2_session_del(session_);
   }
@@ -179,14 +179,15 @@ class Http2Session {
   bool start();
   asio::awaitable<void> reader();
   asio::awaitable<void> writer();
-  asio::awaitable<void> idle_guard();
-  // Lets the writer send what is queued (a GOAWAY) before the session ends.
-  asio::awaitable<void> flush_pending() {
-    for (int i = 0; i < 20 && nghttp2_session_want_write(session_) != 0; ++i) {
-      want_write();
-      idle_timer_.expires_after(std::chrono::milliseconds(5));
-      co_await idle_timer_.async_wait(use_tuple);
-    }
+  // The connection's idle guard expired: idle with no stream open, a drain
+  // (GOAWAY in two steps) or the drain's hard end.
+  void expire(bool drained) override;
+  void arm_idle() { guard_.arm(&last_activity_, connection_.listener.config->idle_timeout, OnDrain::notify, this); }
+  // Ends the session now: the writer stops, and the reader with it.
+  void close_now() {
+    closing_ = true;
+    connection_.stream.abort();
+    want_write();
   }
   asio::awaitable<void> serve_stream(std::shared_ptr<Stream> stream);
   asio::awaitable<void> run_stream(std::shared_ptr<Stream> stream);
@@ -216,11 +217,12 @@ class Http2Session {
   std::map<std::int32_t, std::shared_ptr<Stream>> streams_;
   asio::steady_timer write_signal_;
   asio::steady_timer done_signal_;
-  asio::steady_timer idle_timer_;
+  IdleGuard guard_;  // on the connection's watchdog timer, which a drain pokes
   Clock::time_point last_activity_ = Clock::now();
   std::size_t running_ = 0;
   bool reading_done_ = false;
   bool terminated_ = false;
+  bool closing_ = false;      // the writer ends
   bool notice_sent_ = false;  // the first, graceful GOAWAY of a drain
   Clock::time_point notice_at_;
   bool goaway_sent_ = false;
@@ -695,7 +697,7 @@ asio::awaitable<void> Http2Session::writer() {
       if (frames >= kYieldFrames) co_await asio::post(tls.socket().get_executor(), asio::use_awaitable);
       continue;
     }
-    if (reading_done_ || terminated_) break;
+    if (reading_done_ || terminated_ || closing_) break;
     if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0) break;
     wait_forever(write_signal_);
     co_await write_signal_.async_wait(use_tuple);
@@ -704,50 +706,50 @@ asio::awaitable<void> Http2Session::writer() {
   tls.abort();
 }
 
-asio::awaitable<void> Http2Session::idle_guard() {
-  const Clock::duration idle = connection_.listener.config->idle_timeout;
-  connection_.handle.watchdog = &idle_timer_;
-  for (;;) {
-    if (connection_.handle.draining) {
-      // Graceful, in two steps (RFC 9113 6.8): a GOAWAY that still accepts
-      // every stream, so that the client stops opening new ones, and after
-      // a round trip's grace the final one naming the last stream taken.
-      // Streams already open finish; none the client sent is dropped.
-      const auto now = Clock::now();
-      if (!notice_sent_) {
-        notice_sent_ = true;
-        notice_at_ = now;
-        nghttp2_submit_shutdown_notice(session_);
-        want_write();
-      } else if (!goaway_sent_ && now >= notice_at_ + kDrainQuiet) {
-        goaway_sent_ = true;
-        nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
-                              NGHTTP2_NO_ERROR, nullptr, 0);
-        want_write();
-      }
-      if (goaway_sent_ && running_ == 0) {
-        co_await flush_pending();
-        co_return;
-      }
-      idle_timer_.expires_after(std::chrono::milliseconds(50));
-    } else {
-      idle_timer_.expires_at(last_activity_ + idle);
-    }
-    co_await idle_timer_.async_wait(use_tuple);
-    if (connection_.handle.force_close) co_return;
-    auto state = co_await asio::this_coro::cancellation_state;
-    if (state.cancelled() != asio::cancellation_type::none) co_return;
-    // Streams have their own (route) idle timeouts; the connection's
-    // counts only while none is open.
-    if (running_ == 0 && !connection_.handle.draining && Clock::now() >= last_activity_ + idle) co_return;
-    if (running_ > 0) touch();
+void Http2Session::expire(bool drained) {
+  if (drained) {  // drain_timeout: streams end with the connection
+    close_now();
+    return;
   }
+  if (connection_.handle.draining) {
+    // Graceful, in two steps (RFC 9113 6.8): a GOAWAY that still accepts
+    // every stream, so that the client stops opening new ones, and after a
+    // round trip's grace the final one naming the last stream taken.
+    // Streams already open finish; none the client sent is dropped.
+    if (!notice_sent_) {
+      notice_sent_ = true;
+      notice_at_ = Clock::now();
+      nghttp2_submit_shutdown_notice(session_);
+      want_write();
+      guard_.arm(&notice_at_, kDrainQuiet, OnDrain::notify, this);
+      return;
+    }
+    if (!goaway_sent_) {
+      goaway_sent_ = true;
+      nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
+                            NGHTTP2_NO_ERROR, nullptr, 0);
+      want_write();
+    }
+    // Once the last stream has been answered, nghttp2 wants neither to read
+    // nor to write, and the writer ends the session.
+    arm_idle();
+    return;
+  }
+  // Streams have their own (route) idle timeouts; the connection's counts
+  // only while none is open.
+  if (running_ > 0) {
+    touch();
+    arm_idle();
+    return;
+  }
+  close_now();
 }
 
 asio::awaitable<void> Http2Session::run() {
   if (!start()) co_return;
-  co_await ((reader() && writer()) || idle_guard());
-  connection_.handle.watchdog = &connection_.watchdog;
+  arm_idle();
+  co_await ((reader() && writer()) || guard_.watch());
+  guard_.disarm();
   for (auto& [id, stream] : streams_) stream->close();
   streams_.clear();
   while (running_ > 0) {

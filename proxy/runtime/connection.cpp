@@ -120,17 +120,18 @@ std::string to_string(const tcp::endpoint& endpoint) {
   return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
 }
 
-void IdleGuard::arm(const Clock::time_point* last_activity, Clock::duration idle, bool between_requests,
+void IdleGuard::arm(const Clock::time_point* last_activity, Clock::duration idle, OnDrain on_drain,
                     IdleExpiry* expiry) {
   last_ = last_activity;
   idle_ = idle;
-  between_requests_ = between_requests;
+  on_drain_ = on_drain;
   expiry_ = expiry;
   // The watcher sleeps until the deadline it last saw; wake it only when
   // this one is earlier (a later one is found when that sleep ends).
-  if (*last_ + idle_ < timer_.expiry() ||
-      (between_requests && handle_.draining && *last_ + kDrainQuiet < timer_.expiry()))
-    timer_.cancel();
+  const bool drain_due =
+      handle_.draining && ((on_drain == OnDrain::when_quiet && *last_ + kDrainQuiet < timer_.expiry()) ||
+                           (on_drain == OnDrain::notify && !drain_told_));
+  if (*last_ + idle_ < timer_.expiry() || drain_due) timer_.cancel();
 }
 
 asio::awaitable<void> IdleGuard::watch() {
@@ -138,9 +139,11 @@ asio::awaitable<void> IdleGuard::watch() {
     auto deadline = Clock::time_point::max();
     if (expiry_ != nullptr) {
       const auto now = Clock::now();
-      const bool quiet_drain = between_requests_ && handle_.draining;
+      const bool quiet_drain = on_drain_ == OnDrain::when_quiet && handle_.draining;
       const bool drained = handle_.force_close || (quiet_drain && now >= *last_ + kDrainQuiet);
-      if (drained || now >= *last_ + idle_) {
+      const bool drain_news = on_drain_ == OnDrain::notify && handle_.draining && !drain_told_;
+      if (drained || drain_news || now >= *last_ + idle_) {
+        if (drain_news) drain_told_ = true;
         IdleExpiry* expiry = std::exchange(expiry_, nullptr);
         expiry->expire(drained);
         continue;
@@ -156,23 +159,6 @@ asio::awaitable<void> IdleGuard::watch() {
       auto state = co_await asio::this_coro::cancellation_state;
       if (state.cancelled() != asio::cancellation_type::none) co_return;
     }
-  }
-}
-
-asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time_point& last_activity,
-                                    Clock::duration idle, const ConnectionHandle& handle, bool between_requests) {
-  for (;;) {
-    if (handle.force_close || (between_requests && handle.draining)) co_return;
-    timer.expires_at(last_activity + idle);
-    auto [ec] = co_await timer.async_wait(use_tuple);
-    if (handle.force_close || (between_requests && handle.draining)) co_return;
-    if (ec) {
-      // Either the surrounding || finished (then stop) or a drain poked us.
-      auto state = co_await asio::this_coro::cancellation_state;
-      if (state.cancelled() != asio::cancellation_type::none) co_return;
-      continue;
-    }
-    if (Clock::now() >= last_activity + idle) co_return;
   }
 }
 

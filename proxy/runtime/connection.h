@@ -27,13 +27,6 @@ using Clock = std::chrono::steady_clock;
 // answered (with Connection: close) instead of losing it to the close.
 inline constexpr auto kDrainQuiet = std::chrono::milliseconds(1000);
 
-// Ends when the connection has been idle for `idle` since `last_activity`, or
-// when a drain force-closes it, or (with `between_requests`) as soon as a
-// drain begins. Cancelled (by the || it runs in) otherwise.
-asio::awaitable<void> idle_watchdog(asio::steady_timer& timer, const Clock::time_point& last_activity,
-                                    Clock::duration idle, const ConnectionHandle& handle,
-                                    bool between_requests = false);
-
 // What an IdleGuard does when its deadline passes: interrupt the guarded
 // operations (cancel or abort their streams) so that they return.
 class IdleExpiry {
@@ -46,21 +39,29 @@ class IdleExpiry {
   ~IdleExpiry() = default;
 };
 
-// One idle deadline for a whole connection, watched by one coroutine
-// (watch(), run beside the connection's work for its lifetime) instead of a
-// timer raced against every read: the guarded code arms it with the
-// activity stamp to watch and what to do on expiry, and moving from one
-// phase to the next (request head, exchange) costs no timer operation unless
-// the deadline comes earlier. Uses the connection's watchdog timer, so a
-// drain's poke (cancelling that timer) reaches it.
+// What a soft drain (a reload, or the start of a stop) does to a guarded
+// phase. A hard drain (force_close, at drain_timeout) always expires it.
+enum class OnDrain {
+  finish,      // nothing: the phase (a stream, an exchange, a bound request) may finish
+  when_quiet,  // between requests: expire once quiet for kDrainQuiet
+  notify,      // expire(false) at once, one time, so the owner starts its own drain (HTTP/2 GOAWAY)
+};
+
+// The one idle mechanism of every connection (l4 streams, HTTP/1.1
+// connections and exchanges, HTTP/2 connections and streams): one deadline,
+// watched by one coroutine (watch(), run beside the connection's work for
+// its lifetime) instead of a timer raced against every read. The guarded
+// code arms it with the activity stamp to watch and what to do on expiry,
+// and moving from one phase to the next costs no timer operation unless the
+// deadline comes earlier. The guard of a connection uses the timer its
+// ConnectionHandle names, so a drain's poke reaches it.
 class IdleGuard {
  public:
   IdleGuard(asio::steady_timer& timer, const ConnectionHandle& handle) : timer_(timer), handle_(handle) {}
 
-  // While armed, `expiry` runs once when *last_activity is `idle` old, or at
-  // a drain: force_close, or (with `between_requests`) once the connection
-  // has been quiet for kDrainQuiet while draining.
-  void arm(const Clock::time_point* last_activity, Clock::duration idle, bool between_requests, IdleExpiry* expiry);
+  // While armed, `expiry` runs once when *last_activity is `idle` old, at a
+  // hard drain, or at a soft one as `on_drain` says. expire() may arm again.
+  void arm(const Clock::time_point* last_activity, Clock::duration idle, OnDrain on_drain, IdleExpiry* expiry);
   void disarm() { expiry_ = nullptr; }
   asio::awaitable<void> watch();  // until cancelled, or stop()
   void stop() {
@@ -73,7 +74,8 @@ class IdleGuard {
   const ConnectionHandle& handle_;
   const Clock::time_point* last_ = nullptr;
   Clock::duration idle_{};
-  bool between_requests_ = false;
+  OnDrain on_drain_ = OnDrain::finish;
+  bool drain_told_ = false;
   IdleExpiry* expiry_ = nullptr;
   bool stopped_ = false;
 };

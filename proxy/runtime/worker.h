@@ -22,15 +22,24 @@
 
 namespace gatehouse::proxy {
 
+// How a drain reaches a connection.
+enum class Drain {
+  soft,  // a reload or stop begins: connections between requests end (see OnDrain), the rest finish
+  hard,  // drain_timeout has passed: every connection ends now
+};
+
 // A live connection as its worker sees it, so a drain can end it.
 struct ConnectionHandle {
   const Generation* generation = nullptr;
-  boost::asio::steady_timer* watchdog = nullptr;  // cancelled to make the connection re-check its deadline
+  boost::asio::steady_timer* watchdog = nullptr;  // the connection's IdleGuard timer
   bool force_close = false;
-  // Set when a reload or stop begins: a connection between requests (HTTP
-  // keep-alive, an HTTP/2 connection without streams) ends now instead of
-  // waiting for drain_timeout.
   bool draining = false;
+
+  // Marks the drain and wakes the connection's IdleGuard to act on it.
+  void poke(Drain drain) {
+    (drain == Drain::soft ? draining : force_close) = true;
+    watchdog->cancel();
+  }
 };
 
 class Worker {
@@ -46,9 +55,20 @@ class Worker {
   }
   void untrack(ConnectionHandle* c) {
     connections_.erase(c);
-    --active_;
+    if (--active_ == 0 && on_empty_) on_empty_();
   }
   std::size_t active() const { return active_.load(std::memory_order_relaxed); }
+
+  // Pokes every connection accepted under `generation` (every connection
+  // when null). On the worker's thread.
+  void poke(const Generation* generation, Drain drain) {
+    for (ConnectionHandle* c : connections_)
+      if (generation == nullptr || c->generation == generation) c->poke(drain);
+  }
+  // Runs (on the worker's thread) each time its last connection ends, so a
+  // stop waits for the workers to empty without polling. Set on the
+  // worker's thread.
+  void on_empty(std::function<void()> callback) { on_empty_ = std::move(callback); }
 
  private:
   friend class Server;  // the application layer (proxy/app) runs workers
@@ -58,6 +78,7 @@ class Worker {
   std::size_t index_;
   std::atomic<std::size_t> active_{0};
   std::unordered_set<ConnectionHandle*> connections_;
+  std::function<void()> on_empty_;
   std::shared_ptr<Generation> generation_;  // touched only on this worker's thread
   std::thread thread_;
   boost::asio::io_context io_{1};
