@@ -36,6 +36,7 @@
 #include <thread>
 #include <tuple>
 
+#include "conf/assert.h"
 #include "conf/config.h"
 #include "proxy/tls/tls_stream.h"
 
@@ -82,6 +83,12 @@ std::string flag_error(std::string_view flag, std::string_view value, std::strin
   return s;
 }
 
+// Tells `err` which flag is wrong and why; false, for a validation step to return.
+bool refuse(std::ostream& err, std::string_view flag, std::string_view value, std::string_view what) {
+  err << flag_error(flag, value, what) << "\n";
+  return false;
+}
+
 // ---- sessions --------------------------------------------------------------
 
 // Attached to each client SSL so the new-session callback knows where the
@@ -104,7 +111,7 @@ int on_new_session(SSL* ssl, SSL_SESSION* session) {
   return 1;
 }
 
-bssl::UniquePtr<SSL_CTX> make_client_context(const HandshakeOptions& options, Sig sig, Resume resume,
+bssl::UniquePtr<SSL_CTX> make_client_context(const HandshakeOptions& options, const Settings& settings,
                                              std::string& error) {
   bssl::UniquePtr<SSL_CTX> ctx(SSL_CTX_new(TLS_method()));
   if (!ctx) {
@@ -129,12 +136,12 @@ bssl::UniquePtr<SSL_CTX> make_client_context(const HandshakeOptions& options, Si
                                        SSL_SIGN_RSA_PSS_RSAE_SHA512, SSL_SIGN_RSA_PKCS1_SHA256,
                                        SSL_SIGN_RSA_PKCS1_SHA384,    SSL_SIGN_RSA_PKCS1_SHA512};
   bool ok = true;
-  if (sig == Sig::ecdsa) {
+  if (settings.sig == Sig::ecdsa) {
     ok = SSL_CTX_set_verify_algorithm_prefs(ctx.get(), ecdsa_prefs, std::size(ecdsa_prefs)) == 1 &&
          SSL_CTX_set_strict_cipher_list(ctx.get(),
                                         "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
                                         "ECDHE-ECDSA-CHACHA20-POLY1305") == 1;
-  } else if (sig == Sig::rsa) {
+  } else if (settings.sig == Sig::rsa) {
     ok = SSL_CTX_set_verify_algorithm_prefs(ctx.get(), rsa_prefs, std::size(rsa_prefs)) == 1 &&
          SSL_CTX_set_strict_cipher_list(ctx.get(),
                                         "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
@@ -145,7 +152,7 @@ bssl::UniquePtr<SSL_CTX> make_client_context(const HandshakeOptions& options, Si
     error = "bench handshake: BoringSSL refused the signature algorithm or cipher settings for --sig";
     return nullptr;
   }
-  if (resume == Resume::always) {
+  if (settings.resume == Resume::always) {
     // Sessions are kept per loop and per name by on_new_session, not in the
     // context's cache.
     SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
@@ -213,13 +220,36 @@ struct Outcome {
   KeyType key;
 };
 
-asio::awaitable<Outcome> connect_and_handshake(const Settings& settings, SSL_CTX* ctx, const std::string& name,
-                                               bssl::UniquePtr<SSL_SESSION>* session, bool wait_for_session) {
+// One connection: the name it sends and what it does with sessions.
+struct Attempt {
+  const std::string& name;                          // SNI; "" sends none
+  bssl::UniquePtr<SSL_SESSION>* session = nullptr;  // offered when it holds one; a new one replaces it
+  bool wait_for_session = false;                    // warm-up: keep reading until the server sends one
+};
+
+// TLS 1.3 sends its tickets after the handshake, and BoringSSL processes
+// them inside SSL_read. A server waiting for a request sends nothing
+// else, so read until the callback fired, the peer closed, or time is up.
+asio::awaitable<void> read_until_session(proxy::TlsStream& stream, const SessionSink& sink) {
+  asio::steady_timer deadline(co_await asio::this_coro::executor);
+  deadline.expires_after(kTicketWait);
+  char scratch[512];
+  while (!sink.got) {
+    auto [ec, n] = stream.try_read_some(scratch, sizeof scratch);
+    if (sink.got) break;
+    if (!ec) continue;  // application data: ignored
+    if (ec != asio::error::would_block && ec != asio::error::in_progress) break;
+    auto ready = co_await (stream.wait_readable() || deadline.async_wait(use_tuple));
+    if (ready.index() == 1 || std::get<0>(ready)) break;
+  }
+}
+
+asio::awaitable<Outcome> connect_and_handshake(const tcp::endpoint& endpoint, SSL_CTX* ctx, Attempt attempt) {
   Outcome outcome;
   auto executor = co_await asio::this_coro::executor;
   const auto started = Clock::now();
   tcp::socket socket(executor);
-  auto [connect_ec] = co_await socket.async_connect(settings.endpoint, use_tuple);
+  auto [connect_ec] = co_await socket.async_connect(endpoint, use_tuple);
   if (connect_ec) {
     outcome.error = "connect: ";
     outcome.error += connect_ec.message();
@@ -231,10 +261,10 @@ asio::awaitable<Outcome> connect_and_handshake(const Settings& settings, SSL_CTX
     co_return outcome;
   }
   SSL_set_connect_state(ssl.get());
-  if (!name.empty()) SSL_set_tlsext_host_name(ssl.get(), name.c_str());
-  SessionSink sink{session};
+  if (!attempt.name.empty()) SSL_set_tlsext_host_name(ssl.get(), attempt.name.c_str());
+  SessionSink sink{.slot = attempt.session};
   SSL_set_ex_data(ssl.get(), sink_index(), &sink);
-  if (session != nullptr && *session) SSL_set_session(ssl.get(), session->get());
+  if (attempt.session != nullptr && *attempt.session) SSL_set_session(ssl.get(), attempt.session->get());
 
   proxy::TlsStream stream(std::move(socket), std::move(ssl));
   if (auto ec = co_await stream.handshake()) {
@@ -248,22 +278,7 @@ asio::awaitable<Outcome> connect_and_handshake(const Settings& settings, SSL_CTX
   outcome.version = static_cast<uint16_t>(SSL_version(s));
   outcome.key = peer_key_type(s);
 
-  if (wait_for_session && !sink.got) {
-    // TLS 1.3 sends its tickets after the handshake, and BoringSSL processes
-    // them inside SSL_read. A server waiting for a request sends nothing
-    // else, so read until the callback fired, the peer closed, or time is up.
-    asio::steady_timer deadline(executor);
-    deadline.expires_after(kTicketWait);
-    char scratch[512];
-    while (!sink.got) {
-      auto [ec, n] = stream.try_read_some(scratch, sizeof scratch);
-      if (sink.got) break;
-      if (!ec) continue;  // application data: ignored
-      if (ec != asio::error::would_block && ec != asio::error::in_progress) break;
-      auto ready = co_await (stream.wait_readable() || deadline.async_wait(use_tuple));
-      if (ready.index() == 1 || std::get<0>(ready)) break;
-    }
-  }
+  if (attempt.wait_for_session && !sink.got) co_await read_until_session(stream, sink);
   outcome.got_session = sink.got;
   SSL_set_ex_data(s, sink_index(), nullptr);
   co_await stream.shutdown_send();  // close_notify, FIN; the socket closes with the stream
@@ -325,9 +340,10 @@ asio::awaitable<void> warm_up(Shared& shared, Loop& loop, Stats& stats) {
   const Settings& settings = *shared.settings;
   for (std::size_t i = 0; i < loop.names.size(); ++i) {
     ++stats.warmup_total;
-    auto outcome = co_await with_timeout(
-        connect_and_handshake(settings, shared.ctx, settings.names[loop.names[i]], &loop.sessions[i], true),
-        settings.timeout + kTicketWait);
+    const Attempt attempt{
+        .name = settings.names[loop.names[i]], .session = &loop.sessions[i], .wait_for_session = true};
+    auto outcome = co_await with_timeout(connect_and_handshake(settings.endpoint, shared.ctx, attempt),
+                                         settings.timeout + kTicketWait);
     if (!outcome) {
       ++stats.warmup_errors["timeout"];
     } else if (!outcome->error.empty()) {
@@ -353,9 +369,9 @@ asio::awaitable<void> measure(Shared& shared, Loop& loop, Stats& stats) {
     const std::string& name =
         resume ? settings.names[loop.names[slot]]
                : settings.names[shared.next_name.fetch_add(1, std::memory_order_relaxed) % settings.names.size()];
-    auto outcome = co_await with_timeout(
-        connect_and_handshake(settings, shared.ctx, name, resume ? &loop.sessions[slot] : nullptr, false),
-        settings.timeout);
+    const Attempt attempt{.name = name, .session = resume ? &loop.sessions[slot] : nullptr};
+    auto outcome =
+        co_await with_timeout(connect_and_handshake(settings.endpoint, shared.ctx, attempt), settings.timeout);
     if (!outcome || !outcome->error.empty()) {
       ++stats.errors[outcome ? outcome->error : std::string("timeout")];
       shared.failed.fetch_add(1, std::memory_order_relaxed);
@@ -442,93 +458,96 @@ void row(std::ostream& out, std::string_view label, const std::string& value) {
   out << "  " << std::left << std::setw(22) << label << value << "\n";
 }
 
-}  // namespace
+// ---- validation -------------------------------------------------------------
 
-int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std::ostream& err) {
-  // ---- validate
-  Settings settings;
-  const auto address = conf::parse_address(options.target);
-  if (!address || address->port == 0) {
-    err << flag_error("--target", options.target, "is not HOST:PORT (e.g. 127.0.0.1:8443 or [::1]:443)") << "\n";
-    return 1;
-  }
-  if (options.resume != "never" && options.resume != "always") {
-    err << flag_error("--resume", options.resume, "must be never or always") << "\n";
-    return 1;
-  }
+// Each step below fills its part of the settings, or tells `err` what is wrong
+// and returns false; the steps run in the order the flags are reported.
+
+bool read_modes(const HandshakeOptions& options, Settings& settings, std::ostream& err) {
+  if (options.resume != "never" && options.resume != "always")
+    return refuse(err, "--resume", options.resume, "must be never or always");
   settings.resume = options.resume == "always" ? Resume::always : Resume::never;
   if (options.sig == "ecdsa") settings.sig = Sig::ecdsa;
   else if (options.sig == "rsa") settings.sig = Sig::rsa;
-  else if (options.sig != "any") {
-    err << flag_error("--sig", options.sig, "must be ecdsa, rsa or any") << "\n";
-    return 1;
-  }
-  if (!options.tls.empty() && options.tls != "1.2" && options.tls != "1.3") {
-    err << flag_error("--tls", options.tls, "must be 1.2 or 1.3") << "\n";
-    return 1;
-  }
-  if (options.concurrency < 1) {
-    err << flag_error("--concurrency", std::to_string(options.concurrency), "must be at least 1") << "\n";
-    return 1;
-  }
+  else if (options.sig != "any") return refuse(err, "--sig", options.sig, "must be ecdsa, rsa or any");
+  if (!options.tls.empty() && options.tls != "1.2" && options.tls != "1.3")
+    return refuse(err, "--tls", options.tls, "must be 1.2 or 1.3");
+  return true;
+}
+
+bool read_load(const HandshakeOptions& options, Settings& settings, std::ostream& err) {
+  if (options.concurrency < 1)
+    return refuse(err, "--concurrency", std::to_string(options.concurrency), "must be at least 1");
   settings.concurrency = options.concurrency;
   settings.threads = std::clamp(options.threads, 1, options.concurrency);
   settings.count = options.count;
   if (settings.count == 0) {
     const auto d = conf::parse_duration(options.duration);
-    if (!d || d->count() <= 0) {
-      err << flag_error("--duration", options.duration, "is not a duration like 10s, 500ms or 2m") << "\n";
-      return 1;
-    }
+    if (!d || d->count() <= 0)
+      return refuse(err, "--duration", options.duration, "is not a duration like 10s, 500ms or 2m");
     settings.duration = *d;
   }
   const auto t = conf::parse_duration(options.timeout);
-  if (!t || t->count() <= 0) {
-    err << flag_error("--timeout", options.timeout, "is not a duration like 10s or 500ms") << "\n";
-    return 1;
-  }
+  if (!t || t->count() <= 0) return refuse(err, "--timeout", options.timeout, "is not a duration like 10s or 500ms");
   settings.timeout = *t;
-  for (int pid : options.server_pids) {
-    if (pid <= 0 || !process_cpu_ticks(pid)) {
-      err << flag_error("--server-pid", std::to_string(pid), "is not a running process (no readable /proc/PID/stat)")
-          << "\n";
-      return 1;
-    }
-  }
+  return true;
+}
 
+bool check_server_pids(const HandshakeOptions& options, std::ostream& err) {
+  for (int pid : options.server_pids) {
+    if (pid <= 0 || !process_cpu_ticks(pid))
+      return refuse(err, "--server-pid", std::to_string(pid), "is not a running process (no readable /proc/PID/stat)");
+  }
+  return true;
+}
+
+bool read_names(const HandshakeOptions& options, const conf::Address& address, Settings& settings, std::ostream& err) {
   settings.names = options.sni;
   if (settings.names.empty()) {
     error_code ec;
-    asio::ip::make_address(address->host, ec);
-    settings.names.push_back(ec ? address->host : std::string());  // no SNI to an IP literal
+    asio::ip::make_address(address.host, ec);
+    settings.names.push_back(ec ? address.host : std::string());  // no SNI to an IP literal
   }
   for (const auto& n : settings.names) {
     if (n.empty() && options.sni.size() > 0) {
       err << "bench handshake: --sni has an empty name; give NAME[,NAME...]\n";
-      return 1;
+      return false;
     }
   }
+  return true;
+}
 
-  {
-    asio::io_context io;
-    tcp::resolver resolver(io);
-    error_code ec;
-    auto results = resolver.resolve(address->host, std::to_string(address->port), ec);
-    if (ec || results.empty()) {
-      err << "bench handshake: cannot resolve " << address->host << " (--target " << options.target
-          << "): " << ec.message() << "\n";
-      return 1;
-    }
-    settings.endpoint = results.begin()->endpoint();
+bool resolve_target(const HandshakeOptions& options, const conf::Address& address, Settings& settings,
+                    std::ostream& err) {
+  asio::io_context io;
+  tcp::resolver resolver(io);
+  error_code ec;
+  auto results = resolver.resolve(address.host, std::to_string(address.port), ec);
+  if (ec || results.empty()) {
+    err << "bench handshake: cannot resolve " << address.host << " (--target " << options.target
+        << "): " << ec.message() << "\n";
+    return false;
   }
+  settings.endpoint = results.begin()->endpoint();
+  return true;
+}
 
-  std::string ctx_error;
-  auto ctx = make_client_context(options, settings.sig, settings.resume, ctx_error);
-  if (!ctx) {
-    err << ctx_error << "\n";
-    return 1;
+std::optional<Settings> read_settings(const HandshakeOptions& options, std::ostream& err) {
+  const auto address = conf::parse_address(options.target);
+  if (!address || address->port == 0) {
+    refuse(err, "--target", options.target, "is not HOST:PORT (e.g. 127.0.0.1:8443 or [::1]:443)");
+    return std::nullopt;
   }
+  Settings settings;
+  if (!read_modes(options, settings, err) || !read_load(options, settings, err) || !check_server_pids(options, err) ||
+      !read_names(options, *address, settings, err) || !resolve_target(options, *address, settings, err))
+    return std::nullopt;
+  return settings;
+}
 
+// ---- the run ----------------------------------------------------------------
+
+void prepare_process() {
   // A peer that resets must give an error code, not kill the load generator.
   std::signal(SIGPIPE, SIG_IGN);
   // Each loop holds one descriptor; leave room for many.
@@ -537,10 +556,14 @@ int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std:
     files.rlim_cur = files.rlim_max;
     setrlimit(RLIMIT_NOFILE, &files);
   }
+}
 
-  // ---- loops: with resumption every name needs a session in some loop, so
-  // loop i takes names i, i+C, i+2C ... (or name i mod N when N <= C) and
-  // rotates through those; full handshakes rotate through all names.
+// With resumption every name needs a session in some loop, so loop i takes
+// names i, i+C, i+2C ... (or name i mod N when N <= C) and rotates through
+// those; full handshakes rotate through all names.
+std::vector<Loop> make_loops(const Settings& settings) {
+  // Validation leaves at least one name (maybe "", no SNI); a loop without one would divide by zero.
+  GH_ASSERT(!settings.names.empty());
   const std::size_t loops_n = static_cast<std::size_t>(settings.concurrency);
   std::vector<Loop> loops(loops_n);
   for (std::size_t i = 0; i < loops_n; ++i) {
@@ -551,114 +574,179 @@ int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std:
     }
     loops[i].sessions.resize(loops[i].names.size());
   }
+  return loops;
+}
+
+// What the client threads and the reporting thread share during a run.
+struct Run {
+  Run(const Settings& settings, SSL_CTX* ctx)
+      : shared{.settings = &settings, .ctx = ctx},
+        loops(make_loops(settings)),
+        stats(static_cast<std::size_t>(settings.threads)),
+        thread_ended(stats.size()),
+        sync(static_cast<std::ptrdiff_t>(stats.size() + 1)) {}
+
+  std::size_t threads() const { return stats.size(); }
+  bool needs_warm_up() const { return shared.settings->resume == Resume::always; }
 
   Shared shared;
-  shared.settings = &settings;
-  shared.ctx = ctx.get();
-  const auto threads_n = static_cast<std::size_t>(settings.threads);
-  std::vector<Stats> stats(threads_n);
-  std::barrier sync(static_cast<std::ptrdiff_t>(threads_n + 1));
-  std::atomic<std::size_t> finished{0};
-  std::vector<Clock::time_point> thread_ended(threads_n);
-  const bool warm = settings.resume == Resume::always;
+  std::vector<Loop> loops;
+  std::vector<Stats> stats;                     // one per thread
+  std::vector<Clock::time_point> thread_ended;  // one per thread
+  std::barrier<> sync;                          // the client threads and the reporting thread
+  std::atomic<std::size_t> finished{0};         // client threads done
+};
 
-  std::vector<std::thread> threads;
-  for (std::size_t t = 0; t < threads_n; ++t) {
-    threads.emplace_back([&, t] {
-      asio::io_context io(1);
-      if (warm) {
-        for (std::size_t i = t; i < loops_n; i += threads_n)
-          asio::co_spawn(io, warm_up(shared, loops[i], stats[t]), asio::detached);
-        io.run();
-        io.restart();
-      }
-      sync.arrive_and_wait();  // warm-up done everywhere
-      sync.arrive_and_wait();  // start time and deadline set
-      for (std::size_t i = t; i < loops_n; i += threads_n)
-        asio::co_spawn(io, measure(shared, loops[i], stats[t]), asio::detached);
-      io.run();
-      thread_ended[t] = Clock::now();
-      finished.fetch_add(1);
-    });
+// Client thread t runs loops t, t+T, t+2T ... on its own io_context: the
+// warm-up, then (once every thread is warm and the clock has started) the
+// measured phase.
+void client_thread(Run& run, std::size_t t) {
+  asio::io_context io(1);
+  if (run.needs_warm_up()) {
+    for (std::size_t i = t; i < run.loops.size(); i += run.threads())
+      asio::co_spawn(io, warm_up(run.shared, run.loops[i], run.stats[t]), asio::detached);
+    io.run();
+    io.restart();
   }
+  run.sync.arrive_and_wait();  // warm-up done everywhere
+  run.sync.arrive_and_wait();  // start time and deadline set
+  for (std::size_t i = t; i < run.loops.size(); i += run.threads())
+    asio::co_spawn(io, measure(run.shared, run.loops[i], run.stats[t]), asio::detached);
+  io.run();
+  run.thread_ended[t] = Clock::now();
+  run.finished.fetch_add(1);
+}
 
-  const bool tty = isatty(STDERR_FILENO) == 1;
-  if (tty && warm) err << "warming up: one full handshake per loop and name to get sessions ...\r" << std::flush;
-  sync.arrive_and_wait();
-  const auto cpu_start = options.server_pids.empty() ? std::nullopt : servers_cpu_seconds(options.server_pids);
-  const double self_start = self_cpu_seconds();
-  const auto started = Clock::now();
-  shared.deadline = started + settings.duration;
-  sync.arrive_and_wait();
-
+// Returns when every client thread is done; meanwhile, on a terminal, a
+// progress line once a second.
+void wait_for_clients(Run& run, Clock::time_point started, bool tty, std::ostream& err) {
   std::uint64_t last_done = 0;
   auto next_tick = started + std::chrono::seconds(1);
-  while (finished.load() < threads_n) {
+  while (run.finished.load() < run.threads()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (tty && Clock::now() >= next_tick) {
-      const std::uint64_t done = shared.done.load();
+      const std::uint64_t done = run.shared.done.load();
       const auto secs = std::chrono::duration_cast<std::chrono::seconds>(next_tick - started).count();
       err << "\r" << std::setw(4) << secs << "s  " << done << " handshakes  " << (done - last_done) << "/s  errors "
-          << shared.failed.load() << "    " << std::flush;
+          << run.shared.failed.load() << "    " << std::flush;
       last_done = done;
       next_tick += std::chrono::seconds(1);
     }
   }
+}
+
+// CPU seconds used so far by the servers (none without --server-pid, or when
+// one of them is gone) and by this process.
+struct CpuSample {
+  std::optional<double> servers;
+  double self = 0;
+};
+
+CpuSample sample_cpu(const std::vector<int>& server_pids) {
+  return CpuSample{.servers = server_pids.empty() ? std::nullopt : servers_cpu_seconds(server_pids),
+                   .self = self_cpu_seconds()};
+}
+
+// A finished run: what the loops saw, how long they took, and the CPU spent.
+struct Measurement {
+  Stats all;  // merged over the threads
+  Clock::duration elapsed{};
+  std::optional<double> server_cpu;  // seconds
+  double client_cpu = 0;             // seconds
+};
+
+Measurement run_loops(const Settings& settings, SSL_CTX* ctx, const std::vector<int>& server_pids, std::ostream& err) {
+  Run run(settings, ctx);
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < run.threads(); ++t) threads.emplace_back([&run, t] { client_thread(run, t); });
+
+  const bool tty = isatty(STDERR_FILENO) == 1;
+  if (tty && run.needs_warm_up())
+    err << "warming up: one full handshake per loop and name to get sessions ...\r" << std::flush;
+  run.sync.arrive_and_wait();
+  const CpuSample cpu_start = sample_cpu(server_pids);
+  const auto started = Clock::now();
+  run.shared.deadline = started + settings.duration;
+  run.sync.arrive_and_wait();
+
+  wait_for_clients(run, started, tty, err);
   // The server finishes its side of the last connections (close, logs)
   // just after the client is done with them; that work is theirs too.
-  if (!options.server_pids.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  const auto cpu_end = options.server_pids.empty() ? std::nullopt : servers_cpu_seconds(options.server_pids);
-  const double self_end = self_cpu_seconds();
+  if (!server_pids.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const CpuSample cpu_end = sample_cpu(server_pids);
   for (auto& th : threads) th.join();
   // The run ends when the last loop finished, not when this thread noticed.
-  const auto ended = *std::max_element(thread_ended.begin(), thread_ended.end());
-  if (!options.server_pids.empty() && !cpu_end)
+  const auto ended = *std::max_element(run.thread_ended.begin(), run.thread_ended.end());
+  if (!server_pids.empty() && !cpu_end.servers)
     err << "bench handshake: a --server-pid process exited during the run; no server CPU figure\n";
   if (tty) err << "\r" << std::string(72, ' ') << "\r" << std::flush;
 
-  // ---- results
-  Stats all;
-  for (const auto& s : stats) all.merge(s);
-  std::sort(all.latency_us.begin(), all.latency_us.end());
-  const std::uint64_t total = all.full + all.resumed;
+  Measurement measured{.elapsed = ended - started, .client_cpu = cpu_end.self - cpu_start.self};
+  for (const auto& s : run.stats) measured.all.merge(s);
+  if (cpu_start.servers && cpu_end.servers) measured.server_cpu = *cpu_end.servers - *cpu_start.servers;
+  return measured;
+}
+
+// ---- results ----------------------------------------------------------------
+
+// What the report says, worked out once for the table and the JSON.
+struct Results {
+  Stats all;  // latencies sorted
+  std::uint64_t total = 0;
   std::uint64_t errors_total = 0;
-  for (const auto& [k, v] : all.errors) errors_total += v;
-  const double seconds = std::chrono::duration<double>(ended - started).count();
-  const double rate = seconds > 0 ? static_cast<double>(total) / seconds : 0;
-  const double p50 = percentile(all.latency_us, 50);
-  const double p90 = percentile(all.latency_us, 90);
-  const double p99 = percentile(all.latency_us, 99);
+  double seconds = 0;
+  double rate = 0;  // handshakes per second
+  double p50 = 0;   // latencies in ms
+  double p90 = 0;
+  double p99 = 0;
   double mean = 0;
-  for (auto v : all.latency_us) mean += v;
-  mean = all.latency_us.empty() ? 0 : mean / static_cast<double>(all.latency_us.size()) / 1000.0;
+  std::optional<double> server_cpu;   // seconds
+  double client_cpu = 0;              // seconds
+  std::vector<std::string> problems;  // what went against the request: each makes the exit non-zero
 
-  std::optional<double> server_cpu;
-  if (cpu_start && cpu_end) server_cpu = *cpu_end - *cpu_start;
-  const double client_cpu = self_end - self_start;
-  auto per_handshake_us = [&](double cpu) { return total ? cpu * 1e6 / static_cast<double>(total) : 0.0; };
+  double per_handshake_us(double cpu) const { return total ? cpu * 1e6 / static_cast<double>(total) : 0.0; }
+};
 
-  // What went against the request: each is loud and makes the exit non-zero.
-  std::vector<std::string> problems;
-  if (settings.resume == Resume::always && all.full > 0) {
-    std::string p = "asked for resumed handshakes (--resume always) but ";
-    p += std::to_string(all.full);
+std::string refused_resumption(const std::string& target, const Stats& all) {
+  std::string p = "asked for resumed handshakes (--resume always) but ";
+  p += std::to_string(all.full);
+  p += " of ";
+  p += std::to_string(all.full + all.resumed);
+  p += " were FULL handshakes: ";
+  p += target;
+  p += all.warmup_without_session > 0 ? " gave no session (no ticket, no session ID) to "
+                                      : " refused the sessions it issued on ";
+  if (all.warmup_without_session > 0) {
+    p += std::to_string(all.warmup_without_session);
     p += " of ";
-    p += std::to_string(total);
-    p += " were FULL handshakes: ";
-    p += options.target;
-    p += all.warmup_without_session > 0 ? " gave no session (no ticket, no session ID) to "
-                                        : " refused the sessions it issued on ";
-    if (all.warmup_without_session > 0) {
-      p += std::to_string(all.warmup_without_session);
-      p += " of ";
-      p += std::to_string(all.warmup_total);
-      p += " warm-up handshakes";
-    } else {
-      p += "later connections";
-    }
-    p += "; check that the server enables session tickets or a session cache";
-    problems.push_back(std::move(p));
+    p += std::to_string(all.warmup_total);
+    p += " warm-up handshakes";
+  } else {
+    p += "later connections";
   }
+  p += "; check that the server enables session tickets or a session cache";
+  return p;
+}
+
+std::optional<std::string> wrong_key_type(const HandshakeOptions& options, Sig sig, const Stats& all) {
+  const int want = sig == Sig::ecdsa ? EVP_PKEY_EC : EVP_PKEY_RSA;
+  std::uint64_t other = 0;
+  for (const auto& [k, v] : all.keys)
+    if (k.id != want) other += v;
+  if (other == 0) return std::nullopt;
+  std::string p = "asked for ";
+  p += sig == Sig::ecdsa ? "ECDSA" : "RSA";
+  p += " certificates (--sig ";
+  p += options.sig;
+  p += ") but ";
+  p += std::to_string(other);
+  p += " connections got another key type";
+  return p;
+}
+
+std::vector<std::string> problems_of(const HandshakeOptions& options, const Settings& settings, const Stats& all) {
+  std::vector<std::string> problems;
+  if (settings.resume == Resume::always && all.full > 0) problems.push_back(refused_resumption(options.target, all));
   if (settings.resume == Resume::never && all.resumed > 0) {
     std::string p = "asked for full handshakes but ";
     p += std::to_string(all.resumed);
@@ -666,144 +754,183 @@ int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std:
     problems.push_back(std::move(p));
   }
   if (settings.sig != Sig::any) {
-    const int want = settings.sig == Sig::ecdsa ? EVP_PKEY_EC : EVP_PKEY_RSA;
-    std::uint64_t other = 0;
-    for (const auto& [k, v] : all.keys)
-      if (k.id != want) other += v;
-    if (other > 0) {
-      std::string p = "asked for ";
-      p += settings.sig == Sig::ecdsa ? "ECDSA" : "RSA";
-      p += " certificates (--sig ";
-      p += options.sig;
-      p += ") but ";
-      p += std::to_string(other);
-      p += " connections got another key type";
-      problems.push_back(std::move(p));
-    }
+    if (auto p = wrong_key_type(options, settings.sig, all)) problems.push_back(std::move(*p));
   }
+  return problems;
+}
 
-  std::string version_text;
-  for (const auto& [v, n] : all.versions) {
-    if (!version_text.empty()) version_text += ", ";
-    version_text += version_name(v);
-    version_text += " ";
-    version_text += std::to_string(n);
-  }
-  std::string key_text;
-  for (const auto& [k, n] : all.keys) {
-    if (!key_text.empty()) key_text += ", ";
-    key_text += describe(k);
-    key_text += " ";
-    key_text += std::to_string(n);
-  }
+Results results_of(Measurement measured, const HandshakeOptions& options, const Settings& settings) {
+  Results r{.all = std::move(measured.all), .server_cpu = measured.server_cpu, .client_cpu = measured.client_cpu};
+  std::sort(r.all.latency_us.begin(), r.all.latency_us.end());
+  r.total = r.all.full + r.all.resumed;
+  for (const auto& [k, v] : r.all.errors) r.errors_total += v;
+  r.seconds = std::chrono::duration<double>(measured.elapsed).count();
+  r.rate = r.seconds > 0 ? static_cast<double>(r.total) / r.seconds : 0;
+  r.p50 = percentile(r.all.latency_us, 50);
+  r.p90 = percentile(r.all.latency_us, 90);
+  r.p99 = percentile(r.all.latency_us, 99);
+  for (auto v : r.all.latency_us) r.mean += v;
+  r.mean = r.all.latency_us.empty() ? 0 : r.mean / static_cast<double>(r.all.latency_us.size()) / 1000.0;
+  r.problems = problems_of(options, settings, r.all);
+  return r;
+}
 
+// ---- reports ----------------------------------------------------------------
+
+// "NAME COUNT, NAME COUNT" over a tally, in key order.
+template <class Counts, class Name>
+std::string tally_text(const Counts& counts, Name name) {
+  std::string text;
+  for (const auto& [key, n] : counts) {
+    if (!text.empty()) text += ", ";
+    text += name(key);
+    text += " ";
+    text += std::to_string(n);
+  }
+  return text;
+}
+
+void print_table(std::ostream& out, const HandshakeOptions& options, const Settings& settings, const Results& r) {
   out << "gatehouse bench handshake " << options.target << ": " << settings.concurrency << " connections, "
       << settings.threads << " thread(s), TLS " << (options.tls.empty() ? "1.2/1.3" : options.tls) << ", resume "
       << options.resume << ", sig " << options.sig << "\n";
-  row(out, "handshakes", std::to_string(total));
-  row(out, "full / resumed", std::to_string(all.full) + " / " + std::to_string(all.resumed));
-  row(out, "duration", fixed(seconds, 3) + " s");
-  row(out, "handshakes/s", fixed(rate, 1));
+  row(out, "handshakes", std::to_string(r.total));
+  row(out, "full / resumed", std::to_string(r.all.full) + " / " + std::to_string(r.all.resumed));
+  row(out, "duration", fixed(r.seconds, 3) + " s");
+  row(out, "handshakes/s", fixed(r.rate, 1));
   {
     std::ostringstream latency;
-    latency << std::fixed << std::setprecision(3) << "p50 " << p50 << "  p90 " << p90 << "  p99 " << p99 << "  mean "
-            << mean;
+    latency << std::fixed << std::setprecision(3) << "p50 " << r.p50 << "  p90 " << r.p90 << "  p99 " << r.p99
+            << "  mean " << r.mean;
     row(out, "latency ms", latency.str());
   }
+  const std::string version_text = tally_text(r.all.versions, version_name);
+  const std::string key_text = tally_text(r.all.keys, [](const KeyType& k) { return describe(k); });
   row(out, "tls versions", version_text.empty() ? "-" : version_text);
   row(out, "certificates", key_text.empty() ? "-" : key_text);
-  if (server_cpu) {
+  if (r.server_cpu) {
     std::string pids;
     for (int pid : options.server_pids) {
       if (!pids.empty()) pids += ",";
       pids += std::to_string(pid);
     }
     row(out, "server cpu",
-        fixed(*server_cpu, 3) + " s (pid " + pids + ") = " + fixed(per_handshake_us(*server_cpu), 1) + " us/handshake");
+        fixed(*r.server_cpu, 3) + " s (pid " + pids + ") = " + fixed(r.per_handshake_us(*r.server_cpu), 1) +
+            " us/handshake");
   }
-  row(out, "client cpu", fixed(client_cpu, 3) + " s = " + fixed(per_handshake_us(client_cpu), 1) + " us/handshake");
-  row(out, "errors", std::to_string(errors_total));
-  for (const auto& [reason, n] : all.errors) out << "    " << std::setw(8) << n << "  " << reason << "\n";
-  if (!all.warmup_errors.empty()) {
+  row(out, "client cpu",
+      fixed(r.client_cpu, 3) + " s = " + fixed(r.per_handshake_us(r.client_cpu), 1) + " us/handshake");
+  row(out, "errors", std::to_string(r.errors_total));
+  for (const auto& [reason, n] : r.all.errors) out << "    " << std::setw(8) << n << "  " << reason << "\n";
+  if (!r.all.warmup_errors.empty()) {
     out << "  warm-up errors\n";
-    for (const auto& [reason, n] : all.warmup_errors) out << "    " << std::setw(8) << n << "  " << reason << "\n";
+    for (const auto& [reason, n] : r.all.warmup_errors) out << "    " << std::setw(8) << n << "  " << reason << "\n";
   }
   out << std::flush;
+}
 
+// Says on `err` why the run failed, if it did; the exit status.
+int report_failures(std::ostream& err, const HandshakeOptions& options, const Results& r) {
   int status = 0;
-  for (const auto& p : problems) {
+  for (const auto& p : r.problems) {
     err << "\n*** gatehouse bench handshake: FAILED: " << p << " ***\n";
     status = 3;
   }
-  if (status == 0 && total == 0) {
+  if (status == 0 && r.total == 0) {
     err << "gatehouse bench handshake: no handshake with " << options.target << " succeeded";
-    if (!all.errors.empty()) err << " (first error: " << all.errors.begin()->first << ")";
+    if (!r.all.errors.empty()) err << " (first error: " << r.all.errors.begin()->first << ")";
     err << "\n";
     status = 1;
   }
+  return status;
+}
 
-  if (!options.json_file.empty()) {
-    json::object j;
-    j["target"] = options.target;
-    json::array names;
-    for (const auto& n : settings.names) names.emplace_back(n);
-    j["sni"] = std::move(names);
-    j["concurrency"] = settings.concurrency;
-    j["threads"] = settings.threads;
-    j["resume"] = options.resume;
-    j["tls"] = options.tls.empty() ? "any" : options.tls;
-    j["sig"] = options.sig;
-    if (settings.count > 0) j["count"] = settings.count;
-    j["duration_seconds"] = seconds;
-    j["total"] = total;
-    j["full"] = all.full;
-    j["resumed"] = all.resumed;
-    j["handshakes_per_second"] = rate;
-    j["latency_ms"] = {{"p50", p50},
-                       {"p90", p90},
-                       {"p99", p99},
-                       {"mean", mean},
-                       {"min", all.latency_us.empty() ? 0.0 : all.latency_us.front() / 1000.0},
-                       {"max", all.latency_us.empty() ? 0.0 : all.latency_us.back() / 1000.0}};
-    json::object errors;
-    for (const auto& [reason, n] : all.errors) errors[reason] = n;
-    j["errors"] = std::move(errors);
-    j["errors_total"] = errors_total;
-    json::object versions;
-    for (const auto& [v, n] : all.versions) versions[version_name(v)] = n;
-    j["tls_versions"] = std::move(versions);
-    json::object keys;
-    for (const auto& [k, n] : all.keys) keys[describe(k)] = n;
-    j["certificate_key_types"] = std::move(keys);
-    if (server_cpu) {
-      json::array pids;
-      for (int pid : options.server_pids) pids.emplace_back(pid);
-      j["server_pids"] = std::move(pids);
-      j["server_cpu_seconds"] = *server_cpu;
-      j["server_cpu_us_per_handshake"] = per_handshake_us(*server_cpu);
-    } else {
-      j["server_cpu_us_per_handshake"] = nullptr;
-    }
-    j["client_cpu_seconds"] = client_cpu;
-    j["client_cpu_us_per_handshake"] = per_handshake_us(client_cpu);
-    if (warm) {
-      json::object w{{"handshakes", all.warmup_total}, {"without_session", all.warmup_without_session}};
-      json::object we;
-      for (const auto& [reason, n] : all.warmup_errors) we[reason] = n;
-      w["errors"] = std::move(we);
-      j["warmup"] = std::move(w);
-    }
-    json::array problem_list;
-    for (const auto& p : problems) problem_list.emplace_back(p);
-    j["problems"] = std::move(problem_list);
-    j["ok"] = status == 0;
-    std::ofstream file(options.json_file);
-    file << json::serialize(j) << "\n";
-    if (!file) {
-      err << "bench handshake: cannot write --json " << options.json_file << "\n";
-      if (status == 0) status = 1;
-    }
+template <class Counts, class Name>
+json::object tally_json(const Counts& counts, Name name) {
+  json::object j;
+  for (const auto& [key, n] : counts) j[name(key)] = n;
+  return j;
+}
+
+json::object json_report(const HandshakeOptions& options, const Settings& settings, const Results& r, bool ok) {
+  json::object j;
+  j["target"] = options.target;
+  json::array names;
+  for (const auto& n : settings.names) names.emplace_back(n);
+  j["sni"] = std::move(names);
+  j["concurrency"] = settings.concurrency;
+  j["threads"] = settings.threads;
+  j["resume"] = options.resume;
+  j["tls"] = options.tls.empty() ? "any" : options.tls;
+  j["sig"] = options.sig;
+  if (settings.count > 0) j["count"] = settings.count;
+  j["duration_seconds"] = r.seconds;
+  j["total"] = r.total;
+  j["full"] = r.all.full;
+  j["resumed"] = r.all.resumed;
+  j["handshakes_per_second"] = r.rate;
+  j["latency_ms"] = {{"p50", r.p50},
+                     {"p90", r.p90},
+                     {"p99", r.p99},
+                     {"mean", r.mean},
+                     {"min", r.all.latency_us.empty() ? 0.0 : r.all.latency_us.front() / 1000.0},
+                     {"max", r.all.latency_us.empty() ? 0.0 : r.all.latency_us.back() / 1000.0}};
+  j["errors"] = tally_json(r.all.errors, [](const std::string& reason) { return reason; });
+  j["errors_total"] = r.errors_total;
+  j["tls_versions"] = tally_json(r.all.versions, version_name);
+  j["certificate_key_types"] = tally_json(r.all.keys, [](const KeyType& k) { return describe(k); });
+  if (r.server_cpu) {
+    json::array pids;
+    for (int pid : options.server_pids) pids.emplace_back(pid);
+    j["server_pids"] = std::move(pids);
+    j["server_cpu_seconds"] = *r.server_cpu;
+    j["server_cpu_us_per_handshake"] = r.per_handshake_us(*r.server_cpu);
+  } else {
+    j["server_cpu_us_per_handshake"] = nullptr;
   }
+  j["client_cpu_seconds"] = r.client_cpu;
+  j["client_cpu_us_per_handshake"] = r.per_handshake_us(r.client_cpu);
+  if (settings.resume == Resume::always) {
+    json::object w{{"handshakes", r.all.warmup_total}, {"without_session", r.all.warmup_without_session}};
+    w["errors"] = tally_json(r.all.warmup_errors, [](const std::string& reason) { return reason; });
+    j["warmup"] = std::move(w);
+  }
+  json::array problem_list;
+  for (const auto& p : r.problems) problem_list.emplace_back(p);
+  j["problems"] = std::move(problem_list);
+  j["ok"] = ok;
+  return j;
+}
+
+bool write_json(const std::string& file_name, const json::object& j, std::ostream& err) {
+  std::ofstream file(file_name);
+  file << json::serialize(j) << "\n";
+  if (!file) {
+    err << "bench handshake: cannot write --json " << file_name << "\n";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int run_handshake_bench(const HandshakeOptions& options, std::ostream& out, std::ostream& err) {
+  const std::optional<Settings> settings = read_settings(options, err);
+  if (!settings) return 1;
+  std::string ctx_error;
+  auto ctx = make_client_context(options, *settings, ctx_error);
+  if (!ctx) {
+    err << ctx_error << "\n";
+    return 1;
+  }
+  prepare_process();
+
+  const Results results = results_of(run_loops(*settings, ctx.get(), options.server_pids, err), options, *settings);
+  print_table(out, options, *settings, results);
+  int status = report_failures(err, options, results);
+  if (!options.json_file.empty() &&
+      !write_json(options.json_file, json_report(options, *settings, results, status == 0), err) && status == 0)
+    status = 1;
   return status;
 }
 

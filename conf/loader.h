@@ -57,6 +57,11 @@ class Loader {
   void validate();
   void check_names();
   void check_listener(Listener& listener, const Origin& origin);
+  void check_passthrough_listener(Listener& listener, const Origin& origin);
+  void check_l7_listener(const Listener& listener, const Origin& origin);
+  void check_listener_certificates(Listener& listener, const Origin& origin);
+  void check_client_certificates(const Listener& listener, const Origin& origin);
+  void check_alpn(Listener& listener, const Origin& origin);
   void check_route(Route& route, const Origin& origin);
   void check_pool(const Pool& pool, const Origin& origin);
 

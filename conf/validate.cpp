@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 
+#include "conf/assert.h"
 #include "conf/checks.h"
 #include "conf/loader.h"
 
@@ -91,61 +92,78 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
   if (origin.invalid.contains("mode")) return;  // mode-specific checks would only guess
 
   if (listener.mode == ListenerMode::passthrough) {
-    const std::pair<std::string_view, bool> tls_keys[] = {
-        {"certificates", !listener.certificates.empty()},
-        {"default_certificate", !listener.default_certificate.empty()},
-        {"strict_sni", listener.strict_sni},
-        {"tls", origin.has("tls")},  // no "off" value: any tls key is a misunderstanding here
-        {"alpn", !listener.alpn.empty()},
-        {"client_certificates", listener.client_certificates != ClientCertificates::none},
-        {"client_ca", !listener.client_ca.empty()},
-        {"client_crl", !listener.client_crl.empty()},
-        {"client_verify_depth", origin.has("client_verify_depth")},
-    };
-    for (auto [key, set] : tls_keys)
-      if (set && origin.valid(key))
-        error(origin, key,
-              "a passthrough listener does not terminate TLS, so " + std::string(key) +
-                  " has no effect; remove it, or use mode = \"l4\" to terminate TLS here");
-    // A passthrough listener serves no certificate: these stay empty.
-    listener.certificates.clear();
-    listener.default_certificate.clear();
-    listener.alpn.clear();
+    check_passthrough_listener(listener, origin);
     return;
   }
+  if (listener.mode == ListenerMode::l7) check_l7_listener(listener, origin);
+  check_listener_certificates(listener, origin);
+  check_client_certificates(listener, origin);
+  check_alpn(listener, origin);
+}
 
-  if (listener.mode == ListenerMode::l7) {
-    if (!listener.pool.empty())
-      error(origin, "pool",
-            "pool is only for l4 and passthrough listeners; an l7 listener sends requests to "
-            "pools through [[route]] tables, so move it to a route");
-    if (listener.proxy_protocol != ProxyProtocol::none)
-      error(origin, "proxy_protocol",
-            "proxy_protocol is only for l4 and passthrough listeners; an l7 listener "
-            "passes the client address in X-Forwarded-For and Forwarded");
-  }
+void Loader::check_passthrough_listener(Listener& listener, const Origin& origin) {
+  const std::pair<std::string_view, bool> tls_keys[] = {
+      {"certificates", !listener.certificates.empty()},
+      {"default_certificate", !listener.default_certificate.empty()},
+      {"strict_sni", listener.strict_sni},
+      {"tls", origin.has("tls")},  // no "off" value: any tls key is a misunderstanding here
+      {"alpn", !listener.alpn.empty()},
+      {"client_certificates", listener.client_certificates != ClientCertificates::none},
+      {"client_ca", !listener.client_ca.empty()},
+      {"client_crl", !listener.client_crl.empty()},
+      {"client_verify_depth", origin.has("client_verify_depth")},
+  };
+  for (auto [key, set] : tls_keys)
+    if (set && origin.valid(key))
+      error(origin, key,
+            "a passthrough listener does not terminate TLS, so " + std::string(key) +
+                " has no effect; remove it, or use mode = \"l4\" to terminate TLS here");
+  // A passthrough listener serves no certificate: these stay empty.
+  listener.certificates.clear();
+  listener.default_certificate.clear();
+  listener.alpn.clear();
+}
 
+void Loader::check_l7_listener(const Listener& listener, const Origin& origin) {
+  if (!listener.pool.empty())
+    error(origin, "pool",
+          "pool is only for l4 and passthrough listeners; an l7 listener sends requests to "
+          "pools through [[route]] tables, so move it to a route");
+  if (listener.proxy_protocol != ProxyProtocol::none)
+    error(origin, "proxy_protocol",
+          "proxy_protocol is only for l4 and passthrough listeners; an l7 listener "
+          "passes the client address in X-Forwarded-For and Forwarded");
+}
+
+// A listener that terminates TLS serves every certificate of the file unless
+// it names some, and the first of its certificates unless it names a default.
+void Loader::check_listener_certificates(Listener& listener, const Origin& origin) {
   if (config_.certificates.empty()) {
     error(origin, "mode",
           "an " + std::string(to_string(listener.mode)) +
               " listener terminates TLS, but the file has no [[certificate]]; add one "
               "(gatehouse cert new makes a self-signed one) or use mode = \"passthrough\"");
-  } else if (!origin.invalid.contains("certificates")) {
-    for (std::size_t i = 0; i < listener.certificates.size(); ++i)
-      if (!config_.find_certificate(listener.certificates[i]))
-        error(origin, "certificates[" + std::to_string(i) + "]",
-              reference_problem("certificate", listener.certificates[i], config_.certificates));
-    if (listener.certificates.empty())
-      for (auto& certificate : config_.certificates) listener.certificates.push_back(certificate.name);
-    auto& names = listener.certificates;
-    if (listener.default_certificate.empty()) listener.default_certificate = names.front();
-    else if (std::find(names.begin(), names.end(), listener.default_certificate) == names.end())
-      error(origin, "default_certificate",
-            "\"" + listener.default_certificate +
-                "\" is not one of this listener's certificates; add it to "
-                "certificates or name one of them");
+    return;
   }
+  if (origin.invalid.contains("certificates")) return;
+  for (std::size_t i = 0; i < listener.certificates.size(); ++i)
+    if (!config_.find_certificate(listener.certificates[i]))
+      error(origin, "certificates[" + std::to_string(i) + "]",
+            reference_problem("certificate", listener.certificates[i], config_.certificates));
+  if (listener.certificates.empty())
+    for (auto& certificate : config_.certificates) listener.certificates.push_back(certificate.name);
+  auto& names = listener.certificates;
+  // Given, or every certificate of the file, of which there is at least one.
+  GH_ASSERT(!names.empty());
+  if (listener.default_certificate.empty()) listener.default_certificate = names.front();
+  else if (std::find(names.begin(), names.end(), listener.default_certificate) == names.end())
+    error(origin, "default_certificate",
+          "\"" + listener.default_certificate +
+              "\" is not one of this listener's certificates; add it to "
+              "certificates or name one of them");
+}
 
+void Loader::check_client_certificates(const Listener& listener, const Origin& origin) {
   if (listener.client_certificates != ClientCertificates::none && listener.client_ca.empty() &&
       !origin.invalid.contains("client_ca"))
     error(origin, "client_certificates",
@@ -159,7 +177,9 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
     if (origin.has("client_verify_depth"))
       warning(origin, "client_verify_depth", "client_verify_depth is unused because client_certificates = \"none\"");
   }
+}
 
+void Loader::check_alpn(Listener& listener, const Origin& origin) {
   if (!origin.has("alpn") && listener.mode == ListenerMode::l7) listener.alpn = {"h2", "http/1.1"};
   if (listener.mode == ListenerMode::l7 && origin.valid("alpn"))
     for (std::size_t i = 0; i < listener.alpn.size(); ++i)

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "conf/config.h"
@@ -176,6 +177,114 @@ std::string near_miss(std::string_view host, const std::vector<std::shared_ptr<c
   return "; add it as a SAN to one of the listener's certificates";
 }
 
+// The listener and its SNI index, for checking the listener's route hosts.
+struct Coverage {
+  const conf::Config& config;
+  const conf::Listener& listener;
+  const Loaded& loaded;
+  const SniIndex& index;
+  std::string fallback;  // what a client gets for a name no certificate covers
+  Clock::time_point now;
+};
+
+std::string uncovered_fallback(const conf::Listener& listener, const SniIndex& index) {
+  if (listener.strict_sni) return "the handshake is refused (strict_sni)";
+  if (index.default_certificate())
+    return "clients get the default certificate " + index.default_certificate()->name + " and a name mismatch";
+  return "clients get no certificate";
+}
+
+conf::Diagnostic with_message(conf::Diagnostic at, std::string message) {
+  at.message = std::move(message);
+  return at;
+}
+
+// For a wildcard route host no wildcard certificate covers: the exact names
+// below it that certificates list, and those certificates.
+struct ExactNames {
+  std::string names;    // "a.contoso.com, b.contoso.com"
+  std::string holders;  // certificate names, sorted
+};
+
+std::optional<ExactNames> exact_names_below(const std::vector<std::shared_ptr<const LoadedCertificate>>& certs,
+                                            std::string_view wildcard_host) {
+  const std::string_view parent = wildcard_host.substr(2);
+  std::vector<std::string> exact;
+  std::set<std::string> holders;
+  for (const auto& cert : certs) {
+    for (const auto& name : cert->names) {
+      if (!is_wildcard(name) && wildcard_parent(name) == parent) {
+        exact.push_back(name);
+        holders.insert(cert->name);
+      }
+    }
+  }
+  if (exact.empty()) return std::nullopt;
+  ExactNames found;
+  for (const auto& name : exact) found.names += (found.names.empty() ? "" : ", ") + name;
+  for (const auto& name : holders) found.holders += (found.holders.empty() ? "" : ", ") + name;
+  return found;
+}
+
+// The coverage row for one route host; reports what is missing or partial at `at`.
+Row cover_host(const Coverage& c, const std::string& host, const conf::Diagnostic& at, Report& report) {
+  const Selection ecdsa = c.index.covering(host, true, c.now);
+  const Selection rsa = c.index.covering(host, false, c.now);
+  if (ecdsa.certificate)
+    return Row{.host = host,
+               .certificate = describe_selection(ecdsa, rsa, c.now),
+               .match = std::string(to_string(ecdsa.kind))};
+  if (is_wildcard(host)) {
+    // Only some names below the wildcard are certified, each exactly.
+    if (const auto exact = exact_names_below(c.index.certificates(), host)) {
+      report.warning(with_message(at, "route host " + host + " is served by a non-wildcard certificate (" +
+                                          exact->holders + ") that lists only " + exact->names +
+                                          "; for any other name " + c.fallback + ": add " + host +
+                                          " to a certificate"));
+      return Row{.host = host, .certificate = exact->holders, .match = "exact names only"};
+    }
+  }
+  report.error(with_message(at, "no certificate of listener " + c.listener.name + " covers " + host + ": " +
+                                    c.fallback + near_miss(host, c.index.certificates(), c.listener, c.loaded)));
+  return Row{.host = host, .certificate = "-", .match = "MISSING"};
+}
+
+// One row per distinct host of the routes on this listener, in route order.
+std::vector<Row> coverage_rows(const Coverage& c, Report& report) {
+  std::vector<Row> rows;
+  std::set<std::string, std::less<>> seen;
+  for (std::size_t r = 0; r < c.config.routes.size(); ++r) {
+    const conf::Route& route = c.config.routes[r];
+    if (route.listener != c.listener.name) continue;
+    const std::string key = "route[" + std::to_string(r) + "].hosts";
+    if (route.hosts.empty() && seen.insert("*").second) {
+      rows.push_back(Row{.host = "(any host)",
+                         .certificate = c.index.default_certificate() ? c.index.default_certificate()->name : "-",
+                         .match = c.listener.strict_sni ? "known names only" : "default"});
+    }
+    const conf::Diagnostic at{.file = c.config.file.string(), .line = c.config.line_of(key, route.line), .key = key};
+    for (const auto& host : route.hosts) {
+      if (seen.insert(host).second) rows.push_back(cover_host(c, host, at, report));
+    }
+  }
+  return rows;
+}
+
+void print_coverage(std::ostream& out, const std::vector<Row>& rows) {
+  std::size_t host_width = 4;
+  std::size_t cert_width = 11;
+  for (const auto& row : rows) {
+    host_width = std::max(host_width, row.host.size());
+    cert_width = std::max(cert_width, row.certificate.size());
+  }
+  auto print = [&](std::string_view host, std::string_view cert, std::string_view match) {
+    out << "  " << host << std::string(host_width - host.size() + 2, ' ') << cert
+        << std::string(cert_width - cert.size() + 2, ' ') << match << '\n';
+  };
+  print("HOST", "CERTIFICATE", "MATCH");
+  for (const auto& row : rows) print(row.host, row.certificate, row.match);
+}
+
 void check_listener(const conf::Config& config, const conf::Listener& listener, const Loaded& loaded,
                     Clock::time_point now, Report& report) {
   std::ostream& out = report.out();
@@ -197,62 +306,14 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
   }
   const bool default_loaded = loaded.contains(listener.default_certificate);
   const SniIndex index(certs, default_loaded ? listener.default_certificate : std::string(), listener.strict_sni);
+  const Coverage coverage{.config = config,
+                          .listener = listener,
+                          .loaded = loaded,
+                          .index = index,
+                          .fallback = uncovered_fallback(listener, index),
+                          .now = now};
+  const std::vector<Row> rows = coverage_rows(coverage, report);
 
-  std::vector<Row> rows;
-  std::set<std::string, std::less<>> seen;
-  const std::string fallback =
-      listener.strict_sni ? std::string("the handshake is refused (strict_sni)")
-      : index.default_certificate()
-          ? "clients get the default certificate " + index.default_certificate()->name + " and a name mismatch"
-          : std::string("clients get no certificate");
-  for (std::size_t r = 0; r < config.routes.size(); ++r) {
-    const conf::Route& route = config.routes[r];
-    if (route.listener != listener.name) continue;
-    const std::string key = "route[" + std::to_string(r) + "].hosts";
-    if (route.hosts.empty() && seen.insert("*").second) {
-      rows.push_back({"(any host)", index.default_certificate() ? index.default_certificate()->name : "-",
-                      listener.strict_sni ? "known names only" : "default"});
-    }
-    for (const auto& host : route.hosts) {
-      if (!seen.insert(host).second) continue;
-      const Selection ecdsa = index.covering(host, true, now);
-      const Selection rsa = index.covering(host, false, now);
-      if (ecdsa.certificate) {
-        rows.push_back({host, describe_selection(ecdsa, rsa, now), std::string(to_string(ecdsa.kind))});
-        continue;
-      }
-      if (is_wildcard(host)) {
-        // Only some names below the wildcard are certified, each exactly.
-        const std::string_view parent = std::string_view(host).substr(2);
-        std::vector<std::string> exact;
-        std::set<std::string> holders;
-        for (const auto& cert : certs) {
-          for (const auto& name : cert->names) {
-            if (!is_wildcard(name) && wildcard_parent(name) == parent) {
-              exact.push_back(name);
-              holders.insert(cert->name);
-            }
-          }
-        }
-        if (!exact.empty()) {
-          std::string names;
-          for (const auto& name : exact) names += (names.empty() ? "" : ", ") + name;
-          std::string holder_names;
-          for (const auto& name : holders) holder_names += (holder_names.empty() ? "" : ", ") + name;
-          rows.push_back({host, holder_names, "exact names only"});
-          report.warning({config.file.string(), config.line_of(key, route.line), key,
-                          "route host " + host + " is served by a non-wildcard certificate (" + holder_names +
-                              ") that lists only " + names + "; for any other name " + fallback + ": add " + host +
-                              " to a certificate"});
-          continue;
-        }
-      }
-      rows.push_back({host, "-", "MISSING"});
-      report.error({config.file.string(), config.line_of(key, route.line), key,
-                    "no certificate of listener " + listener.name + " covers " + host + ": " + fallback +
-                        near_miss(host, certs, listener, loaded)});
-    }
-  }
   out << "listener " << listener.name << " (" << mode << ", " << listener.bind.to_string() << "): ";
   if (listener.strict_sni) {
     out << "strict SNI, unknown names rejected";
@@ -267,18 +328,7 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
     out << "  (no routes)\n";
     return;
   }
-  std::size_t host_width = 4;
-  std::size_t cert_width = 11;
-  for (const auto& row : rows) {
-    host_width = std::max(host_width, row.host.size());
-    cert_width = std::max(cert_width, row.certificate.size());
-  }
-  auto print = [&](std::string_view host, std::string_view cert, std::string_view match) {
-    out << "  " << host << std::string(host_width - host.size() + 2, ' ') << cert
-        << std::string(cert_width - cert.size() + 2, ' ') << match << '\n';
-  };
-  print("HOST", "CERTIFICATE", "MATCH");
-  for (const auto& row : rows) print(row.host, row.certificate, row.match);
+  print_coverage(out, rows);
 }
 
 // Windows logins through a route whose servers present another certificate

@@ -90,7 +90,8 @@ std::optional<Clock::time_point> generalized_time(const CBS& value) {
   return Clock::from_time_t(::timegm(&tm));
 }
 
-// DER of a public key's BIT STRING contents, as CertID's issuerKeyHash hashes it.
+// DER of a public key's BIT STRING contents, as CertID's issuerKeyHash hashes
+// it.
 Bytes key_bits(X509* cert) {
   const ASN1_BIT_STRING* bits = X509_get0_pubkey_bitstr(cert);
   if (bits == nullptr) return {};
@@ -137,6 +138,169 @@ OcspVerdict fail(std::string problem) {
   return v;
 }
 
+// The steps below return nullopt when their part of the response reads
+// well, else the problem to report.
+
+// The ResponseBytes of a successful OCSPResponse (RFC 6960 4.2.1), when they
+// hold a basic response.
+std::optional<std::string> unwrap_response(std::string_view der, CBS& octets) {
+  CBS in, response, status, bytes_wrapper, response_bytes, type;
+  CBS_init(&in, reinterpret_cast<const uint8_t*>(der.data()), der.size());
+  if (!CBS_get_asn1(&in, &response, CBS_ASN1_SEQUENCE) || CBS_len(&in) != 0 ||
+      !CBS_get_asn1(&response, &status, CBS_ASN1_ENUMERATED) || CBS_len(&status) != 1)
+    return "not a DER OCSP response";
+  const uint64_t status_value = CBS_data(&status)[0];
+  if (status_value != 0)
+    return "the responder answered with status " + std::to_string(status_value) +
+           " (1 malformed request, 2 internal error, 3 try later, 5 signature "
+           "required, 6 unauthorized), "
+           "not a response";
+  if (!CBS_get_asn1(&response, &bytes_wrapper, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0) ||
+      !CBS_get_asn1(&bytes_wrapper, &response_bytes, CBS_ASN1_SEQUENCE) ||
+      !CBS_get_asn1(&response_bytes, &type, CBS_ASN1_OBJECT) ||
+      !CBS_get_asn1(&response_bytes, &octets, CBS_ASN1_OCTETSTRING))
+    return "not a DER OCSP response (no response bytes)";
+  if (bytes(type) != Bytes(kOcspBasic, sizeof kOcspBasic)) return "not a basic OCSP response";
+  return std::nullopt;
+}
+
+// A BasicOCSPResponse, pointing into the DER it was read from.
+struct BasicResponse {
+  CBS tbs_element{};  // ResponseData with its header: what the signature covers
+  CBS algorithm_oid{};
+  CBS signature{};                           // the BIT STRING's bits
+  std::vector<bssl::UniquePtr<X509>> certs;  // those that parse: a delegated responder may be among them
+};
+
+std::optional<std::string> read_basic(CBS octets, BasicResponse& basic) {
+  CBS body, algorithm;
+  if (!CBS_get_asn1(&octets, &body, CBS_ASN1_SEQUENCE) ||
+      !CBS_get_asn1_element(&body, &basic.tbs_element, CBS_ASN1_SEQUENCE) ||
+      !CBS_get_asn1(&body, &algorithm, CBS_ASN1_SEQUENCE) ||
+      !CBS_get_asn1(&algorithm, &basic.algorithm_oid, CBS_ASN1_OBJECT) ||
+      !CBS_get_asn1(&body, &basic.signature, CBS_ASN1_BITSTRING) || CBS_len(&basic.signature) < 1 ||
+      CBS_data(&basic.signature)[0] != 0)
+    return "malformed basic OCSP response";
+  CBS_skip(&basic.signature, 1);  // no unused bits
+  CBS certs_wrapper, certs;
+  if (CBS_get_asn1(&body, &certs_wrapper, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0) &&
+      CBS_get_asn1(&certs_wrapper, &certs, CBS_ASN1_SEQUENCE)) {
+    while (CBS_len(&certs) > 0) {
+      CBS cert;
+      if (!CBS_get_asn1_element(&certs, &cert, CBS_ASN1_SEQUENCE)) return "malformed certificate in response";
+      const uint8_t* p = CBS_data(&cert);
+      bssl::UniquePtr<X509> x(d2i_X509(nullptr, &p, static_cast<long>(CBS_len(&cert))));
+      ERR_clear_error();
+      if (x) basic.certs.push_back(std::move(x));
+    }
+  }
+  return std::nullopt;
+}
+
+// Signed by the issuer, or by a responder the issuer delegated to.
+bool signed_by_issuer(const BasicResponse& basic, const EVP_MD* md, X509* issuer, Clock::time_point now) {
+  bssl::UniquePtr<EVP_PKEY> issuer_key(X509_get_pubkey(issuer));
+  bool signed_ok = signature_ok(issuer_key.get(), md, bytes(basic.tbs_element), bytes(basic.signature));
+  for (std::size_t i = 0; !signed_ok && i < basic.certs.size(); ++i) {
+    X509* responder = basic.certs[i].get();
+    const bool delegated = X509_verify(responder, issuer_key.get()) == 1 &&
+                           (X509_get_extension_flags(responder) & EXFLAG_XKUSAGE) != 0 &&
+                           (X509_get_extended_key_usage(responder) & XKU_OCSP_SIGN) != 0 && valid_at(responder, now);
+    ERR_clear_error();
+    if (!delegated) continue;
+    bssl::UniquePtr<EVP_PKEY> key(X509_get_pubkey(responder));
+    signed_ok = signature_ok(key.get(), md, bytes(basic.tbs_element), bytes(basic.signature));
+  }
+  return signed_ok;
+}
+
+// The SingleResponses of a ResponseData.
+std::optional<std::string> read_responses(CBS tbs_element, CBS& responses) {
+  CBS tbs, responder_id, produced_at;
+  CBS_get_asn1(&tbs_element, &tbs, CBS_ASN1_SEQUENCE);
+  if (CBS_peek_asn1_tag(&tbs, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0)) {
+    CBS version;
+    CBS_get_asn1(&tbs, &version, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0);
+  }
+  if (!CBS_get_any_asn1_element(&tbs, &responder_id, nullptr, nullptr) ||
+      !CBS_get_asn1(&tbs, &produced_at, CBS_ASN1_GENERALIZEDTIME) || !CBS_get_asn1(&tbs, &responses, CBS_ASN1_SEQUENCE))
+    return "malformed OCSP response data";
+  return std::nullopt;
+}
+
+// What a CertID holds when it names the leaf: hashes of the leaf's issuer
+// name and of the issuer's key, and the leaf's serial number.
+struct LeafId {
+  std::string issuer_name_der;
+  std::string serial_der;
+  X509* issuer = nullptr;
+};
+
+enum class CertIdMatch { malformed, other_certificate, leaf };
+
+// Reads the CertID that starts a SingleResponse.
+CertIdMatch read_cert_id(CBS& single, const LeafId& leaf) {
+  CBS cert_id, hash_algorithm, hash_oid, name_hash, key_hash, serial_element;
+  if (!CBS_get_asn1(&single, &cert_id, CBS_ASN1_SEQUENCE) ||
+      !CBS_get_asn1(&cert_id, &hash_algorithm, CBS_ASN1_SEQUENCE) ||
+      !CBS_get_asn1(&hash_algorithm, &hash_oid, CBS_ASN1_OBJECT) ||
+      !CBS_get_asn1(&cert_id, &name_hash, CBS_ASN1_OCTETSTRING) ||
+      !CBS_get_asn1(&cert_id, &key_hash, CBS_ASN1_OCTETSTRING) ||
+      !CBS_get_asn1_element(&cert_id, &serial_element, CBS_ASN1_INTEGER))
+    return CertIdMatch::malformed;
+  const EVP_MD* id_md = certid_digest(bytes(hash_oid));
+  const std::string& name_der = leaf.issuer_name_der;
+  if (id_md == nullptr || as_chars(bytes(serial_element)) != leaf.serial_der ||
+      as_chars(bytes(name_hash)) !=
+          digest(id_md, Bytes(reinterpret_cast<const uint8_t*>(name_der.data()), name_der.size())) ||
+      as_chars(bytes(key_hash)) != digest(id_md, key_bits(leaf.issuer)))
+    return CertIdMatch::other_certificate;
+  return CertIdMatch::leaf;
+}
+
+// The rest of the leaf's SingleResponse, after its CertID: status and validity.
+OcspVerdict single_verdict(CBS single, Clock::time_point now) {
+  OcspVerdict v;
+  if (CBS_peek_asn1_tag(&single, CBS_ASN1_CONTEXT_SPECIFIC | 0)) {
+    v.status = OcspCertStatus::good;
+  } else if (CBS_peek_asn1_tag(&single, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 1)) {
+    v.status = OcspCertStatus::revoked;
+  } else {
+    v.status = OcspCertStatus::unknown;
+  }
+  CBS status_element, this_update;
+  if (!CBS_get_any_asn1_element(&single, &status_element, nullptr, nullptr) ||
+      !CBS_get_asn1(&single, &this_update, CBS_ASN1_GENERALIZEDTIME))
+    return fail("malformed single response");
+  const auto this_time = generalized_time(this_update);
+  if (!this_time) return fail("malformed thisUpdate");
+  v.this_update = *this_time;
+  CBS next_wrapper, next_update;
+  if (!CBS_get_asn1(&single, &next_wrapper, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0) ||
+      !CBS_get_asn1(&next_wrapper, &next_update, CBS_ASN1_GENERALIZEDTIME))
+    return fail(
+        "the response has no nextUpdate, so nothing says when it stops "
+        "being current; not stapled");
+  const auto next_time = generalized_time(next_update);
+  if (!next_time) return fail("malformed nextUpdate");
+  v.next_update = *next_time;
+
+  // A few minutes of clock skew between the responder and this machine.
+  constexpr auto skew = std::chrono::minutes(5);
+  if (v.this_update > now + skew)
+    v.problem = "the response is not valid before " + detail::iso8601(v.this_update) + "; check the clocks";
+  else if (now >= v.next_update)
+    v.problem = "the response expired at " + detail::iso8601(v.next_update) + " (its nextUpdate); fetch a new one";
+  else if (v.status == OcspCertStatus::revoked)
+    v.problem =
+        "the responder says the certificate is REVOKED: replace the "
+        "certificate";
+  else if (v.status == OcspCertStatus::unknown)
+    v.problem = "the responder does not know the certificate (status unknown)";
+  v.stapleable = v.problem.empty();
+  return v;
+}
+
 }  // namespace
 
 X509* ocsp_issuer(const LoadedCertificate& cert) {
@@ -155,133 +319,38 @@ X509* ocsp_issuer(const LoadedCertificate& cert) {
 OcspVerdict check_ocsp_response(std::string_view der, X509* leaf, X509* issuer, Clock::time_point now) {
   if (issuer == nullptr)
     return fail(
-        "the certificate file has no issuer certificate after the leaf, so an OCSP response cannot be "
+        "the certificate file has no issuer certificate after the "
+        "leaf, so an OCSP response cannot be "
         "checked; append the issuing CA's certificate to the file");
-  CBS in, response, status, bytes_wrapper, response_bytes, type, octets;
-  CBS_init(&in, reinterpret_cast<const uint8_t*>(der.data()), der.size());
-  uint64_t status_value = 0;
-  if (!CBS_get_asn1(&in, &response, CBS_ASN1_SEQUENCE) || CBS_len(&in) != 0 ||
-      !CBS_get_asn1(&response, &status, CBS_ASN1_ENUMERATED) || CBS_len(&status) != 1)
-    return fail("not a DER OCSP response");
-  status_value = CBS_data(&status)[0];
-  if (status_value != 0)
-    return fail("the responder answered with status " + std::to_string(status_value) +
-                " (1 malformed request, 2 internal error, 3 try later, 5 signature required, 6 unauthorized), "
-                "not a response");
-  if (!CBS_get_asn1(&response, &bytes_wrapper, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0) ||
-      !CBS_get_asn1(&bytes_wrapper, &response_bytes, CBS_ASN1_SEQUENCE) ||
-      !CBS_get_asn1(&response_bytes, &type, CBS_ASN1_OBJECT) ||
-      !CBS_get_asn1(&response_bytes, &octets, CBS_ASN1_OCTETSTRING))
-    return fail("not a DER OCSP response (no response bytes)");
-  if (bytes(type) != Bytes(kOcspBasic, sizeof kOcspBasic)) return fail("not a basic OCSP response");
-
-  CBS basic, tbs_element, tbs, algorithm, algorithm_oid, signature;
-  if (!CBS_get_asn1(&octets, &basic, CBS_ASN1_SEQUENCE) ||
-      !CBS_get_asn1_element(&basic, &tbs_element, CBS_ASN1_SEQUENCE) ||
-      !CBS_get_asn1(&basic, &algorithm, CBS_ASN1_SEQUENCE) ||
-      !CBS_get_asn1(&algorithm, &algorithm_oid, CBS_ASN1_OBJECT) ||
-      !CBS_get_asn1(&basic, &signature, CBS_ASN1_BITSTRING) || CBS_len(&signature) < 1 || CBS_data(&signature)[0] != 0)
-    return fail("malformed basic OCSP response");
-  CBS_skip(&signature, 1);  // no unused bits
-  std::vector<bssl::UniquePtr<X509>> carried;
-  CBS certs_wrapper, certs;
-  if (CBS_get_asn1(&basic, &certs_wrapper, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0) &&
-      CBS_get_asn1(&certs_wrapper, &certs, CBS_ASN1_SEQUENCE)) {
-    while (CBS_len(&certs) > 0) {
-      CBS cert;
-      if (!CBS_get_asn1_element(&certs, &cert, CBS_ASN1_SEQUENCE)) return fail("malformed certificate in response");
-      const uint8_t* p = CBS_data(&cert);
-      bssl::UniquePtr<X509> x(d2i_X509(nullptr, &p, static_cast<long>(CBS_len(&cert))));
-      ERR_clear_error();
-      if (x) carried.push_back(std::move(x));
-    }
-  }
-
-  // Signed by the issuer, or by a responder the issuer delegated to.
-  const EVP_MD* md = signature_digest(bytes(algorithm_oid));
-  if (md == nullptr) return fail("signed with an algorithm Gatehouse does not check (RSA-PSS or unknown)");
-  bssl::UniquePtr<EVP_PKEY> issuer_key(X509_get_pubkey(issuer));
-  bool signed_ok = signature_ok(issuer_key.get(), md, bytes(tbs_element), bytes(signature));
-  for (std::size_t i = 0; !signed_ok && i < carried.size(); ++i) {
-    X509* responder = carried[i].get();
-    const bool delegated = X509_verify(responder, issuer_key.get()) == 1 &&
-                           (X509_get_extension_flags(responder) & EXFLAG_XKUSAGE) != 0 &&
-                           (X509_get_extended_key_usage(responder) & XKU_OCSP_SIGN) != 0 && valid_at(responder, now);
-    ERR_clear_error();
-    if (!delegated) continue;
-    bssl::UniquePtr<EVP_PKEY> key(X509_get_pubkey(responder));
-    signed_ok = signature_ok(key.get(), md, bytes(tbs_element), bytes(signature));
-  }
-  if (!signed_ok)
+  CBS octets;
+  if (auto problem = unwrap_response(der, octets)) return fail(std::move(*problem));
+  BasicResponse basic;
+  if (auto problem = read_basic(octets, basic)) return fail(std::move(*problem));
+  const EVP_MD* md = signature_digest(bytes(basic.algorithm_oid));
+  if (md == nullptr)
     return fail(
-        "the signature does not verify with the issuer's key nor with a responder certificate the issuer "
+        "signed with an algorithm Gatehouse does not check (RSA-PSS or "
+        "unknown)");
+  if (!signed_by_issuer(basic, md, issuer, now))
+    return fail(
+        "the signature does not verify with the issuer's key nor with "
+        "a responder certificate the issuer "
         "authorised for OCSP signing");
+  CBS responses;
+  if (auto problem = read_responses(basic.tbs_element, responses)) return fail(std::move(*problem));
 
-  CBS_get_asn1(&tbs_element, &tbs, CBS_ASN1_SEQUENCE);
-  CBS responder_id, produced_at, responses;
-  if (CBS_peek_asn1_tag(&tbs, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0)) {
-    CBS version;
-    CBS_get_asn1(&tbs, &version, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0);
-  }
-  if (!CBS_get_any_asn1_element(&tbs, &responder_id, nullptr, nullptr) ||
-      !CBS_get_asn1(&tbs, &produced_at, CBS_ASN1_GENERALIZEDTIME) || !CBS_get_asn1(&tbs, &responses, CBS_ASN1_SEQUENCE))
-    return fail("malformed OCSP response data");
-
-  const std::string name_der = der_of(X509_get_issuer_name(leaf));
-  const std::string serial = serial_der(leaf);
+  const LeafId leaf_id{
+      .issuer_name_der = der_of(X509_get_issuer_name(leaf)), .serial_der = serial_der(leaf), .issuer = issuer};
   while (CBS_len(&responses) > 0) {
-    CBS single, cert_id, hash_algorithm, hash_oid, name_hash, key_hash, serial_element, this_update;
-    if (!CBS_get_asn1(&responses, &single, CBS_ASN1_SEQUENCE) || !CBS_get_asn1(&single, &cert_id, CBS_ASN1_SEQUENCE) ||
-        !CBS_get_asn1(&cert_id, &hash_algorithm, CBS_ASN1_SEQUENCE) ||
-        !CBS_get_asn1(&hash_algorithm, &hash_oid, CBS_ASN1_OBJECT) ||
-        !CBS_get_asn1(&cert_id, &name_hash, CBS_ASN1_OCTETSTRING) ||
-        !CBS_get_asn1(&cert_id, &key_hash, CBS_ASN1_OCTETSTRING) ||
-        !CBS_get_asn1_element(&cert_id, &serial_element, CBS_ASN1_INTEGER))
-      return fail("malformed single response");
-    const EVP_MD* id_md = certid_digest(bytes(hash_oid));
-    if (id_md == nullptr || as_chars(bytes(serial_element)) != serial ||
-        as_chars(bytes(name_hash)) !=
-            digest(id_md, Bytes(reinterpret_cast<const uint8_t*>(name_der.data()), name_der.size())) ||
-        as_chars(bytes(key_hash)) != digest(id_md, key_bits(issuer)))
-      continue;
-
-    OcspVerdict v;
-    if (CBS_peek_asn1_tag(&single, CBS_ASN1_CONTEXT_SPECIFIC | 0)) {
-      v.status = OcspCertStatus::good;
-    } else if (CBS_peek_asn1_tag(&single, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 1)) {
-      v.status = OcspCertStatus::revoked;
-    } else {
-      v.status = OcspCertStatus::unknown;
-    }
-    CBS status_element;
-    if (!CBS_get_any_asn1_element(&single, &status_element, nullptr, nullptr) ||
-        !CBS_get_asn1(&single, &this_update, CBS_ASN1_GENERALIZEDTIME))
-      return fail("malformed single response");
-    const auto this_time = generalized_time(this_update);
-    if (!this_time) return fail("malformed thisUpdate");
-    v.this_update = *this_time;
-    CBS next_wrapper, next_update;
-    if (!CBS_get_asn1(&single, &next_wrapper, CBS_ASN1_CONTEXT_SPECIFIC | CBS_ASN1_CONSTRUCTED | 0) ||
-        !CBS_get_asn1(&next_wrapper, &next_update, CBS_ASN1_GENERALIZEDTIME))
-      return fail("the response has no nextUpdate, so nothing says when it stops being current; not stapled");
-    const auto next_time = generalized_time(next_update);
-    if (!next_time) return fail("malformed nextUpdate");
-    v.next_update = *next_time;
-
-    // A few minutes of clock skew between the responder and this machine.
-    constexpr auto skew = std::chrono::minutes(5);
-    if (v.this_update > now + skew)
-      v.problem = "the response is not valid before " + detail::iso8601(v.this_update) + "; check the clocks";
-    else if (now >= v.next_update)
-      v.problem = "the response expired at " + detail::iso8601(v.next_update) + " (its nextUpdate); fetch a new one";
-    else if (v.status == OcspCertStatus::revoked)
-      v.problem = "the responder says the certificate is REVOKED: replace the certificate";
-    else if (v.status == OcspCertStatus::unknown)
-      v.problem = "the responder does not know the certificate (status unknown)";
-    v.stapleable = v.problem.empty();
-    return v;
+    CBS single;
+    if (!CBS_get_asn1(&responses, &single, CBS_ASN1_SEQUENCE)) return fail("malformed single response");
+    const CertIdMatch match = read_cert_id(single, leaf_id);
+    if (match == CertIdMatch::malformed) return fail("malformed single response");
+    if (match == CertIdMatch::leaf) return single_verdict(single, now);
   }
-  return fail("the response is for another certificate (no response matches its issuer and serial number)");
+  return fail(
+      "the response is for another certificate (no response matches "
+      "its issuer and serial number)");
 }
 
 std::string describe(const OcspVerdict& verdict) {

@@ -37,159 +37,275 @@ std::optional<sni::Clock::time_point> parse_date(const std::string& text) {
   return sni::Clock::from_time_t(timegm(&tm));
 }
 
+// Each command holds the values its flags fill in (CLI11 writes through
+// references to them, so a command must stay where it was added) and the
+// subcommand, which says whether it was given.
+
+struct RunCommand {
+  CLI::App* app = nullptr;
+  std::string config_file;
+};
+
+void add_run(CLI::App& app, RunCommand& run) {
+  run.app = app.add_subcommand("run", "Serve with a config; SIGHUP reloads, SIGTERM/SIGINT drain then exit");
+  run.app->add_option("-c,--config", run.config_file, "Config file (TOML)")->required()->check(CLI::ExistingFile);
+}
+
+struct DemoCommand {
+  CLI::App* app = nullptr;
+  std::uint16_t port = 8443;
+};
+
+void add_demo(CLI::App& app, DemoCommand& demo) {
+  demo.app = app.add_subcommand("demo", "Serve the embedded demo on loopback with self-signed certificates");
+  demo.app->add_option("--port", demo.port,
+                       "First port: l7 on PORT, l4 on PORT+1, admin on PORT+2 "
+                       "(0: any free ports)");
+}
+
+struct CheckCommand {
+  CLI::App* app = nullptr;
+  std::string config_file;
+  bool strict = false;
+};
+
+void add_check(CLI::App& app, CheckCommand& check) {
+  check.app = app.add_subcommand("check", "Validate config and certificates; report certificate coverage");
+  check.app->add_option("-c,--config", check.config_file, "Config file (TOML)")->required()->check(CLI::ExistingFile);
+  check.app->add_flag("--strict", check.strict, "Exit 2 when there are warnings");
+}
+
+struct CertNewCommand {
+  CLI::App* app = nullptr;
+  sni::NewCertificateOptions options;
+  std::string out_prefix;
+  std::string not_before;  // YYYY-MM-DD, checked when the command runs
+};
+
+void add_cert_new(CLI::App& cert, CertNewCommand& command) {
+  command.app = cert.add_subcommand("new", "Self-signed certificate (like Exchange's default) or a CSR");
+  auto& options = command.options;
+  command.app->add_option("--cn", options.common_name, "Subject common name")->required();
+  command.app->add_option("--san", options.sans, "DNS subject alternative name (repeatable); default: the CN");
+  command.app->add_option("--key", options.key, "Key type")
+      ->check(CLI::IsMember({"rsa2048", "rsa3072", "ec256", "ec384"}));
+  command.app->add_option("--days", options.days, "Validity in days (default 5 years)")->check(CLI::PositiveNumber);
+  command.app->add_option("--not-before", command.not_before, "Start of validity, YYYY-MM-DD (default: now)");
+  command.app->add_flag("--csr", options.csr, "Write a CSR for a CA instead of a self-signed certificate");
+  command.app->add_option("--out", command.out_prefix, "Writes PREFIX.crt (or .csr) and PREFIX.key")->required();
+}
+
+struct CertInspectCommand {
+  CLI::App* app = nullptr;
+  std::vector<std::string> files;
+  bool as_json = false;
+};
+
+void add_cert_inspect(CLI::App& cert, CertInspectCommand& command) {
+  command.app = cert.add_subcommand("inspect", "Exchange-style properties of certificates");
+  command.app->add_option("files", command.files, "PEM files")->required()->check(CLI::ExistingFile);
+  command.app->add_flag("--json", command.as_json, "JSON output");
+}
+
+struct CertPinCommand {
+  CLI::App* app = nullptr;
+  std::string target;
+  std::string sni;
+};
+
+void add_cert_pin(CLI::App& cert, CertPinCommand& command) {
+  command.app = cert.add_subcommand("pin", "Show the certificate a server presents, ready to pin");
+  command.app->add_option("target", command.target, "HOST:PORT")->required();
+  command.app->add_option("--sni", command.sni, "Server name to send (default: HOST)");
+}
+
+struct CertCommands {
+  CLI::App* app = nullptr;
+  CertNewCommand new_certificate;
+  CertInspectCommand inspect;
+  CertPinCommand pin;
+};
+
+void add_cert(CLI::App& app, CertCommands& cert) {
+  cert.app = app.add_subcommand("cert", "Certificate tools");
+  cert.app->require_subcommand(0, 1);
+  add_cert_new(*cert.app, cert.new_certificate);
+  add_cert_inspect(*cert.app, cert.inspect);
+  add_cert_pin(*cert.app, cert.pin);
+}
+
+struct BenchCommands {
+  CLI::App* app = nullptr;
+  CLI::App* handshake = nullptr;
+  bench::HandshakeOptions handshake_options;
+};
+
+void add_bench_handshake(CLI::App& bench, BenchCommands& command) {
+  command.handshake = bench.add_subcommand("handshake",
+                                           "TLS handshake load generator against any TLS server (no HTTP): full or "
+                                           "resumed handshakes, "
+                                           "handshakes/s, latency, errors, and the server's CPU per handshake");
+  CLI::App& handshake = *command.handshake;
+  auto& options = command.handshake_options;
+  handshake.add_option("--target", options.target, "HOST:PORT of the TLS server")->required();
+  handshake.add_option("--sni", options.sni, "Server names to send, rotated (default: HOST unless an IP)")
+      ->delimiter(',');
+  handshake.add_option("--concurrency", options.concurrency, "Connections in flight")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  handshake.add_option("--threads", options.threads, "Client threads (each runs its share of the loops)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  auto* duration =
+      handshake.add_option("--duration", options.duration, "How long to run, e.g. 10s")->capture_default_str();
+  auto* count = handshake.add_option("--count", options.count, "Number of connections instead of a duration")
+                    ->check(CLI::PositiveNumber);
+  duration->excludes(count);
+  handshake.add_option("--resume", options.resume, "never: full handshakes only; always: resumed only")
+      ->check(CLI::IsMember({"never", "always"}))
+      ->capture_default_str();
+  handshake.add_option("--tls", options.tls, "Pin the TLS version (default: 1.2 or 1.3, server's choice)")
+      ->check(CLI::IsMember({"1.2", "1.3"}));
+  handshake.add_option("--sig", options.sig, "Signature algorithms offered, so the certificate type served")
+      ->check(CLI::IsMember({"ecdsa", "rsa", "any"}))
+      ->capture_default_str();
+  handshake
+      .add_option("--server-pid", options.server_pids,
+                  "Server process(es) whose CPU time per handshake to report "
+                  "(from /proc/PID/stat)")
+      ->delimiter(',');
+  handshake.add_option("--json", options.json_file, "Also write the results as JSON to FILE");
+  handshake.add_option("--timeout", options.timeout, "Per connection, connect through handshake")
+      ->capture_default_str();
+}
+
+void add_bench(CLI::App& app, BenchCommands& bench) {
+  bench.app = app.add_subcommand("bench", "Benchmarks");
+  bench.app->require_subcommand(0, 1);
+  add_bench_handshake(*bench.app, bench);
+}
+
+struct HelpCommand {
+  CLI::App* app = nullptr;
+  std::string topic;
+};
+
+void add_help(CLI::App& app, HelpCommand& help) {
+  help.app = app.add_subcommand("help", "Show help for a command");
+  help.app->add_option("command", help.topic, "Command");
+}
+
+struct Commands {
+  RunCommand run;
+  DemoCommand demo;
+  CheckCommand check;
+  CertCommands cert;
+  BenchCommands bench;
+  HelpCommand help;
+};
+
+// In the order `gatehouse --help` lists them.
+void add_commands(CLI::App& app, Commands& commands) {
+  add_run(app, commands.run);
+  add_demo(app, commands.demo);
+  add_check(app, commands.check);
+  add_cert(app, commands.cert);
+  add_bench(app, commands.bench);
+  add_help(app, commands.help);
+}
+
+// A bare `gatehouse` or `gatehouse cert` shows what there is to run; true
+// when it did.
+bool showed_menu(CLI::App& app, const Commands& commands) {
+  for (CLI::App* level : {&app, commands.cert.app, commands.bench.app}) {
+    if ((level == &app || level->parsed()) && level->get_subcommands().empty()) {
+      std::cerr << app.get_formatter()->make_help(level, level == &app ? "" : level->get_name(),
+                                                  CLI::AppFormatMode::Normal);
+      return true;
+    }
+  }
+  return false;
+}
+
+int show_help(CLI::App& app, const std::string& topic) {
+  if (topic.empty()) {
+    std::cout << app.get_formatter()->make_help(&app, "", CLI::AppFormatMode::Normal);
+    return 0;
+  }
+  CLI::App* sub = nullptr;
+  try {
+    sub = app.get_subcommand(topic);
+  } catch (const CLI::OptionNotFound&) {}
+  if (sub == nullptr) {
+    std::cerr << "gatehouse help: unknown command \"" << topic << "\"; commands: run, demo, check, cert, bench\n";
+    return 1;
+  }
+  std::cout << sub->help();
+  return 0;
+}
+
+int cert_new(const CertNewCommand& command) {
+  sni::NewCertificateOptions options = command.options;
+  if (!command.not_before.empty()) {
+    options.not_before = parse_date(command.not_before);
+    if (!options.not_before) {
+      std::cerr << "cert new: --not-before \"" << command.not_before << "\" is not a date like 2026-01-31\n";
+      return 1;
+    }
+  }
+  for (const auto& path : sni::write_certificate(options, command.out_prefix))
+    std::cout << "wrote " << path.string() << "\n";
+  return 0;
+}
+
+int cert_inspect(const CertInspectCommand& command) {
+  if (command.as_json) {
+    boost::json::array all;
+    for (const auto& f : command.files) all.push_back(sni::inspect_json(f));
+    std::cout << boost::json::serialize(all) << "\n";
+  } else {
+    for (const auto& f : command.files) sni::inspect_text(f, std::cout);
+  }
+  return 0;
+}
+
+// Runs the one command given (CLI11 allows at most one per level).
+int dispatch(CLI::App& app, const Commands& commands) {
+  if (*commands.help.app) return show_help(app, commands.help.topic);
+  if (*commands.run.app) return run_command(commands.run.config_file);
+  if (*commands.demo.app) return proxy::run_demo(proxy::DemoOptions{.port = commands.demo.port});
+  if (*commands.check.app)
+    return sni::run_check(commands.check.config_file, commands.check.strict, std::cout, std::cerr);
+  if (*commands.cert.new_certificate.app) return cert_new(commands.cert.new_certificate);
+  if (*commands.cert.inspect.app) return cert_inspect(commands.cert.inspect);
+  if (*commands.cert.pin.app)
+    return proxy::cert_pin(commands.cert.pin.target, commands.cert.pin.sni, std::cout, std::cerr);
+  if (*commands.bench.handshake)
+    return bench::run_handshake_bench(commands.bench.handshake_options, std::cout, std::cerr);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Gatehouse: TLS-terminating reverse proxy and load balancer for mail namespaces"};
+  CLI::App app{
+      "Gatehouse: TLS-terminating reverse proxy and load balancer for "
+      "mail namespaces"};
   app.set_version_flag("--version", std::string("gatehouse ") + GATEHOUSE_VERSION);
   app.require_subcommand(0, 1);
-
-  std::string config_file;
-  auto* run = app.add_subcommand("run", "Serve with a config; SIGHUP reloads, SIGTERM/SIGINT drain then exit");
-  run->add_option("-c,--config", config_file, "Config file (TOML)")->required()->check(CLI::ExistingFile);
-
-  std::uint16_t demo_port = 8443;
-  auto* demo = app.add_subcommand("demo", "Serve the embedded demo on loopback with self-signed certificates");
-  demo->add_option("--port", demo_port, "First port: l7 on PORT, l4 on PORT+1, admin on PORT+2 (0: any free ports)");
-
-  bool strict = false;
-  auto* check = app.add_subcommand("check", "Validate config and certificates; report certificate coverage");
-  check->add_option("-c,--config", config_file, "Config file (TOML)")->required()->check(CLI::ExistingFile);
-  check->add_flag("--strict", strict, "Exit 2 when there are warnings");
-
-  auto* cert = app.add_subcommand("cert", "Certificate tools");
-  cert->require_subcommand(0, 1);
-  sni::NewCertificateOptions new_options;
-  std::string out_prefix;
-  std::string not_before;
-  auto* cert_new = cert->add_subcommand("new", "Self-signed certificate (like Exchange's default) or a CSR");
-  cert_new->add_option("--cn", new_options.common_name, "Subject common name")->required();
-  cert_new->add_option("--san", new_options.sans, "DNS subject alternative name (repeatable); default: the CN");
-  cert_new->add_option("--key", new_options.key, "Key type")
-      ->check(CLI::IsMember({"rsa2048", "rsa3072", "ec256", "ec384"}));
-  cert_new->add_option("--days", new_options.days, "Validity in days (default 5 years)")->check(CLI::PositiveNumber);
-  cert_new->add_option("--not-before", not_before, "Start of validity, YYYY-MM-DD (default: now)");
-  cert_new->add_flag("--csr", new_options.csr, "Write a CSR for a CA instead of a self-signed certificate");
-  cert_new->add_option("--out", out_prefix, "Writes PREFIX.crt (or .csr) and PREFIX.key")->required();
-
-  std::vector<std::string> inspect_files;
-  bool inspect_as_json = false;
-  auto* cert_inspect = cert->add_subcommand("inspect", "Exchange-style properties of certificates");
-  cert_inspect->add_option("files", inspect_files, "PEM files")->required()->check(CLI::ExistingFile);
-  cert_inspect->add_flag("--json", inspect_as_json, "JSON output");
-
-  std::string pin_target;
-  std::string pin_sni;
-  auto* cert_pin = cert->add_subcommand("pin", "Show the certificate a server presents, ready to pin");
-  cert_pin->add_option("target", pin_target, "HOST:PORT")->required();
-  cert_pin->add_option("--sni", pin_sni, "Server name to send (default: HOST)");
-
-  bench::HandshakeOptions bench_options;
-  auto* bench_cmd = app.add_subcommand("bench", "Benchmarks");
-  bench_cmd->require_subcommand(0, 1);
-  auto* bench_handshake = bench_cmd->add_subcommand(
-      "handshake",
-      "TLS handshake load generator against any TLS server (no HTTP): full or resumed handshakes, "
-      "handshakes/s, latency, errors, and the server's CPU per handshake");
-  bench_handshake->add_option("--target", bench_options.target, "HOST:PORT of the TLS server")->required();
-  bench_handshake->add_option("--sni", bench_options.sni, "Server names to send, rotated (default: HOST unless an IP)")
-      ->delimiter(',');
-  bench_handshake->add_option("--concurrency", bench_options.concurrency, "Connections in flight")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  bench_handshake->add_option("--threads", bench_options.threads, "Client threads (each runs its share of the loops)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  auto* bench_duration = bench_handshake->add_option("--duration", bench_options.duration, "How long to run, e.g. 10s")
-                             ->capture_default_str();
-  auto* bench_count =
-      bench_handshake->add_option("--count", bench_options.count, "Number of connections instead of a duration")
-          ->check(CLI::PositiveNumber);
-  bench_duration->excludes(bench_count);
-  bench_handshake->add_option("--resume", bench_options.resume, "never: full handshakes only; always: resumed only")
-      ->check(CLI::IsMember({"never", "always"}))
-      ->capture_default_str();
-  bench_handshake->add_option("--tls", bench_options.tls, "Pin the TLS version (default: 1.2 or 1.3, server's choice)")
-      ->check(CLI::IsMember({"1.2", "1.3"}));
-  bench_handshake
-      ->add_option("--sig", bench_options.sig, "Signature algorithms offered, so the certificate type served")
-      ->check(CLI::IsMember({"ecdsa", "rsa", "any"}))
-      ->capture_default_str();
-  bench_handshake
-      ->add_option("--server-pid", bench_options.server_pids,
-                   "Server process(es) whose CPU time per handshake to report (from /proc/PID/stat)")
-      ->delimiter(',');
-  bench_handshake->add_option("--json", bench_options.json_file, "Also write the results as JSON to FILE");
-  bench_handshake->add_option("--timeout", bench_options.timeout, "Per connection, connect through handshake")
-      ->capture_default_str();
-
-  std::string help_topic;
-  auto* help = app.add_subcommand("help", "Show help for a command");
-  help->add_option("command", help_topic, "Command");
+  Commands commands;
+  add_commands(app, commands);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-
-  // A bare `gatehouse` or `gatehouse cert` shows what there is to run.
-  for (CLI::App* level : {&app, cert, bench_cmd}) {
-    if ((level == &app || level->parsed()) && level->get_subcommands().empty()) {
-      std::cerr << app.get_formatter()->make_help(level, level == &app ? "" : level->get_name(),
-                                                  CLI::AppFormatMode::Normal);
-      return 1;
-    }
-  }
-
+  if (showed_menu(app, commands)) return 1;
   try {
-    if (*help) {
-      if (help_topic.empty()) {
-        std::cout << app.get_formatter()->make_help(&app, "", CLI::AppFormatMode::Normal);
-      } else {
-        CLI::App* sub = nullptr;
-        try {
-          sub = app.get_subcommand(help_topic);
-        } catch (const CLI::OptionNotFound&) {}
-        if (sub == nullptr) {
-          std::cerr << "gatehouse help: unknown command \"" << help_topic
-                    << "\"; commands: run, demo, check, cert, bench\n";
-          return 1;
-        }
-        std::cout << sub->help();
-      }
-      return 0;
-    }
-    if (*run) return run_command(config_file);
-    if (*demo) return proxy::run_demo({demo_port});
-    if (*check) return sni::run_check(config_file, strict, std::cout, std::cerr);
-    if (*cert_new) {
-      if (!not_before.empty()) {
-        new_options.not_before = parse_date(not_before);
-        if (!new_options.not_before) {
-          std::cerr << "cert new: --not-before \"" << not_before << "\" is not a date like 2026-01-31\n";
-          return 1;
-        }
-      }
-      for (const auto& path : sni::write_certificate(new_options, out_prefix))
-        std::cout << "wrote " << path.string() << "\n";
-      return 0;
-    }
-    if (*cert_inspect) {
-      if (inspect_as_json) {
-        boost::json::array all;
-        for (const auto& f : inspect_files) all.push_back(sni::inspect_json(f));
-        std::cout << boost::json::serialize(all) << "\n";
-      } else {
-        for (const auto& f : inspect_files) sni::inspect_text(f, std::cout);
-      }
-      return 0;
-    }
-    if (*cert_pin) return proxy::cert_pin(pin_target, pin_sni, std::cout, std::cerr);
-    if (*bench_handshake) return bench::run_handshake_bench(bench_options, std::cout, std::cerr);
+    return dispatch(app, commands);
   } catch (const std::exception& e) {
     std::cerr << "gatehouse: " << e.what() << "\n";
     return 1;
   }
-  return 0;
 }
