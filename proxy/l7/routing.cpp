@@ -27,7 +27,7 @@ std::string_view strip_port(std::string_view host) {
   return host.substr(0, colon);
 }
 
-std::string_view path_of(std::string_view target) {
+std::string path_of(std::string_view target) {
   if (target == "*") return "/";
   return origin_form(target);
 }
@@ -53,11 +53,14 @@ std::optional<std::string_view> after_scheme(std::string_view target) {
 
 }  // namespace
 
-std::string_view origin_form(std::string_view target) {
+std::string origin_form(std::string_view target) {
   const auto rest = after_scheme(target);
-  if (!rest) return target;
+  if (!rest) return std::string(target);
   const auto slash = rest->find_first_of("/?");
-  return slash == std::string_view::npos ? std::string_view("/") : rest->substr(slash);
+  if (slash == std::string_view::npos) return "/";
+  // An empty path is "/" even before a query: "GET ?q" is no request line.
+  if ((*rest)[slash] == '?') return "/" + std::string(rest->substr(slash));
+  return std::string(rest->substr(slash));
 }
 
 std::string_view authority_of(std::string_view target) {
@@ -99,7 +102,7 @@ Routed route_request(const Generation& generation, const ListenerRuntime& listen
     }
   }
 
-  const std::string_view path = path_of(target);
+  const std::string path = path_of(target);
   const auto choice = generation.route_http(listener, out.host, path);
   if (choice.route == nullptr) {
     out.status = 404;

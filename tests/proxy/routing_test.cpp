@@ -232,6 +232,8 @@ const RouteCase route_cases[] = {
     {"absolute_form_scheme_case", "mail.contoso.com", "HTTPS://mail.contoso.com:443/OWA", "exact_owa",
      "mail.contoso.com"},
     {"absolute_form_no_path", "mail.contoso.com", "http://mail.contoso.com", "exact_root", "mail.contoso.com"},
+    {"absolute_form_query_no_path", "mail.contoso.com", "https://mail.contoso.com?cmd=ping", "exact_root",
+     "mail.contoso.com"},
     // No Host (HTTP/1.0) and no SNI: only routes for any host apply.
     {"no_host_no_sni", "", "/owa", "any_root", ""},
     {"no_host_no_sni_path", "", "/mapi/nspi", "any_mapi", ""},
@@ -260,6 +262,8 @@ TEST(TargetForms, OriginFormAndAuthority) {
       {"HTTPS://MAIL.contoso.com:8443/x", "/x", "MAIL.contoso.com:8443"},
       {"Http://mail.contoso.com", "/", "mail.contoso.com"},
       {"https://[2001:db8::1]:8443/owa", "/owa", "[2001:db8::1]:8443"},
+      // RFC 9112 3.2.1: an empty path is sent as "/", also before a query.
+      {"https://mail.contoso.com?cmd=ping", "/?cmd=ping", "mail.contoso.com"},
       {"https://", "/", ""},
   };
   for (const auto& c : cases) {
