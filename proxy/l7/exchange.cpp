@@ -3,11 +3,11 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/beast/core/string.hpp>
 
 #include <algorithm>
 
 #include "balancer/balancer.h"
+#include "proxy/l7/affinity_cookie.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
@@ -312,26 +312,6 @@ bool idempotent(std::string_view method) {
          method == "TRACE";
 }
 
-constexpr std::string_view kAffinityCookie = "GatehouseAffinity";
-
-// The value of cookie `name` in the request's Cookie field(s), or "".
-std::string_view cookie_value(const Fields& fields, std::string_view name) {
-  for (const auto& f : fields) {
-    if (!boost::beast::iequals(f.name, "cookie")) continue;
-    std::string_view rest = f.value;
-    while (!rest.empty()) {
-      const auto semi = rest.find(';');
-      std::string_view pair = rest.substr(0, semi);
-      while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
-      if (pair.size() > name.size() && pair.substr(0, name.size()) == name && pair[name.size()] == '=')
-        return pair.substr(name.size() + 1);
-      if (semi == std::string_view::npos) break;
-      rest.remove_prefix(semi + 1);
-    }
-  }
-  return {};
-}
-
 // The bytes a maglev pool hashes: its hash_key's header or cookie when the
 // request has it, else the client address.
 std::string_view hash_source(const conf::Pool& pool, const RequestHead& head, const std::string& client) {
@@ -503,7 +483,7 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
   std::optional<std::size_t> cookie_server;
   if (route.affinity == conf::Affinity::cookie) {
     // A tampered or stale cookie is ignored: the request is balanced anew.
-    cookie_server = context.generation.affinity_server(pool, cookie_value(head.fields, kAffinityCookie));
+    cookie_server = affinity_cookie_server(context.generation, pool, head.fields);
     target.preferred = cookie_server;
   }
   target.affinity = route.affinity == conf::Affinity::source_ip;
@@ -555,10 +535,9 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     }
 
     Exchange exchange(context, head, down, *backend, result, idle);
-    if (route.affinity == conf::Affinity::cookie && backend->pool == &pool && cookie_server != backend->server_index)
-      exchange.set_cookie(std::string(kAffinityCookie) + "=" +
-                          context.generation.affinity_cookie(pool, backend->server_index) +
-                          "; Path=/; Secure; HttpOnly");
+    if (route.affinity == conf::Affinity::cookie)
+      exchange.set_cookie(
+          affinity_set_cookie(context.generation, pool, backend->pool, backend->server_index, cookie_server));
     const auto outcome = co_await exchange.run(may_retry, binding != nullptr, auth_binds);
     if (outcome == Exchange::Outcome::retry) {
       lease.release();

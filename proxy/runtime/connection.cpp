@@ -186,6 +186,16 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
   co_return true;
 }
 
+std::optional<std::size_t> pick_server(const ConnectTarget& target, const PoolRuntime& pool, WorkerPool& wp,
+                                       const balancer::Tried& tried) {
+  for (std::size_t i = 0; i < pool.servers.size(); ++i) wp.views[i].available = pool.members[i]->available();
+  if (target.preferred && &pool == target.pool && *target.preferred < pool.servers.size() &&
+      !tried.contains(*target.preferred) && wp.views[*target.preferred].available)
+    return target.preferred;
+  balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
+  return selector.pick(wp.views, tried, target.hash_key);
+}
+
 asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generation& generation, std::size_t worker,
                                                                   const ConnectTarget& target) {
   // A pool with no server left sends its traffic to its fallback pool.
@@ -195,13 +205,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
   auto executor = co_await asio::this_coro::executor;
 
   for (int attempt = 0; attempt < 2; ++attempt) {
-    for (std::size_t i = 0; i < pool.servers.size(); ++i) wp.views[i].available = pool.members[i]->available();
-    balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
-    std::optional<std::size_t> picked;
-    if (target.preferred && &pool == target.pool && *target.preferred < pool.servers.size() &&
-        !tried.contains(*target.preferred) && wp.views[*target.preferred].available)
-      picked = target.preferred;
-    else picked = selector.pick(wp.views, tried, target.hash_key);
+    const std::optional<std::size_t> picked = pick_server(target, pool, wp, tried);
     if (!picked) break;
     tried.add(*picked);
     const ServerRuntime& server = *pool.servers[*picked];
