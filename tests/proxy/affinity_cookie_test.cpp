@@ -226,6 +226,22 @@ TEST_F(Affinity, InstancesSharingTicketKeysAgree) {
   EXPECT_EQ(c->affinity_server(*c->pool("owa"), value), std::nullopt);
 }
 
+TEST_F(Affinity, OneCookieHoldsInEveryPoolOfItsServer) {
+  // Every route with affinity = "cookie" sets the same cookie (one name,
+  // Path=/): a client going between /owa and /ecp, pools of the same
+  // servers, must stay on its server rather than be balanced anew, and be
+  // sent a new cookie, at every switch.
+  const PoolRuntime& owa = pool("owa");
+  const PoolRuntime& ecp = pool("ecp");  // mbx02, mbx01: other indexes
+  const Fields from_owa = with_cookie(generation_->affinity_cookie(owa, 0));
+  const auto in_ecp = affinity_cookie_server(*generation_, ecp, from_owa);
+  ASSERT_EQ(in_ecp, 1u) << "mbx01's cookie from /owa names mbx01 in ecp";
+  EXPECT_EQ(affinity_set_cookie(*generation_, ecp, &ecp, 1, in_ecp), "");
+  EXPECT_EQ(affinity_cookie_server(*generation_, owa, with_cookie(generation_->affinity_cookie(ecp, 1))), 0u);
+  // A server the pool does not have is balanced as without a cookie.
+  EXPECT_EQ(affinity_cookie_server(*generation_, ecp, with_cookie(generation_->affinity_cookie(owa, 2))), std::nullopt);
+}
+
 TEST_F(Affinity, SetCookieOnlyWhenTheServerChanges) {
   const PoolRuntime& owa = pool("owa");
   const std::string expected =
