@@ -3,11 +3,11 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/beast/core/string.hpp>
 
 #include <algorithm>
 
 #include "balancer/balancer.h"
+#include "proxy/l7/affinity_cookie.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
@@ -340,26 +340,6 @@ bool idempotent(std::string_view method) {
          method == "TRACE";
 }
 
-constexpr std::string_view kAffinityCookie = "GatehouseAffinity";
-
-// The value of cookie `name` in the request's Cookie field(s), or "".
-std::string_view cookie_value(const Fields& fields, std::string_view name) {
-  for (const auto& f : fields) {
-    if (!boost::beast::iequals(f.name, "cookie")) continue;
-    std::string_view rest = f.value;
-    while (!rest.empty()) {
-      const auto semi = rest.find(';');
-      std::string_view pair = rest.substr(0, semi);
-      while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
-      if (pair.size() > name.size() && pair.substr(0, name.size()) == name && pair[name.size()] == '=')
-        return pair.substr(name.size() + 1);
-      if (semi == std::string_view::npos) break;
-      rest.remove_prefix(semi + 1);
-    }
-  }
-  return {};
-}
-
 // The bytes a maglev pool hashes: its hash_key's header or cookie when the
 // request has it, else the client address.
 std::string_view hash_source(const conf::Pool& pool, const RequestHead& head, std::string_view client) {
@@ -557,7 +537,7 @@ class Forwarder {
     target.hash_key = balancer::hash_key(hash_source(*pool_.config, head_, context_.client_address));
     if (route_.affinity == conf::Affinity::cookie) {
       // A tampered or stale cookie is ignored: the request is balanced anew.
-      cookie_server_ = context_.generation.affinity_server(pool_, cookie_value(head_.fields, kAffinityCookie));
+      cookie_server_ = affinity_cookie_server(context_.generation, pool_, head_.fields);
       target.preferred = cookie_server_;
     }
     target.affinity = route_.affinity == conf::Affinity::source_ip;
@@ -607,10 +587,9 @@ class Forwarder {
       co_return false;
     }
     Exchange exchange(context_, head_, down_, backend, result_, idle_);
-    if (route_.affinity == conf::Affinity::cookie && backend.pool == &pool_ && cookie_server_ != backend.server_index)
-      exchange.set_cookie(std::string(kAffinityCookie) + "=" +
-                          context_.generation.affinity_cookie(pool_, backend.server_index) +
-                          "; Path=/; Secure; HttpOnly");
+    if (route_.affinity == conf::Affinity::cookie)
+      exchange.set_cookie(
+          affinity_set_cookie(context_.generation, pool_, backend.pool, backend.server_index, cookie_server_));
     const auto outcome =
         co_await exchange.run({.may_retry = may_retry, .can_bind = binding_ != nullptr, .binds = auth_binds()});
     if (outcome == Exchange::Outcome::retry) {

@@ -13,21 +13,32 @@ namespace gatehouse::proxy::l7 {
 
 namespace {
 
-// "mail.contoso.com:443" -> "mail.contoso.com"; "[::1]:8443" -> "::1".
-std::string_view strip_port(std::string_view host) {
-  if (!host.empty() && host.front() == '[') {
-    const auto close = host.find(']');
-    return close == std::string_view::npos ? host : host.substr(1, close - 1);
-  }
-  const auto colon = host.rfind(':');
-  if (colon == std::string_view::npos || host.find(':') != colon) return host;
-  const auto port = host.substr(colon + 1);
-  if (!std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }))
-    return host;
-  return host.substr(0, colon);
+bool digits(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
 }
 
-std::string_view path_of(std::string_view target) {
+// A Host field or authority (not empty) as the host it names: "Mail.Contoso.com.:443"
+// -> "mail.contoso.com", "[2001:DB8::1]:8443" -> "2001:db8::1". nullopt
+// when it names none (RFC 9112 3.2: 400): an IPv6 address without its
+// brackets, anything but an IPv6 address in them, or after them but a
+// port, an empty host before a port.
+std::optional<std::string> host_of(std::string_view field) {
+  if (field.front() == '[') {
+    const auto close = field.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    const std::string_view after = field.substr(close + 1);
+    if (!after.empty() && (after.front() != ':' || !digits(after.substr(1)))) return std::nullopt;
+    boost::system::error_code ec;
+    const auto address = boost::asio::ip::make_address_v6(field.substr(1, close - 1), ec);
+    if (ec || address.scope_id() != 0) return std::nullopt;
+    return address.to_string();
+  }
+  const auto colon = field.find(':');
+  if (colon != std::string_view::npos && !digits(field.substr(colon + 1))) return std::nullopt;
+  return sni::normalize_host(field.substr(0, colon));
+}
+
+std::string path_of(std::string_view target) {
   if (target == "*") return "/";
   return origin_form(target);
 }
@@ -53,11 +64,14 @@ std::optional<std::string_view> after_scheme(std::string_view target) {
 
 }  // namespace
 
-std::string_view origin_form(std::string_view target) {
+std::string origin_form(std::string_view target) {
   const auto rest = after_scheme(target);
-  if (!rest) return target;
+  if (!rest) return std::string(target);
   const auto slash = rest->find_first_of("/?");
-  return slash == std::string_view::npos ? std::string_view("/") : rest->substr(slash);
+  if (slash == std::string_view::npos) return "/";
+  // An empty path is "/" even before a query: "GET ?q" is no request line.
+  if ((*rest)[slash] == '?') return "/" + std::string(rest->substr(slash));
+  return std::string(rest->substr(slash));
 }
 
 std::string_view authority_of(std::string_view target) {
@@ -69,20 +83,14 @@ std::string_view authority_of(std::string_view target) {
 Routed route_request(const Generation& generation, const ListenerRuntime& listener, const HandshakeInfo& tls,
                      std::string_view host_field, std::string_view target) {
   Routed out;
-  const std::string_view name = strip_port(host_field);
-  if (!name.empty()) {
-    if (auto normalised = sni::normalize_host(name)) {
-      out.host = *normalised;
-    } else {
-      boost::system::error_code ec;
-      const auto address = boost::asio::ip::make_address(name, ec);
-      if (ec) {
-        out.status = 400;
-        out.detail = "invalid Host \"" + shorten(host_field) + "\"";
-        return out;
-      }
-      out.host = address.to_string();
+  if (!host_field.empty()) {
+    auto host = host_of(host_field);
+    if (!host) {
+      out.status = 400;
+      out.detail = "invalid Host \"" + shorten(host_field) + "\"";
+      return out;
     }
+    out.host = std::move(*host);
   } else if (auto sni_host = sni::normalize_host(tls.sni)) {
     out.host = *sni_host;  // HTTP/1.0 without Host
   }
@@ -99,7 +107,7 @@ Routed route_request(const Generation& generation, const ListenerRuntime& listen
     }
   }
 
-  const std::string_view path = path_of(target);
+  const std::string path = path_of(target);
   const auto choice = generation.route_http(listener, out.host, path);
   if (choice.route == nullptr) {
     out.status = 404;

@@ -29,9 +29,10 @@ Routed route_request(const Generation& generation, const ListenerRuntime& listen
                      std::string_view host, std::string_view target);
 
 // An absolute-form target ("https://mail.contoso.com/owa/") as origin-form
-// ("/owa/"), and its authority ("mail.contoso.com", "" for other forms):
-// RFC 9112 3.2.2 says the authority then overrides Host.
-std::string_view origin_form(std::string_view target);
+// ("/owa/"; "/?q" for "https://mail.contoso.com?q", RFC 9112 3.2.1), and
+// its authority ("mail.contoso.com", "" for other forms): RFC 9112 3.2.2
+// says the authority then overrides Host. Other targets are unchanged.
+std::string origin_form(std::string_view target);
 std::string_view authority_of(std::string_view target);
 
 }  // namespace gatehouse::proxy::l7

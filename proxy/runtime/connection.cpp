@@ -26,33 +26,6 @@ struct FreeBuffers {
 thread_local FreeBuffers free_list;
 constexpr std::size_t kMaxFreeBuffers = 64;
 
-// PP2_TYPE_SSL (PROXY protocol v2, section 2.2.5) as HAProxy's
-// send-proxy-v2-ssl-cn writes it: client flags, verify (0 only for a
-// verified certificate), then the TLS version and the client's CN.
-std::string proxy_ssl_tlv(const HandshakeInfo& tls, const char* version) {
-  constexpr uint8_t PP2_TYPE_SSL = 0x20, PP2_SUBTYPE_SSL_VERSION = 0x21, PP2_SUBTYPE_SSL_CN = 0x22;
-  constexpr uint8_t PP2_CLIENT_SSL = 0x01, PP2_CLIENT_CERT_CONN = 0x02, PP2_CLIENT_CERT_SESS = 0x04;
-  auto tlv = [](uint8_t type, std::string_view value) {
-    std::string out(1, static_cast<char>(type));
-    out += static_cast<char>((value.size() >> 8) & 0xff);
-    out += static_cast<char>(value.size() & 0xff);
-    out += value;
-    return out;
-  };
-  uint8_t client = PP2_CLIENT_SSL;
-  if (tls.client_verified()) {
-    client |= PP2_CLIENT_CERT_SESS;
-    if (tls.client_cert_this_connection) client |= PP2_CLIENT_CERT_CONN;
-  }
-  std::string value(1, static_cast<char>(client));
-  value += std::string("\0\0\0", 3) + static_cast<char>(tls.client_verified() ? 0 : 1);
-  if (version != nullptr) value += tlv(PP2_SUBTYPE_SSL_VERSION, version);
-  // A CN longer than a TLV can hold is left out rather than cut.
-  if (tls.client_verified() && !tls.client_cn.empty() && tls.client_cn.size() < 0x1000)
-    value += tlv(PP2_SUBTYPE_SSL_CN, tls.client_cn);
-  return tlv(PP2_TYPE_SSL, value);
-}
-
 // Keep-alive connections older than this are closed rather than reused: a
 // backend (IIS 120 s, nginx 75 s) may be closing them just then.
 constexpr auto kIdleReuseLimit = std::chrono::seconds(30);
@@ -199,6 +172,16 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
   co_return true;
 }
 
+std::optional<std::size_t> pick_server(const ConnectTarget& target, const PoolRuntime& pool, WorkerPool& wp,
+                                       const balancer::Tried& tried) {
+  for (std::size_t i = 0; i < pool.servers.size(); ++i) wp.views[i].available = pool.members[i]->available();
+  if (target.preferred && &pool == target.pool && *target.preferred < pool.servers.size() &&
+      !tried.contains(*target.preferred) && wp.views[*target.preferred].available)
+    return target.preferred;
+  balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
+  return selector.pick(wp.views, tried, target.hash_key);
+}
+
 asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generation& generation, std::size_t worker,
                                                                   const ConnectTarget& target) {
   // A pool with no server left sends its traffic to its fallback pool.
@@ -208,13 +191,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
   auto executor = co_await asio::this_coro::executor;
 
   for (int attempt = 0; attempt < 2; ++attempt) {
-    for (std::size_t i = 0; i < pool.servers.size(); ++i) wp.views[i].available = pool.members[i]->available();
-    balancer::Selector& selector = target.affinity && wp.affinity ? *wp.affinity : *wp.selector;
-    std::optional<std::size_t> picked;
-    if (target.preferred && &pool == target.pool && *target.preferred < pool.servers.size() &&
-        !tried.contains(*target.preferred) && wp.views[*target.preferred].available)
-      picked = target.preferred;
-    else picked = selector.pick(wp.views, tried, target.hash_key);
+    const std::optional<std::size_t> picked = pick_server(target, pool, wp, tried);
     if (!picked) break;
     tried.add(*picked);
     const ServerRuntime& server = *pool.servers[*picked];

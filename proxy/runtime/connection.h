@@ -113,6 +113,13 @@ struct ConnectTarget {
   std::optional<std::size_t> preferred;
 };
 
+// The server of `pool` (the target's pool or its fallback) to try next:
+// the preferred one (cookie affinity) while it is available and untried,
+// else whom the pool's selector picks. The worker's view of availability
+// is refreshed from the members first. nullopt when no server is left.
+std::optional<std::size_t> pick_server(const ConnectTarget& target, const PoolRuntime& pool, WorkerPool& wp,
+                                       const balancer::Tried& tried);
+
 // Picks a server of the pool, connects, sends the PROXY header if asked, and
 // completes TLS per the pool's `tls`. A server that fails (refused, timed
 // out, wrong certificate) is logged with its name and what it presented,

@@ -278,14 +278,12 @@ const PoolRuntime* Generation::effective_pool(const PoolRuntime* pool) const {
 
 namespace {
 
-std::string cookie_mac(const std::array<uint8_t, 32>& key, std::string_view pool, std::string_view server) {
-  std::string message(pool);
-  message += '\0';
-  message += server;
+// Of the server alone, not of the pool: every route with cookie affinity
+// sets the same cookie, which must hold in every pool of its server.
+std::string cookie_mac(const std::array<uint8_t, 32>& key, std::string_view server) {
   uint8_t mac[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  HMAC(EVP_sha256(), key.data(), key.size(), reinterpret_cast<const uint8_t*>(message.data()), message.size(), mac,
-       &len);
+  HMAC(EVP_sha256(), key.data(), key.size(), reinterpret_cast<const uint8_t*>(server.data()), server.size(), mac, &len);
   static constexpr char hex[] = "0123456789abcdef";
   std::string out;
   for (unsigned i = 0; i < 12; ++i) {  // 96 bits
@@ -299,7 +297,7 @@ std::string cookie_mac(const std::array<uint8_t, 32>& key, std::string_view pool
 
 std::string Generation::affinity_cookie(const PoolRuntime& pool, std::size_t server) const {
   const std::string& name = pool.servers[server]->config->name;
-  return name + "." + cookie_mac(ticket_keys_->cookie_key(), pool.config->name, name);
+  return name + "." + cookie_mac(ticket_keys_->cookie_key(), name);
 }
 
 std::optional<std::size_t> Generation::affinity_server(const PoolRuntime& pool, std::string_view value) const {
@@ -308,7 +306,7 @@ std::optional<std::size_t> Generation::affinity_server(const PoolRuntime& pool, 
   const std::string_view name = value.substr(0, dot);
   const std::size_t i = pool.index_of(name);
   if (i == pool.servers.size()) return std::nullopt;
-  const std::string expected = cookie_mac(ticket_keys_->cookie_key(), pool.config->name, name);
+  const std::string expected = cookie_mac(ticket_keys_->cookie_key(), name);
   if (expected.size() != value.size() - dot - 1 ||
       CRYPTO_memcmp(expected.data(), value.data() + dot + 1, expected.size()) != 0)
     return std::nullopt;

@@ -172,7 +172,8 @@ class Generation {
   const PoolRuntime* effective_pool(const PoolRuntime* pool) const;
 
   // "server.mac" for an affinity cookie naming `server` of `pool`, and the
-  // check of one (nullopt: tampered, stale or unknown).
+  // check of one (nullopt: tampered, stale or not a server of `pool`). The
+  // MAC is of the server's name: one cookie holds in every pool it is in.
   std::string affinity_cookie(const PoolRuntime& pool, std::size_t server) const;
   std::optional<std::size_t> affinity_server(const PoolRuntime& pool, std::string_view value) const;
 

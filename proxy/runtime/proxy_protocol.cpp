@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include "proxy/tls/listener_tls.h"
+
 namespace gatehouse::proxy {
 
 namespace asio = boost::asio;
@@ -55,6 +57,30 @@ std::string proxy_header_v2(const tcp::endpoint& client, const tcp::endpoint& lo
   put16(local.port());
   h += tlvs;
   return h;
+}
+
+std::string proxy_ssl_tlv(const HandshakeInfo& tls, const char* version) {
+  constexpr uint8_t PP2_TYPE_SSL = 0x20, PP2_SUBTYPE_SSL_VERSION = 0x21, PP2_SUBTYPE_SSL_CN = 0x22;
+  constexpr uint8_t PP2_CLIENT_SSL = 0x01, PP2_CLIENT_CERT_CONN = 0x02, PP2_CLIENT_CERT_SESS = 0x04;
+  auto tlv = [](uint8_t type, std::string_view value) {
+    std::string out(1, static_cast<char>(type));
+    out += static_cast<char>((value.size() >> 8) & 0xff);
+    out += static_cast<char>(value.size() & 0xff);
+    out += value;
+    return out;
+  };
+  uint8_t client = PP2_CLIENT_SSL;
+  if (tls.client_verified()) {
+    client |= PP2_CLIENT_CERT_SESS;
+    if (tls.client_cert_this_connection) client |= PP2_CLIENT_CERT_CONN;
+  }
+  std::string value(1, static_cast<char>(client));
+  value += std::string("\0\0\0", 3) + static_cast<char>(tls.client_verified() ? 0 : 1);
+  if (version != nullptr) value += tlv(PP2_SUBTYPE_SSL_VERSION, version);
+  // A CN longer than a TLV can hold is left out rather than cut.
+  if (tls.client_verified() && !tls.client_cn.empty() && tls.client_cn.size() < 0x1000)
+    value += tlv(PP2_SUBTYPE_SSL_CN, tls.client_cn);
+  return tlv(PP2_TYPE_SSL, value);
 }
 
 }  // namespace gatehouse::proxy

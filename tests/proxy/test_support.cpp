@@ -94,6 +94,20 @@ TestCertificate make_certificate(const TempDir& dir, const std::string& stem, co
   return result;
 }
 
+std::shared_ptr<proxy::Generation> build_generation(const TempDir& dir, std::string_view toml,
+                                                    const std::function<void(conf::Config&)>& edit,
+                                                    std::shared_ptr<proxy::TicketKeys> ticket_keys) {
+  auto loaded = conf::load_string(toml, dir / "gatehouse.toml");
+  if (!loaded.ok()) {
+    std::string message = "the test's config does not load:";
+    for (const auto& d : loaded.errors) message += "\n  " + d.to_string();
+    throw std::runtime_error(message);
+  }
+  if (edit) edit(*loaded.config);
+  if (!ticket_keys) ticket_keys = proxy::TicketKeys::random_rotating();
+  return proxy::Generation::build(std::move(*loaded.config), 1, std::move(ticket_keys), 1);
+}
+
 bssl::UniquePtr<SSL_CTX> server_context(const TestCertificate& certificate) {
   const auto loaded = sni::load_certificate("backend", certificate.cert, certificate.key);
   bssl::UniquePtr<SSL_CTX> ctx(SSL_CTX_new(TLS_method()));

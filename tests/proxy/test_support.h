@@ -33,6 +33,9 @@
 #include <utility>
 #include <vector>
 
+#include "conf/config.h"
+#include "proxy/runtime/generation.h"
+#include "proxy/tls/ticket_keys.h"
 #include "proxy/tls/tls_stream.h"
 
 namespace gatehouse::test {
@@ -78,6 +81,17 @@ struct TestCertificate {
 };
 TestCertificate make_certificate(const TempDir& dir, const std::string& stem, const std::string& common_name,
                                  std::vector<std::string> sans = {}, const std::string& key = "ec256");
+
+// A config generation from TOML text, as `run` builds one (certificates
+// loaded, TLS contexts and pools made), for tests of routing and balancing
+// decisions without a socket. The text is loaded as DIR/gatehouse.toml, so
+// relative paths are DIR's; `edit` may change the validated config before
+// the build (shapes the loader refuses); one worker; random ticket keys
+// unless `ticket_keys` is given. Throws std::runtime_error with every
+// diagnostic.
+std::shared_ptr<proxy::Generation> build_generation(const TempDir& dir, std::string_view toml,
+                                                    const std::function<void(conf::Config&)>& edit = {},
+                                                    std::shared_ptr<proxy::TicketKeys> ticket_keys = {});
 
 // A server SSL_CTX (TLS 1.2 + 1.3) serving `certificate`. Throws on failure.
 bssl::UniquePtr<SSL_CTX> server_context(const TestCertificate& certificate);
