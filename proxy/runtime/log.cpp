@@ -19,6 +19,7 @@ namespace gatehouse::proxy::log {
 namespace {
 
 std::atomic<int> access_fd{STDOUT_FILENO};
+std::atomic<bool> muted{false};
 
 void write_line(int fd, boost::json::object& fields) {
   std::string line = boost::json::serialize(fields);
@@ -49,7 +50,10 @@ std::string now_rfc3339() {
   return buf;
 }
 
+void mute_events() { muted = true; }
+
 void event(std::string_view level, std::string_view name, boost::json::object fields) {
+  if (muted.load(std::memory_order_relaxed)) return;
   boost::json::object line;
   line["time"] = now_rfc3339();
   line["level"] = level;

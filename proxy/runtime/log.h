@@ -20,6 +20,10 @@ inline void warning(std::string_view name, boost::json::object fields = {}) {
 }
 inline void error(std::string_view name, boost::json::object fields = {}) { event("error", name, std::move(fields)); }
 
+// No events from now on (the fuzz targets, which run the proxy's code
+// millions of times and read only the sanitizers' reports).
+void mute_events();
+
 // "-" = stdout, "" = none, else a file opened for append. Throws
 // std::runtime_error naming the file when it cannot be opened.
 void set_access_log(const std::string& destination);

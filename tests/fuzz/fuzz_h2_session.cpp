@@ -1,185 +1,155 @@
-// An HTTP/2 server session fed raw frames from a client. Http2Session
-// (proxy/l7/h2_session.cpp) lives on a TLS connection inside a worker with a
-// config generation, so this target builds the nghttp2 server session the way
-// Http2Session::start() does -- the same options (manual window updates,
-// max_outbound_ack 1000, max_settings 32), the same SETTINGS and connection
-// window -- with callbacks that keep the same per-stream state and answer
-// every complete request with a small body. The client preface is sent
-// first, as every real client does; the input is then read 4096 bytes at a
-// time like Http2Session::reader(), with the writer draining in between.
-// Keep in step with Http2Session::start().
+// Gatehouse's own HTTP/2 session (proxy/l7/h2_session.cpp, through
+// l7::serve_http2) fed raw frames from a client: the real nghttp2 callbacks,
+// the abuse budgets, the request builder, the one request path (routing,
+// 404, the forward to a pool whose server refuses connections, 502) and the
+// drain of every stream when the client goes away.
+//
+// The client connection is a socket pair in memory, the TLS layer plain
+// (TlsStream without SSL), the configuration generation built once with a
+// generated certificate. The client preface is sent first, as every real
+// client does; the input follows, then the client half-closes and reads
+// everything the session writes until it ends. Invariants: the session
+// always ends once the client has gone, its first frame is SETTINGS, and it
+// never writes more than a bounded amount per input byte.
 
-#include <nghttp2/nghttp2.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include <algorithm>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <chrono>
 #include <cstdint>
-#include <cstring>
-#include <map>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
+#include "conf/config.h"
+#include "proxy/l7/l7_session.h"
+#include "proxy/runtime/log.h"
+#include "proxy/tls/ticket_keys.h"
+#include "sni/tooling.h"
 #include "tests/fuzz/fuzz_check.h"
 
 using gatehouse::fuzz::expect;
+namespace asio = boost::asio;
+namespace proxy = gatehouse::proxy;
 
 namespace {
 
-constexpr std::uint32_t kMaxConcurrentStreams = 100;
-constexpr std::uint32_t kStreamWindow = 128 * 1024;
-constexpr std::int32_t kConnectionWindow = 1024 * 1024;
-constexpr std::size_t kMaxHeaderList = 64 * 1024;
-constexpr std::size_t kSliceBytes = 4096;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-struct Stream {
-  std::size_t header_bytes = 0;
-  std::string method, path, authority;
-  std::string body;
-  std::string response = "hello from gatehouse\n";
-  std::size_t sent = 0;
-  bool answered = false;
-};
-
-struct Session {
-  nghttp2_session* session = nullptr;
-  std::map<std::int32_t, Stream> streams;
-};
-
-ssize_t read_response(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length, std::uint32_t* flags,
-                      nghttp2_data_source* source, void*) {
-  auto* s = static_cast<Stream*>(source->ptr);
-  const std::size_t n = std::min(length, s->response.size() - s->sent);
-  std::memcpy(buf, s->response.data() + s->sent, n);
-  s->sent += n;
-  if (s->sent == s->response.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
-  return static_cast<ssize_t>(n);
-}
-
-void answer(Session& self, std::int32_t id, Stream& s) {
-  if (s.answered) return;
-  s.answered = true;
-  const std::string status = s.header_bytes > kMaxHeaderList ? "431" : "200";
-  nghttp2_nv nv[] = {
-      {reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
-       reinterpret_cast<std::uint8_t*>(const_cast<char*>(status.data())), 7, status.size(), NGHTTP2_NV_FLAG_NONE},
-  };
-  nghttp2_data_provider provider{};
-  provider.source.ptr = &s;
-  provider.read_callback = &read_response;
-  nghttp2_submit_response(self.session, id, nv, 1, &provider);
-}
-
-int on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* user) {
-  auto* self = static_cast<Session*>(user);
-  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST)
-    self->streams[frame->hd.stream_id];
-  return 0;
-}
-
-int on_header(nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
-              const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
-  auto* self = static_cast<Session*>(user);
-  auto it = self->streams.find(frame->hd.stream_id);
-  if (it == self->streams.end()) return 0;
-  Stream& s = it->second;
-  s.header_bytes += namelen + valuelen + 32;
-  if (s.header_bytes > kMaxHeaderList) return 0;
-  const std::string_view n(reinterpret_cast<const char*>(name), namelen);
-  const std::string_view v(reinterpret_cast<const char*>(value), valuelen);
-  if (n == ":method") s.method = v;
-  else if (n == ":path") s.path = v;
-  else if (n == ":authority") s.authority = v;
-  return 0;
-}
-
-int on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, void* user) {
-  auto* self = static_cast<Session*>(user);
-  if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
-      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
-    auto it = self->streams.find(frame->hd.stream_id);
-    if (it != self->streams.end()) answer(*self, it->first, it->second);
+// One generation for every input: a listener whose routes send
+// fuzz.test/owa to a pool whose only server refuses connections (502), and
+// everything else nowhere (404).
+std::shared_ptr<proxy::Generation> make_generation() {
+  const auto dir = std::filesystem::temp_directory_path() / ("gatehouse-fuzz-h2-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  gatehouse::sni::NewCertificateOptions options;
+  options.common_name = "fuzz.test";
+  options.sans = {"fuzz.test"};
+  const auto written = gatehouse::sni::write_certificate(options, dir / "fuzz");
+  const std::string text =
+      "[[certificate]]\nname = \"fuzz\"\ncert = \"" + written.at(0).string() + "\"\nkey = \"" + written.at(1).string() +
+      "\"\n\n"
+      "[[server]]\nname = \"closed\"\naddress = \"127.0.0.1:1\"\n\n"
+      "[[pool]]\nname = \"owa\"\nservers = [\"closed\"]\ntls = \"plain\"\n\n"
+      "[[listener]]\nname = \"h2\"\nbind = \"127.0.0.1:0\"\nalpn = [\"h2\", \"http/1.1\"]\n\n"
+      "[[route]]\nlistener = \"h2\"\nhosts = [\"fuzz.test\"]\npaths = [\"/owa\"]\npool = \"owa\"\n";
+  auto loaded = gatehouse::conf::load_string(text, dir / "gatehouse.toml");
+  if (!loaded.ok()) {
+    for (const auto& d : loaded.errors) std::fprintf(stderr, "%s\n", d.to_string().c_str());
+    std::abort();
   }
-  return 0;
+  auto generation = proxy::Generation::build(std::move(*loaded.config), 1, proxy::TicketKeys::random_rotating(), 1);
+  std::filesystem::remove_all(dir);
+  return generation;
 }
 
-int on_data_chunk(nghttp2_session* session, std::uint8_t, std::int32_t id, const std::uint8_t* data, std::size_t len,
-                  void* user) {
-  auto* self = static_cast<Session*>(user);
-  auto it = self->streams.find(id);
-  if (it != self->streams.end() && it->second.body.size() < 64 * 1024)
-    it->second.body.append(reinterpret_cast<const char*>(data), len);
-  // Gatehouse gives the window back once the backend took the bytes; here at once.
-  nghttp2_session_consume(session, id, len);
-  return 0;
-}
-
-int on_stream_close(nghttp2_session*, std::int32_t id, std::uint32_t, void* user) {
-  static_cast<Session*>(user)->streams.erase(id);
-  return 0;
-}
-
-int on_invalid_header(nghttp2_session*, const nghttp2_frame*, const std::uint8_t*, std::size_t, const std::uint8_t*,
-                      std::size_t, std::uint8_t, void*) {
-  return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the stream is refused, as in Http2Session
-}
-
-bool start(Session& self) {
-  nghttp2_session_callbacks* callbacks = nullptr;
-  nghttp2_session_callbacks_new(&callbacks);
-  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, &on_begin_headers);
-  nghttp2_session_callbacks_set_on_header_callback(callbacks, &on_header);
-  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, &on_frame_recv);
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, &on_data_chunk);
-  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, &on_stream_close);
-  nghttp2_session_callbacks_set_on_invalid_header_callback(callbacks, &on_invalid_header);
-  nghttp2_option* option = nullptr;
-  nghttp2_option_new(&option);
-  nghttp2_option_set_no_auto_window_update(option, 1);
-  nghttp2_option_set_max_outbound_ack(option, 1000);
-  nghttp2_option_set_max_settings(option, 32);
-  const int rv = nghttp2_session_server_new2(&self.session, callbacks, &self, option);
-  nghttp2_option_del(option);
-  nghttp2_session_callbacks_del(callbacks);
-  if (rv != 0) return false;
-  const nghttp2_settings_entry settings[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxConcurrentStreams},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
-      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<std::uint32_t>(kMaxHeaderList)},
-  };
-  nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, settings, std::size(settings));
-  nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
-  return true;
-}
-
-// What the writer sends; false once the session has nothing more to do.
-bool drain(Session& self) {
-  for (int frames = 0; frames < 4096; ++frames) {
-    const std::uint8_t* out = nullptr;
-    const ssize_t n = nghttp2_session_mem_send(self.session, &out);
-    if (n < 0) return false;
-    if (n == 0) break;
+// The client: the preface and the input, then every byte the session
+// writes until it closes.
+asio::awaitable<void> client(asio::local::stream_protocol::socket& socket, std::string input, std::string& received,
+                             bool& written) {
+  co_await asio::async_write(socket, asio::buffer(input), use_tuple);
+  written = true;
+  char buffer[16 * 1024];
+  for (;;) {
+    auto [ec, n] = co_await socket.async_read_some(asio::buffer(buffer), use_tuple);
+    if (ec) break;
+    received.append(buffer, n);
   }
-  return nghttp2_session_want_read(self.session) != 0 || nghttp2_session_want_write(self.session) != 0;
+}
+
+// The session, then the end of its stream.
+asio::awaitable<void> serve(proxy::l7::ClientConnection& connection, bool& ended) {
+  co_await proxy::l7::serve_http2(connection);
+  ended = true;
+  connection.stream.abort();
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  Session self;
-  expect(start(self), "the session starts");
-  static constexpr std::string_view preface = NGHTTP2_CLIENT_MAGIC;
-  expect(nghttp2_session_mem_recv(self.session, reinterpret_cast<const std::uint8_t*>(preface.data()),
-                                  preface.size()) == static_cast<ssize_t>(preface.size()),
-         "the client preface is read");
-  for (std::size_t at = 0; at < size;) {
-    const std::size_t piece = std::min(kSliceBytes, size - at);
-    const ssize_t rv = nghttp2_session_mem_recv(self.session, data + at, piece);
-    if (rv < 0) break;
-    expect(static_cast<std::size_t>(rv) == piece, "nghttp2 reads a whole slice");
-    at += piece;
-    if (!drain(self)) break;
+  static const auto generation = [] {
+    proxy::log::mute_events();
+    proxy::log::set_access_log("");
+    return make_generation();
+  }();
+  const proxy::ListenerRuntime& listener = *generation->listener("h2");
+
+  asio::io_context io(1);
+  int fds[2];
+  expect(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0, "a socket pair");
+  proxy::tcp::socket server_end(io);
+  server_end.assign(proxy::tcp::v4(), fds[0]);
+  asio::local::stream_protocol::socket client_end(io, asio::local::stream_protocol(), fds[1]);
+
+  proxy::Worker worker(0);
+  proxy::HandshakeInfo info;
+  std::string received;
+  bool ended = false;
+  bool written = false;
+  {
+    proxy::TlsStream stream(std::move(server_end), nullptr);
+    asio::steady_timer watchdog(io);
+    proxy::TrackedConnection tracked(worker, generation.get(), &watchdog);
+    proxy::l7::ClientConnection connection{.worker = worker,
+                                           .generation = *generation,
+                                           .listener = listener,
+                                           .stream = stream,
+                                           .info = info,
+                                           .client_text = "fuzz",
+                                           .client_address = "192.0.2.1",
+                                           .handle = tracked.handle(),
+                                           .watchdog = watchdog};
+    std::string input(kPreface);
+    input.append(reinterpret_cast<const char*>(data), size);
+    asio::co_spawn(io, client(client_end, std::move(input), received, written), asio::detached);
+    asio::co_spawn(io, serve(connection, ended), asio::detached);
+    // Idle and handshake timeouts are seconds long; a session that has not
+    // ended a while after its client went away never will.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(8);
+    while (!written && !ended && std::chrono::steady_clock::now() < deadline) io.run_one_until(deadline);
+    // Until the session has answered what it can (a forward's refused
+    // connect completes at once on loopback), then the client half-closes.
+    for (int quiet = 0; quiet < 3 && std::chrono::steady_clock::now() < deadline;)
+      quiet = io.poll() == 0 ? quiet + 1 : 0;
+    boost::system::error_code ignored;
+    client_end.shutdown(asio::socket_base::shutdown_send, ignored);
+    while (!ended && std::chrono::steady_clock::now() < deadline) io.run_one_until(deadline);
+    expect(ended, "the session ends once the client has gone");
   }
-  drain(self);
-  nghttp2_session_del(self.session);
+  io.run_for(std::chrono::seconds(1));  // the client sees the close
+  // A server's first frame is its SETTINGS (RFC 9113 3.4).
+  if (received.size() >= 9) expect(received[3] == 0x04, "the first frame is SETTINGS");
+  expect(received.size() <= 64 * 1024 + 64 * (size + kPreface.size()), "output is bounded by the input");
   return 0;
 }
