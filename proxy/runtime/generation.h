@@ -128,6 +128,9 @@ struct OcspAuto {
 
 class Generation {
  public:
+  // Loaded [[certificate]]s by name.
+  using Certificates = std::map<std::string, std::shared_ptr<const sni::LoadedCertificate>, std::less<>>;
+
   // Throws std::runtime_error with every message naming the file, key or peer.
   static std::shared_ptr<Generation> build(conf::Config config, std::size_t workers,
                                            std::shared_ptr<TicketKeys> ticket_keys, std::uint64_t number);
@@ -182,6 +185,14 @@ class Generation {
 
  private:
   Generation() = default;
+  // The steps of build(), in order; each throws std::runtime_error naming
+  // the file and key.
+  void load_staples(const Certificates& certificates);
+  std::map<std::string, ServerRuntime*, std::less<>> build_servers();
+  void build_pools(const std::map<std::string, ServerRuntime*, std::less<>>& servers);
+  void build_listeners(const Certificates& certificates);
+  void collect_front_thumbprints();
+  void build_worker_state(std::size_t workers);
 
   std::uint64_t number_ = 0;
   conf::Config config_;
