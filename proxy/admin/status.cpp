@@ -195,10 +195,10 @@ json::value status_json(const Server& server) {
   for (const auto& p : g.pools()) pools.push_back(pool_json(g, p));
   out["pools"] = std::move(pools);
 
-  const Metrics& m = metrics();
-  out["handshakes"] = json::object{{"full", m.handshakes_full.load()}, {"resumed", m.handshakes_resumed.load()}};
+  const MetricTotals totals = server.metric_totals();
+  out["handshakes"] = json::object{{"full", totals.handshakes_full}, {"resumed", totals.handshakes_resumed}};
   json::array problems;
-  for (auto& line : m.recent_problems()) problems.push_back(json::string(line));
+  for (auto& line : metrics().recent_problems()) problems.push_back(json::string(line));
   out["recent_problems"] = std::move(problems);
   return out;
 }
@@ -330,26 +330,26 @@ class Exposition {
   std::ostringstream o_;
 };
 
-void connection_families(Exposition& e, const Server& server, const Metrics& m) {
+void connection_families(Exposition& e, const Server& server, const MetricTotals& m) {
   std::ostream& o = e.out();
   e.family("gatehouse_connections_total", "counter", "Client connections accepted.");
-  o << "gatehouse_connections_total " << m.connections_total.load() << "\n";
+  o << "gatehouse_connections_total " << m.connections_total << "\n";
   e.family("gatehouse_connections_active", "gauge", "Client connections open now.");
   o << "gatehouse_connections_active " << server.active_connections() << "\n";
   e.family("gatehouse_connections_refused_total", "counter",
            "Client connections closed at accept, by listener and reason (max_connections: the [server] limit; "
            "listener_max_connections: the listener's).");
-  for (const auto& [key, n] : m.refusals())
+  for (const auto& [key, n] : m.refusals)
     o << "gatehouse_connections_refused_total{listener=\"" << label(key.first) << "\",reason=\"" << label(key.second)
       << "\"} " << n << "\n";
 }
 
-void handshake_families(Exposition& e, const Metrics& m) {
+void handshake_families(Exposition& e, const MetricTotals& m) {
   std::ostream& o = e.out();
-  const auto failures = m.failures();
+  const auto failures = metrics().failures();
   e.family("gatehouse_handshakes_total", "counter", "Client TLS handshakes by result.");
-  o << "gatehouse_handshakes_total{result=\"full\"} " << m.handshakes_full.load() << "\n";
-  o << "gatehouse_handshakes_total{result=\"resumed\"} " << m.handshakes_resumed.load() << "\n";
+  o << "gatehouse_handshakes_total{result=\"full\"} " << m.handshakes_full << "\n";
+  o << "gatehouse_handshakes_total{result=\"resumed\"} " << m.handshakes_resumed << "\n";
   std::uint64_t failed = 0;
   for (const auto& [reason, n] : failures) failed += n;
   o << "gatehouse_handshakes_total{result=\"failed\"} " << failed << "\n";
@@ -358,22 +358,22 @@ void handshake_families(Exposition& e, const Metrics& m) {
     o << "gatehouse_handshake_failures_total{reason=\"" << label(reason) << "\"} " << n << "\n";
   e.family("gatehouse_sni_total", "counter", "Certificate choices by how the SNI matched.");
   const char* kinds[] = {"exact", "wildcard", "default", "rejected"};
-  for (int i = 0; i < 4; ++i) o << "gatehouse_sni_total{match=\"" << kinds[i] << "\"} " << m.sni_hits[i].load() << "\n";
+  for (int i = 0; i < 4; ++i) o << "gatehouse_sni_total{match=\"" << kinds[i] << "\"} " << m.sni_hits[i] << "\n";
 }
 
-void request_families(Exposition& e, const Metrics& m) {
+void request_families(Exposition& e, const MetricTotals& m) {
   std::ostream& o = e.out();
   e.family("gatehouse_requests_total", "counter", "HTTP requests by listener, pool and status (0: client went away).");
-  for (const auto& [key, n] : m.requests())
+  for (const auto& [key, n] : m.requests)
     o << "gatehouse_requests_total{listener=\"" << label(std::get<0>(key)) << "\",pool=\"" << label(std::get<1>(key))
       << "\",code=\"" << std::get<2>(key) << "\"} " << n << "\n";
   e.family("gatehouse_request_duration_seconds", "histogram", "HTTP request duration by listener and pool.");
-  for (const auto& [key, l] : m.latencies()) {
+  for (const auto& [key, l] : m.latencies) {
     const std::string labels = "listener=\"" + label(key.first) + "\",pool=\"" + label(key.second) + "\"";
     std::uint64_t cumulative = 0;
-    for (std::size_t i = 0; i < Metrics::kBuckets.size(); ++i) {
+    for (std::size_t i = 0; i < kLatencyBuckets.size(); ++i) {
       cumulative += l.buckets[i];
-      o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"" << Metrics::kBuckets[i] << "\"} "
+      o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"" << kLatencyBuckets[i] << "\"} "
         << cumulative << "\n";
     }
     o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"+Inf\"} " << l.count << "\n";
@@ -409,13 +409,12 @@ void server_families(Exposition& e, const Generation& g) {
              [](const PoolMember& m) { return m.failures.load(); });
 }
 
-void bound_family(Exposition& e, const Generation& g, const Metrics& m) {
+void bound_family(Exposition& e, const Generation& g, const MetricTotals& m) {
   e.family("gatehouse_bound_backend_connections", "gauge",
            "Backend connections private to one client connection (Windows authentication), by pool.");
-  std::map<std::string, std::int64_t> bound;
-  for (const auto& p : g.pools()) bound[p.config->name] = 0;
-  for (const auto& [pool, n] : m.bound()) bound[pool] = n;  // pools of older generations too, while they hold any
-  for (const auto& [pool, n] : bound)
+  // Every pool of this generation, and pools of older generations too while
+  // they hold any.
+  for (const auto& [pool, n] : m.bound)
     if (n != 0 || g.pool(pool) != nullptr)
       e.out() << "gatehouse_bound_backend_connections{pool=\"" << label(pool) << "\"} " << n << "\n";
 }
@@ -447,15 +446,15 @@ void certificate_families(Exposition& e, const Generation& g) {
 
 std::string prometheus_text(const Server& server) {
   const Generation& g = *server.current();
-  const Metrics& m = metrics();
+  const MetricTotals totals = server.metric_totals();
   Exposition e;
   e.family("gatehouse_config_generation", "gauge", "Number of the config generation being served.");
   e.out() << "gatehouse_config_generation " << g.number() << "\n";
-  connection_families(e, server, m);
-  handshake_families(e, m);
-  request_families(e, m);
+  connection_families(e, server, totals);
+  handshake_families(e, totals);
+  request_families(e, totals);
   server_families(e, g);
-  bound_family(e, g, m);
+  bound_family(e, g, totals);
   certificate_families(e, g);
   return e.text();
 }

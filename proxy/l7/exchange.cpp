@@ -359,11 +359,12 @@ void send_error(Downstream& down, int status, std::string_view detail, bool head
   down.end({});
 }
 
-void BackendBinding::bind(BackendConnection connection, const PoolRuntime* routed_pool) {
+void BackendBinding::bind(BackendConnection connection, const PoolRuntime* routed_pool, WorkerMetrics& metrics) {
   release();
   connection_.emplace(std::move(connection));
   routed_pool_ = routed_pool;
-  metrics().bound_connections(connection_->pool->config->name, 1);
+  metrics_ = &metrics;
+  metrics_->bound_connections(connection_->pool->metric_id, 1);
 }
 
 void BackendBinding::lose() {
@@ -373,7 +374,7 @@ void BackendBinding::lose() {
 
 void BackendBinding::release() {
   if (!connection_) return;
-  metrics().bound_connections(connection_->pool->config->name, -1);
+  metrics_->bound_connections(connection_->pool->metric_id, -1);
   if (connection_->stream) connection_->stream->abort();
   release_backend(generation_, worker_, *connection_, connection_->pool);
   connection_.reset();
@@ -578,7 +579,7 @@ asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHe
     if (outcome == Exchange::Outcome::done && exchange.reusable()) {
       if (exchange.binds()) {
         // From now on this connection is the client's alone.
-        binding->bind(std::move(*backend), &pool);
+        binding->bind(std::move(*backend), &pool, context.worker.metrics());
         backend.reset();
         result.bound = true;
       } else {

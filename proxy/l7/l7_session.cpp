@@ -11,8 +11,8 @@ namespace l7 {
 void finish_request(const ClientConnection& connection, std::string_view protocol, const RequestHead& head,
                     const ExchangeResult& result, const Routed& routed, std::chrono::steady_clock::time_point started) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  metrics().request(connection.listener.config->name, routed.pool ? routed.pool->config->name : std::string(),
-                    result.status, seconds);
+  connection.worker.metrics().request(connection.generation.request_series(connection.listener, routed.pool),
+                                      result.status, seconds);
   if (!log::access_enabled()) return;
   boost::json::object fields{{"client", connection.client_text},
                              {"listener", connection.listener.config->name},
@@ -65,7 +65,7 @@ asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> gener
   l7::ClientConnection connection{worker, *generation, listener,          front,
                                   info,   client,      to_string(client), client.address().to_string(),
                                   false,  handle,      watchdog};
-  if (!co_await accept_handshake(front, info, config, connection.client_text)) co_return;
+  if (!co_await accept_handshake(worker.metrics(), front, info, config, connection.client_text)) co_return;
   connection.resumed = SSL_session_reused(front.ssl()) == 1;
 
   const uint8_t* alpn = nullptr;

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "proxy/runtime/log.h"
+#include "proxy/runtime/metrics.h"
 #include "proxy/tls/ticket_keys.h"
 #include "sni/certificate.h"
 #include "sni/extended_protection.h"
@@ -115,6 +116,7 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
   gen->build_listeners(certificates);
   gen->collect_front_thumbprints();
   gen->build_worker_state(workers);
+  gen->assign_metric_ids(metrics().ids());
   return gen;
 }
 
@@ -236,6 +238,19 @@ void Generation::build_worker_state(std::size_t workers) {
       wp.sessions.resize(pool.servers.size());
       wp.idle.resize(pool.servers.size());
     }
+  }
+}
+
+void Generation::assign_metric_ids(MetricIds& ids) {
+  // By name, so that what a previous generation counted carries on. Every
+  // (listener, pool) pair gets a series, as any route may end in any pool
+  // through fallbacks; a worker makes room for a series only once it counts.
+  for (auto& p : pools_) p.metric_id = ids.pool(p.config->name);
+  for (auto& l : listeners_) {
+    l.metric_id = ids.listener(l.config->name);
+    l.request_series.reserve(1 + pools_.size());
+    l.request_series.push_back(ids.series(l.config->name, ""));
+    for (const auto& p : pools_) l.request_series.push_back(ids.series(l.config->name, p.config->name));
   }
 }
 

@@ -20,6 +20,7 @@
 
 #include "conf/config.h"
 #include "proxy/runtime/generation.h"
+#include "proxy/runtime/metrics.h"
 
 namespace gatehouse::proxy {
 
@@ -55,13 +56,17 @@ class Worker {
     --active_;
   }
   std::size_t active() const { return active_.load(std::memory_order_relaxed); }
+  // What this worker counts; written only on its thread.
+  WorkerMetrics& metrics() { return metrics_; }
+  const WorkerMetrics& metrics() const { return metrics_; }
 
  private:
   friend class Server;
   // Declaration order is destruction order reversed: acceptors go first,
-  // then the io_context (whose pending coroutines still untrack themselves),
-  // then the rest.
+  // then the io_context (whose pending coroutines still untrack themselves
+  // and count into metrics_), then the rest.
   std::size_t index_;
+  WorkerMetrics metrics_;
   std::atomic<std::size_t> active_{0};
   std::unordered_set<ConnectionHandle*> connections_;
   std::shared_ptr<Generation> generation_;  // touched only on this worker's thread
@@ -109,6 +114,7 @@ class Server {
   const std::shared_ptr<Generation>& current() const { return current_; }
   std::size_t active_connections() const;
   std::size_t worker_count() const { return workers_.size(); }
+  MetricTotals metric_totals() const;  // every worker's counters, summed
   boost::asio::ip::tcp::endpoint admin_endpoint() const;
 
  private:
