@@ -18,6 +18,7 @@
 
 #include "conf/config.h"
 #include "proxy/runtime/generation.h"
+#include "proxy/runtime/metrics.h"
 
 namespace gatehouse::proxy {
 
@@ -30,6 +31,8 @@ class AdminControl {
   virtual bool reload(std::string* errors) = 0;
   virtual std::size_t active_connections() const = 0;
   virtual std::size_t worker_count() const = 0;
+  // Every worker's counters, summed.
+  virtual MetricTotals metric_totals() const = 0;
   // Bound address of a listener (port 0 resolved).
   virtual boost::asio::ip::tcp::endpoint bound(const std::string& listener) const = 0;
 

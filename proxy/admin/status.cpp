@@ -82,16 +82,12 @@ std::string str(const json::value& v) {
 
 }  // namespace
 
-json::value status_json(const AdminControl& server) {
-  const Generation& g = *server.current();
-  json::object out;
-  out["generation"] = g.number();
-  out["config"] = g.config().file.string();
-  out["workers"] = server.worker_count();
-  out["active_connections"] = server.active_connections();
+namespace {
 
+// The listeners, and (into `certificates`) every certificate one serves.
+json::array listeners_json(const AdminControl& server, const Generation& g,
+                           std::map<std::string, const sni::LoadedCertificate*>& certificates) {
   json::array listeners;
-  std::map<std::string, const sni::LoadedCertificate*> certificates;
   for (const auto& l : g.listeners()) {
     json::object o{{"name", l.config->name},
                    {"mode", std::string(conf::to_string(l.config->mode))},
@@ -105,8 +101,11 @@ json::value status_json(const AdminControl& server) {
     o["certificates"] = std::move(certs);
     listeners.push_back(std::move(o));
   }
-  out["listeners"] = std::move(listeners);
+  return listeners;
+}
 
+json::array certificates_json(const Generation& g,
+                              const std::map<std::string, const sni::LoadedCertificate*>& certificates) {
   json::array certs;
   for (const auto& [name, c] : certificates) {
     json::array names;
@@ -119,130 +118,149 @@ json::value status_json(const AdminControl& server) {
                                  {"days_left", static_cast<std::int64_t>(days_left(c->info.not_after))},
                                  {"ocsp", ocsp_state(g, name)}});
   }
-  out["certificates"] = std::move(certs);
+  return certs;
+}
 
-  json::array pools;
-  for (const auto& p : g.pools()) {
-    json::array servers;
-    for (std::size_t i = 0; i < p.servers.size(); ++i) {
-      const ServerRuntime& s = *p.servers[i];
-      PoolMember& m = *p.members[i];
-      std::string last_check, last_error, presented;
-      {
-        std::lock_guard lock(m.mutex);
-        last_check = m.last_check;
-        last_error = m.last_error;
-        presented = m.presented_thumbprint;
-      }
-      const bool healthy = m.healthy.load();
-      const bool drained = m.drained.load();
-      servers.push_back(json::object{{"name", s.config->name},
-                                     {"site", s.config->site},
-                                     {"address", s.config->address.to_string()},
-                                     {"weight", s.config->weight},
-                                     {"healthy", healthy},
-                                     {"drained", drained},
-                                     {"state", drained   ? "drained"
-                                               : healthy ? "up"
-                                                         : "down"},
-                                     {"active", m.active.load()},
-                                     {"connections", m.connections.load()},
-                                     {"failures", m.failures.load()},
-                                     {"last_check", last_check},
-                                     {"last_error", last_error}});
-      json::object& so = servers.back().as_object();
-      if (!presented.empty()) so["presented_thumbprint"] = presented;
-      if (!p.front_thumbprints.empty()) {
-        // Whether Windows logins with Extended Protection can pass: the
-        // server must present what clients see on the front end.
-        const bool same = !presented.empty() && p.front_thumbprints.size() == 1 && p.front_thumbprints[0] == presented;
-        so["extended_protection"] = presented.empty() ? "unknown" : same ? "same certificate" : "different certificate";
-      }
-    }
-    const conf::Health& health = p.config->health;
-    json::object h{{"kind", health.kind == conf::HealthKind::none  ? "none"
-                            : health.kind == conf::HealthKind::tcp ? "tcp"
-                            : health.kind == conf::HealthKind::tls ? "tls"
-                                                                   : "http"}};
-    if (health.kind == conf::HealthKind::http) h["path"] = health.path;
-    pools.push_back(json::object{{"name", p.config->name},
-                                 {"balance", std::string(conf::to_string(p.config->balance))},
-                                 {"local_site", p.config->local_site},
-                                 {"fallback", p.config->fallback},
-                                 {"tls", std::string(conf::to_string(p.config->tls))},
-                                 {"health", std::move(h)},
-                                 {"available", p.any_available()},
-                                 {"serving", g.effective_pool(&p)->config->name},
-                                 {"servers", std::move(servers)}});
+// Server `i` of pool `p`, with its health and load.
+json::object member_json(const PoolRuntime& p, std::size_t i) {
+  const ServerRuntime& s = *p.servers[i];
+  PoolMember& m = *p.members[i];
+  std::string last_check, last_error, presented;
+  {
+    std::lock_guard lock(m.mutex);
+    last_check = m.last_check;
+    last_error = m.last_error;
+    presented = m.presented_thumbprint;
   }
+  const bool healthy = m.healthy.load();
+  const bool drained = m.drained.load();
+  json::object so{{"name", s.config->name},
+                  {"site", s.config->site},
+                  {"address", s.config->address.to_string()},
+                  {"weight", s.config->weight},
+                  {"healthy", healthy},
+                  {"drained", drained},
+                  {"state", drained   ? "drained"
+                            : healthy ? "up"
+                                      : "down"},
+                  {"active", m.active.load()},
+                  {"connections", m.connections.load()},
+                  {"failures", m.failures.load()},
+                  {"last_check", last_check},
+                  {"last_error", last_error}};
+  if (!presented.empty()) so["presented_thumbprint"] = presented;
+  if (!p.front_thumbprints.empty()) {
+    // Whether Windows logins with Extended Protection can pass: the
+    // server must present what clients see on the front end.
+    const bool same = !presented.empty() && p.front_thumbprints.size() == 1 && p.front_thumbprints[0] == presented;
+    so["extended_protection"] = presented.empty() ? "unknown" : same ? "same certificate" : "different certificate";
+  }
+  return so;
+}
+
+json::object pool_json(const Generation& g, const PoolRuntime& p) {
+  json::array servers;
+  for (std::size_t i = 0; i < p.servers.size(); ++i) servers.push_back(member_json(p, i));
+  const conf::Health& health = p.config->health;
+  json::object h{{"kind", health.kind == conf::HealthKind::none  ? "none"
+                          : health.kind == conf::HealthKind::tcp ? "tcp"
+                          : health.kind == conf::HealthKind::tls ? "tls"
+                                                                 : "http"}};
+  if (health.kind == conf::HealthKind::http) h["path"] = health.path;
+  return json::object{{"name", p.config->name},
+                      {"balance", std::string(conf::to_string(p.config->balance))},
+                      {"local_site", p.config->local_site},
+                      {"fallback", p.config->fallback},
+                      {"tls", std::string(conf::to_string(p.config->tls))},
+                      {"health", std::move(h)},
+                      {"available", p.any_available()},
+                      {"serving", g.effective_pool(&p)->config->name},
+                      {"servers", std::move(servers)}};
+}
+
+}  // namespace
+
+json::value status_json(const AdminControl& server) {
+  const Generation& g = *server.current();
+  json::object out;
+  out["generation"] = g.number();
+  out["config"] = g.config().file.string();
+  out["workers"] = server.worker_count();
+  out["active_connections"] = server.active_connections();
+
+  std::map<std::string, const sni::LoadedCertificate*> certificates;
+  out["listeners"] = listeners_json(server, g, certificates);
+  out["certificates"] = certificates_json(g, certificates);
+  json::array pools;
+  for (const auto& p : g.pools()) pools.push_back(pool_json(g, p));
   out["pools"] = std::move(pools);
 
-  const Metrics& m = metrics();
-  out["handshakes"] = json::object{{"full", m.handshakes_full.load()}, {"resumed", m.handshakes_resumed.load()}};
+  const MetricTotals totals = server.metric_totals();
+  out["handshakes"] = json::object{{"full", totals.handshakes_full}, {"resumed", totals.handshakes_resumed}};
   json::array problems;
-  for (auto& line : m.recent_problems()) problems.push_back(json::string(line));
+  for (auto& line : metrics().recent_problems()) problems.push_back(json::string(line));
   out["recent_problems"] = std::move(problems);
   return out;
 }
 
-std::string status_html(const json::value& status) {
-  const json::object& s = status.as_object();
-  std::ostringstream h;
-  h << "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">"
-       "<title>Gatehouse status</title><style>"
-       "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
-       "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.4em}h3{font-size:1em;margin:.8em 0 .3em}"
-       "table{border-collapse:collapse;margin-bottom:.8em}td,th{border:1px solid #ccc;padding:.25em "
-       ".6em;text-align:left}"
-       "th{background:#f0f0f0}.up{background:#d9f2d9}.down{background:#f8d0d0;font-weight:bold}.drained{background:#"
-       "f4e6b8}"
-       ".muted{color:#777}.pool{border:1px solid #bbb;padding:.4em .8em;margin:.6em 0;border-radius:4px}"
-       "</style></head><body>";
-  h << "<h1>Gatehouse</h1><p>Generation " << str(s.at("generation")) << " &middot; config "
-    << html_escape(str(s.at("config"))) << " &middot; " << str(s.at("workers")) << " workers &middot; "
-    << str(s.at("active_connections")) << " open connections</p>";
+namespace {
 
-  h << "<h2>Pools</h2>";
-  for (const auto& pv : s.at("pools").as_array()) {
-    const auto& p = pv.as_object();
-    const bool available = p.at("available").as_bool();
-    h << "<div class=\"pool\" id=\"pool-" << html_escape(str(p.at("name"))) << "\"><h3>Pool "
-      << html_escape(str(p.at("name"))) << " <span class=\"muted\">(" << html_escape(str(p.at("balance")));
-    if (!str(p.at("local_site")).empty()) h << ", local site " << html_escape(str(p.at("local_site")));
-    const auto& health = p.at("health").as_object();
-    h << ", health " << html_escape(str(health.at("kind")));
-    if (health.contains("path")) h << " " << html_escape(str(health.at("path")));
-    h << ")</span>";
-    if (!available) h << " <span class=\"down\">NO SERVER AVAILABLE</span>";
-    if (str(p.at("serving")) != str(p.at("name")))
-      h << " &rarr; traffic goes to fallback <b>" << html_escape(str(p.at("serving"))) << "</b>";
-    h << "</h3>";
-    std::map<std::string, std::vector<const json::object*>> by_site;
-    for (const auto& sv : p.at("servers").as_array())
-      by_site[str(sv.as_object().at("site"))].push_back(&sv.as_object());
-    h << "<table><tr><th>site</th><th>server</th><th>address</th><th>state</th><th>active</th><th>connections</th>"
-         "<th>failures</th><th>last check</th><th>last error</th><th>Extended Protection</th></tr>";
-    for (const auto& [site, servers] : by_site) {
-      for (const json::object* sv : servers) {
-        const std::string state = str(sv->at("state"));
-        h << "<tr class=\"" << state << "\"><td>" << html_escape(site.empty() ? "-" : site) << "</td><td>"
-          << html_escape(str(sv->at("name"))) << "</td><td>" << html_escape(str(sv->at("address"))) << "</td><td>"
-          << (state == "up"     ? "UP"
-              : state == "down" ? "DOWN"
-                                : "DRAINED")
-          << "</td><td>" << str(sv->at("active")) << "</td><td>" << str(sv->at("connections")) << "</td><td>"
-          << str(sv->at("failures")) << "</td><td>" << html_escape(str(sv->at("last_check"))) << "</td><td>"
-          << html_escape(str(sv->at("last_error"))) << "</td><td>"
-          << html_escape(sv->contains("extended_protection") ? str(sv->at("extended_protection")) : "-")
-          << "</td></tr>";
-      }
-    }
-    h << "</table></div>";
-  }
+constexpr const char* kHtmlHead =
+    "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">"
+    "<title>Gatehouse status</title><style>"
+    "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
+    "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.4em}h3{font-size:1em;margin:.8em 0 .3em}"
+    "table{border-collapse:collapse;margin-bottom:.8em}td,th{border:1px solid #ccc;padding:.25em "
+    ".6em;text-align:left}"
+    "th{background:#f0f0f0}.up{background:#d9f2d9}.down{background:#f8d0d0;font-weight:bold}.drained{background:#"
+    "f4e6b8}"
+    ".muted{color:#777}.pool{border:1px solid #bbb;padding:.4em .8em;margin:.6em 0;border-radius:4px}"
+    "</style></head><body>";
 
+// The heading of a pool's box: balance, site, health check, and where its
+// traffic goes when none of its servers is available.
+void pool_heading_html(std::ostream& h, const json::object& p) {
+  h << "<div class=\"pool\" id=\"pool-" << html_escape(str(p.at("name"))) << "\"><h3>Pool "
+    << html_escape(str(p.at("name"))) << " <span class=\"muted\">(" << html_escape(str(p.at("balance")));
+  if (!str(p.at("local_site")).empty()) h << ", local site " << html_escape(str(p.at("local_site")));
+  const auto& health = p.at("health").as_object();
+  h << ", health " << html_escape(str(health.at("kind")));
+  if (health.contains("path")) h << " " << html_escape(str(health.at("path")));
+  h << ")</span>";
+  if (!p.at("available").as_bool()) h << " <span class=\"down\">NO SERVER AVAILABLE</span>";
+  if (str(p.at("serving")) != str(p.at("name")))
+    h << " &rarr; traffic goes to fallback <b>" << html_escape(str(p.at("serving"))) << "</b>";
+  h << "</h3>";
+}
+
+void member_row_html(std::ostream& h, const std::string& site, const json::object& sv) {
+  const std::string state = str(sv.at("state"));
+  h << "<tr class=\"" << state << "\"><td>" << html_escape(site.empty() ? "-" : site) << "</td><td>"
+    << html_escape(str(sv.at("name"))) << "</td><td>" << html_escape(str(sv.at("address"))) << "</td><td>"
+    << (state == "up"     ? "UP"
+        : state == "down" ? "DOWN"
+                          : "DRAINED")
+    << "</td><td>" << str(sv.at("active")) << "</td><td>" << str(sv.at("connections")) << "</td><td>"
+    << str(sv.at("failures")) << "</td><td>" << html_escape(str(sv.at("last_check"))) << "</td><td>"
+    << html_escape(str(sv.at("last_error"))) << "</td><td>"
+    << html_escape(sv.contains("extended_protection") ? str(sv.at("extended_protection")) : "-") << "</td></tr>";
+}
+
+void pool_html(std::ostream& h, const json::object& p) {
+  pool_heading_html(h, p);
+  std::map<std::string, std::vector<const json::object*>> by_site;
+  for (const auto& sv : p.at("servers").as_array()) by_site[str(sv.as_object().at("site"))].push_back(&sv.as_object());
+  h << "<table><tr><th>site</th><th>server</th><th>address</th><th>state</th><th>active</th><th>connections</th>"
+       "<th>failures</th><th>last check</th><th>last error</th><th>Extended Protection</th></tr>";
+  for (const auto& [site, servers] : by_site)
+    for (const json::object* sv : servers) member_row_html(h, site, *sv);
+  h << "</table></div>";
+}
+
+void certificates_html(std::ostream& h, const json::array& certificates) {
   h << "<h2>Certificates</h2><table><tr><th>name</th><th>names</th><th>thumbprint</th><th>expires</th>"
        "<th>days left</th><th>OCSP staple</th></tr>";
-  for (const auto& cv : s.at("certificates").as_array()) {
+  for (const auto& cv : certificates) {
     const auto& c = cv.as_object();
     std::string names;
     for (const auto& n : c.at("names").as_array()) names += (names.empty() ? "" : ", ") + str(n);
@@ -252,78 +270,121 @@ std::string status_html(const json::value& status) {
       << html_escape(str(c.at("not_after"))) << "</td><td>" << days << "</td><td>" << html_escape(str(c.at("ocsp")))
       << "</td></tr>";
   }
-  h << "</table><h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>address</th><th>certificates</th></tr>";
-  for (const auto& lv : s.at("listeners").as_array()) {
+  h << "</table>";
+}
+
+void listeners_html(std::ostream& h, const json::array& listeners) {
+  h << "<h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>address</th><th>certificates</th></tr>";
+  for (const auto& lv : listeners) {
     const auto& l = lv.as_object();
     std::string certs;
     for (const auto& c : l.at("certificates").as_array()) certs += (certs.empty() ? "" : ", ") + str(c);
     h << "<tr><td>" << html_escape(str(l.at("name"))) << "</td><td>" << html_escape(str(l.at("mode"))) << "</td><td>"
       << html_escape(str(l.at("address"))) << "</td><td>" << html_escape(certs) << "</td></tr>";
   }
-  h << "</table><h2>Recent problems</h2>";
-  const auto& problems = s.at("recent_problems").as_array();
-  if (problems.empty()) h << "<p class=\"muted\">none</p>";
-  else {
-    h << "<table>";
-    for (auto it = problems.rbegin(); it != problems.rend(); ++it)
-      h << "<tr><td><code>" << html_escape(str(*it)) << "</code></td></tr>";
-    h << "</table>";
+  h << "</table>";
+}
+
+void problems_html(std::ostream& h, const json::array& problems) {
+  h << "<h2>Recent problems</h2>";
+  if (problems.empty()) {
+    h << "<p class=\"muted\">none</p>";
+    return;
   }
+  h << "<table>";
+  for (auto it = problems.rbegin(); it != problems.rend(); ++it)
+    h << "<tr><td><code>" << html_escape(str(*it)) << "</code></td></tr>";
+  h << "</table>";
+}
+
+}  // namespace
+
+std::string status_html(const json::value& status) {
+  const json::object& s = status.as_object();
+  std::ostringstream h;
+  h << kHtmlHead;
+  h << "<h1>Gatehouse</h1><p>Generation " << str(s.at("generation")) << " &middot; config "
+    << html_escape(str(s.at("config"))) << " &middot; " << str(s.at("workers")) << " workers &middot; "
+    << str(s.at("active_connections")) << " open connections</p>";
+  h << "<h2>Pools</h2>";
+  for (const auto& pv : s.at("pools").as_array()) pool_html(h, pv.as_object());
+  certificates_html(h, s.at("certificates").as_array());
+  listeners_html(h, s.at("listeners").as_array());
+  problems_html(h, s.at("recent_problems").as_array());
   h << "</body></html>\n";
   return h.str();
 }
 
-std::string prometheus_text(const AdminControl& server) {
-  const Generation& g = *server.current();
-  const Metrics& m = metrics();
-  std::ostringstream o;
-  auto family = [&](const char* name, const char* type, const char* help) {
-    o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
-  };
-  family("gatehouse_config_generation", "gauge", "Number of the config generation being served.");
-  o << "gatehouse_config_generation " << g.number() << "\n";
-  family("gatehouse_connections_total", "counter", "Client connections accepted.");
-  o << "gatehouse_connections_total " << m.connections_total.load() << "\n";
-  family("gatehouse_connections_active", "gauge", "Client connections open now.");
+namespace {
+
+// The Prometheus text exposition, one family at a time.
+class Exposition {
+ public:
+  void family(const char* name, const char* type, const char* help) {
+    o_ << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
+  }
+  std::ostream& out() { return o_; }
+  std::string text() const { return o_.str(); }
+
+ private:
+  std::ostringstream o_;
+};
+
+void connection_families(Exposition& e, const AdminControl& server, const MetricTotals& m) {
+  std::ostream& o = e.out();
+  e.family("gatehouse_connections_total", "counter", "Client connections accepted.");
+  o << "gatehouse_connections_total " << m.connections_total << "\n";
+  e.family("gatehouse_connections_active", "gauge", "Client connections open now.");
   o << "gatehouse_connections_active " << server.active_connections() << "\n";
-  family("gatehouse_connections_refused_total", "counter",
-         "Client connections closed at accept, by listener and reason (max_connections: the [server] limit; "
-         "listener_max_connections: the listener's).");
-  for (const auto& [key, n] : m.refusals())
+  e.family("gatehouse_connections_refused_total", "counter",
+           "Client connections closed at accept, by listener and reason (max_connections: the [server] limit; "
+           "listener_max_connections: the listener's).");
+  for (const auto& [key, n] : m.refusals)
     o << "gatehouse_connections_refused_total{listener=\"" << label(key.first) << "\",reason=\"" << label(key.second)
       << "\"} " << n << "\n";
-  family("gatehouse_handshakes_total", "counter", "Client TLS handshakes by result.");
-  o << "gatehouse_handshakes_total{result=\"full\"} " << m.handshakes_full.load() << "\n";
-  o << "gatehouse_handshakes_total{result=\"resumed\"} " << m.handshakes_resumed.load() << "\n";
-  std::uint64_t failed = 0;
-  for (const auto& [reason, n] : m.failures()) failed += n;
-  o << "gatehouse_handshakes_total{result=\"failed\"} " << failed << "\n";
-  family("gatehouse_handshake_failures_total", "counter", "Failed client TLS handshakes by reason.");
-  for (const auto& [reason, n] : m.failures())
-    o << "gatehouse_handshake_failures_total{reason=\"" << label(reason) << "\"} " << n << "\n";
-  family("gatehouse_sni_total", "counter", "Certificate choices by how the SNI matched.");
-  const char* kinds[] = {"exact", "wildcard", "default", "rejected"};
-  for (int i = 0; i < 4; ++i) o << "gatehouse_sni_total{match=\"" << kinds[i] << "\"} " << m.sni_hits[i].load() << "\n";
+}
 
-  family("gatehouse_requests_total", "counter", "HTTP requests by listener, pool and status (0: client went away).");
-  for (const auto& [key, n] : m.requests())
+void handshake_families(Exposition& e, const MetricTotals& m) {
+  std::ostream& o = e.out();
+  const auto failures = metrics().failures();
+  e.family("gatehouse_handshakes_total", "counter", "Client TLS handshakes by result.");
+  o << "gatehouse_handshakes_total{result=\"full\"} " << m.handshakes_full << "\n";
+  o << "gatehouse_handshakes_total{result=\"resumed\"} " << m.handshakes_resumed << "\n";
+  std::uint64_t failed = 0;
+  for (const auto& [reason, n] : failures) failed += n;
+  o << "gatehouse_handshakes_total{result=\"failed\"} " << failed << "\n";
+  e.family("gatehouse_handshake_failures_total", "counter", "Failed client TLS handshakes by reason.");
+  for (const auto& [reason, n] : failures)
+    o << "gatehouse_handshake_failures_total{reason=\"" << label(reason) << "\"} " << n << "\n";
+  e.family("gatehouse_sni_total", "counter", "Certificate choices by how the SNI matched.");
+  const char* kinds[] = {"exact", "wildcard", "default", "rejected"};
+  for (int i = 0; i < 4; ++i) o << "gatehouse_sni_total{match=\"" << kinds[i] << "\"} " << m.sni_hits[i] << "\n";
+}
+
+void request_families(Exposition& e, const MetricTotals& m) {
+  std::ostream& o = e.out();
+  e.family("gatehouse_requests_total", "counter", "HTTP requests by listener, pool and status (0: client went away).");
+  for (const auto& [key, n] : m.requests)
     o << "gatehouse_requests_total{listener=\"" << label(std::get<0>(key)) << "\",pool=\"" << label(std::get<1>(key))
       << "\",code=\"" << std::get<2>(key) << "\"} " << n << "\n";
-  family("gatehouse_request_duration_seconds", "histogram", "HTTP request duration by listener and pool.");
-  for (const auto& [key, l] : m.latencies()) {
+  e.family("gatehouse_request_duration_seconds", "histogram", "HTTP request duration by listener and pool.");
+  for (const auto& [key, l] : m.latencies) {
     const std::string labels = "listener=\"" + label(key.first) + "\",pool=\"" + label(key.second) + "\"";
     std::uint64_t cumulative = 0;
-    for (std::size_t i = 0; i < Metrics::kBuckets.size(); ++i) {
+    for (std::size_t i = 0; i < kLatencyBuckets.size(); ++i) {
       cumulative += l.buckets[i];
-      o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"" << Metrics::kBuckets[i] << "\"} "
+      o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"" << kLatencyBuckets[i] << "\"} "
         << cumulative << "\n";
     }
     o << "gatehouse_request_duration_seconds_bucket{" << labels << ",le=\"+Inf\"} " << l.count << "\n";
     o << "gatehouse_request_duration_seconds_sum{" << labels << "} " << l.sum << "\n";
     o << "gatehouse_request_duration_seconds_count{" << labels << "} " << l.count << "\n";
   }
+}
 
-  family("gatehouse_server_up", "gauge", "1 when the server passes its pool's health checks.");
+void server_families(Exposition& e, const Generation& g) {
+  std::ostream& o = e.out();
+  e.family("gatehouse_server_up", "gauge", "1 when the server passes its pool's health checks.");
   for (const auto& p : g.pools())
     for (std::size_t i = 0; i < p.servers.size(); ++i)
       o << "gatehouse_server_up{pool=\"" << label(p.config->name) << "\",server=\"" << label(p.servers[i]->config->name)
@@ -331,7 +392,7 @@ std::string prometheus_text(const AdminControl& server) {
         << "\n";
   // One series per pool member for each of these.
   auto per_member = [&](const char* name, const char* type, const char* help, auto value) {
-    family(name, type, help);
+    e.family(name, type, help);
     for (const auto& p : g.pools())
       for (std::size_t i = 0; i < p.servers.size(); ++i)
         o << name << "{pool=\"" << label(p.config->name) << "\",server=\"" << label(p.servers[i]->config->name)
@@ -346,19 +407,21 @@ std::string prometheus_text(const AdminControl& server) {
   per_member("gatehouse_backend_failures_total", "counter",
              "Failed backend connects and handshakes (this config generation).",
              [](const PoolMember& m) { return m.failures.load(); });
+}
 
-  family("gatehouse_bound_backend_connections", "gauge",
-         "Backend connections private to one client connection (Windows authentication), by pool.");
-  {
-    std::map<std::string, std::int64_t> bound;
-    for (const auto& p : g.pools()) bound[p.config->name] = 0;
-    for (const auto& [pool, n] : m.bound()) bound[pool] = n;  // pools of older generations too, while they hold any
-    for (const auto& [pool, n] : bound)
-      if (n != 0 || g.pool(pool) != nullptr)
-        o << "gatehouse_bound_backend_connections{pool=\"" << label(pool) << "\"} " << n << "\n";
-  }
+void bound_family(Exposition& e, const Generation& g, const MetricTotals& m) {
+  e.family("gatehouse_bound_backend_connections", "gauge",
+           "Backend connections private to one client connection (Windows authentication), by pool.");
+  // Every pool of this generation, and pools of older generations too while
+  // they hold any.
+  for (const auto& [pool, n] : m.bound)
+    if (n != 0 || g.pool(pool) != nullptr)
+      e.out() << "gatehouse_bound_backend_connections{pool=\"" << label(pool) << "\"} " << n << "\n";
+}
 
-  family("gatehouse_certificate_expiry_days", "gauge", "Days until each certificate expires.");
+void certificate_families(Exposition& e, const Generation& g) {
+  std::ostream& o = e.out();
+  e.family("gatehouse_certificate_expiry_days", "gauge", "Days until each certificate expires.");
   std::set<std::string> seen;
   for (const auto& l : g.listeners()) {
     if (!l.tls) continue;
@@ -367,8 +430,8 @@ std::string prometheus_text(const AdminControl& server) {
         o << "gatehouse_certificate_expiry_days{certificate=\"" << label(c->name) << "\"} "
           << days_left(c->info.not_after) << "\n";
   }
-  family("gatehouse_ocsp_staple_expiry_seconds", "gauge",
-         "Seconds until the stapled OCSP response's nextUpdate (0: nothing is stapled).");
+  e.family("gatehouse_ocsp_staple_expiry_seconds", "gauge",
+           "Seconds until the stapled OCSP response's nextUpdate (0: nothing is stapled).");
   for (const auto& c : g.config().certificates) {
     const StapleSlot* slot = g.staple_slot(c.name);
     if (slot == nullptr) continue;
@@ -377,7 +440,23 @@ std::string prometheus_text(const AdminControl& server) {
     o << "gatehouse_ocsp_staple_expiry_seconds{certificate=\"" << label(c.name) << "\"} "
       << static_cast<std::int64_t>(std::max(0.0, left)) << "\n";
   }
-  return o.str();
+}
+
+}  // namespace
+
+std::string prometheus_text(const AdminControl& server) {
+  const Generation& g = *server.current();
+  const MetricTotals totals = server.metric_totals();
+  Exposition e;
+  e.family("gatehouse_config_generation", "gauge", "Number of the config generation being served.");
+  e.out() << "gatehouse_config_generation " << g.number() << "\n";
+  connection_families(e, server, totals);
+  handshake_families(e, totals);
+  request_families(e, totals);
+  server_families(e, g);
+  bound_family(e, g, totals);
+  certificate_families(e, g);
+  return e.text();
 }
 
 }  // namespace gatehouse::proxy

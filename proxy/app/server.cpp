@@ -62,7 +62,7 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
     ~Count() { open->fetch_sub(1, std::memory_order_relaxed); }
     std::shared_ptr<std::atomic<std::uint64_t>> open;
   } count(listener->open);
-  metrics().connections_total.fetch_add(1, std::memory_order_relaxed);
+  worker.metrics().connection_accepted();
   switch (listener->config->mode) {
     case conf::ListenerMode::l4: co_await serve_l4(worker, std::move(generation), *listener, std::move(socket)); break;
     case conf::ListenerMode::l7: co_await serve_l7(worker, std::move(generation), *listener, std::move(socket)); break;
@@ -122,7 +122,8 @@ asio::awaitable<void> accept_loop(const Server& server, Worker& worker, std::str
     if (over_server || (listener_limit > 0 && listener->open->load(std::memory_order_relaxed) >= listener_limit)) {
       // Closed before a byte is read: the client sees a clean end.
       const char* reason = over_server ? "max_connections" : "listener_max_connections";
-      metrics().refused(name, reason);
+      worker.metrics().refused(listener->metric_id,
+                               over_server ? Refusal::max_connections : Refusal::listener_max_connections);
       refused([&](std::uint64_t suppressed) {
         log::warning("max_connections", {{"listener", name},
                                          {"reason", reason},
@@ -170,6 +171,12 @@ Server::~Server() {
 }
 
 tcp::endpoint Server::admin_endpoint() const { return admin_ ? admin_->endpoint() : tcp::endpoint{}; }
+
+MetricTotals Server::metric_totals() const {
+  std::vector<const WorkerMetrics*> each;
+  for (const auto& w : workers_) each.push_back(&w->metrics());
+  return sum_metrics(each, metrics().ids());
+}
 
 tcp::endpoint Server::bound(const std::string& listener) const {
   auto it = bound_.find(listener);

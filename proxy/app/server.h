@@ -53,6 +53,7 @@ class Server final : public AdminControl {
   const std::shared_ptr<Generation>& current() const override { return current_; }
   std::size_t active_connections() const override;
   std::size_t worker_count() const override { return workers_.size(); }
+  MetricTotals metric_totals() const override;
   boost::asio::ip::tcp::endpoint admin_endpoint() const;
 
  private:

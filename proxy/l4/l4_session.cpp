@@ -84,7 +84,7 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
 
   HandshakeInfo info;
   TlsStream front(std::move(socket), listener.tls->new_connection(&info));
-  if (!co_await accept_handshake(front, info, config, client)) co_return;
+  if (!co_await accept_handshake(worker.metrics(), front, info, config, client)) co_return;
   const bool resumed = SSL_session_reused(front.ssl()) == 1;
 
   boost::json::object access{{"client", client},

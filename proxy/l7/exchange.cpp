@@ -360,11 +360,12 @@ void send_error(Downstream& down, int status, std::string_view detail, bool head
   down.end({});
 }
 
-void BackendBinding::bind(BackendConnection connection, const PoolRuntime* routed_pool) {
+void BackendBinding::bind(BackendConnection connection, const PoolRuntime* routed_pool, WorkerMetrics& metrics) {
   release();
   connection_.emplace(std::move(connection));
   routed_pool_ = routed_pool;
-  metrics().bound_connections(connection_->pool->config->name, 1);
+  metrics_ = &metrics;
+  metrics_->bound_connections(connection_->pool->metric_id, 1);
 }
 
 void BackendBinding::lose() {
@@ -374,7 +375,7 @@ void BackendBinding::lose() {
 
 void BackendBinding::release() {
   if (!connection_) return;
-  metrics().bound_connections(connection_->pool->config->name, -1);
+  metrics_->bound_connections(connection_->pool->metric_id, -1);
   if (connection_->stream) connection_->stream->abort();
   release_backend(generation_, worker_, *connection_, connection_->pool);
   connection_.reset();
@@ -618,7 +619,7 @@ class Forwarder {
     }
     if (exchange.binds()) {
       // From now on this connection is the client's alone.
-      binding_->bind(std::move(*lease.backend), &pool_);
+      binding_->bind(std::move(*lease.backend), &pool_, context_.worker.metrics());
       result_.bound = true;
     } else {
       const bool current = context_.worker.generation().get() == &context_.generation;

@@ -68,8 +68,9 @@ class BackendBinding {
   BackendConnection& connection() { return *connection_; }
   // The pool whose route bound it (later requests may route elsewhere).
   const PoolRuntime* pool() const { return routed_pool_; }
-  // Takes a connection whose server's active count connect_backend took.
-  void bind(BackendConnection connection, const PoolRuntime* routed_pool);
+  // Takes a connection whose server's active count connect_backend took;
+  // it counts as bound in `metrics` (its worker's) until it closes.
+  void bind(BackendConnection connection, const PoolRuntime* routed_pool, WorkerMetrics& metrics);
   // The backend ended it (or it broke): closes it, and the client
   // connection must end after the response in flight.
   void lose();
@@ -87,6 +88,7 @@ class BackendBinding {
   std::size_t worker_;
   std::optional<BackendConnection> connection_;
   const PoolRuntime* routed_pool_ = nullptr;
+  WorkerMetrics* metrics_ = nullptr;  // set with connection_
 };
 
 struct RequestContext {

@@ -27,7 +27,7 @@ asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> gener
                                   .client_address = client.address().to_string(),
                                   .handle = handle,
                                   .watchdog = watchdog};
-  if (!co_await accept_handshake(front, info, config, connection.client_text)) co_return;
+  if (!co_await accept_handshake(worker.metrics(), front, info, config, connection.client_text)) co_return;
   connection.resumed = SSL_session_reused(front.ssl()) == 1;
 
   const uint8_t* alpn = nullptr;

@@ -55,8 +55,8 @@ void finish_request(const ClientConnection& connection, const RequestHead& head,
                     const Routed& routed, Clock::time_point started) {
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   const std::string_view protocol = head.version == 20 ? "HTTP/2" : "HTTP/1.1";
-  metrics().request(connection.listener.config->name, routed.pool ? routed.pool->config->name : std::string(),
-                    result.status, seconds);
+  connection.worker.metrics().request(connection.generation.request_series(connection.listener, routed.pool),
+                                      result.status, seconds);
   if (!log::access_enabled()) return;
   boost::json::object fields{{"client", connection.client_text},
                              {"listener", connection.listener.config->name},

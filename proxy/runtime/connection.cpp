@@ -135,13 +135,13 @@ asio::awaitable<void> IdleGuard::watch() {
   }
 }
 
-asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& info, const conf::Listener& config,
-                                       const std::string& client) {
+asio::awaitable<bool> accept_handshake(WorkerMetrics& counts, TlsStream& front, const HandshakeInfo& info,
+                                       const conf::Listener& config, const std::string& client) {
   auto handshake = co_await with_timeout(front.handshake(), config.handshake_timeout);
   if (!handshake || *handshake) {
     const std::string reason = handshake ? handshake->message() : "handshake timed out";
     metrics().handshake_failed(info.rejected ? "unrecognized_name" : reason);
-    if (info.rejected) metrics().sni(sni::MatchKind::rejected);
+    if (info.rejected) counts.sni(sni::MatchKind::rejected);
     boost::json::object fields{{"listener", config.name},
                                {"client", client},
                                {"sni", info.sni},
@@ -167,8 +167,8 @@ asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& in
               {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
     co_return false;
   }
-  metrics().handshake_done(SSL_session_reused(front.ssl()) == 1);
-  metrics().sni(info.match);
+  counts.handshake_done(SSL_session_reused(front.ssl()) == 1);
+  counts.sni(info.match);
   co_return true;
 }
 

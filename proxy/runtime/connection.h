@@ -91,10 +91,11 @@ asio::awaitable<std::optional<T>> with_timeout(asio::awaitable<T> op, Clock::dur
 }
 
 // Completes a client's TLS handshake within the listener's
-// handshake_timeout and counts it (metrics: full/resumed/failed, SNI match);
-// a failure is logged with the client and SNI. false when it failed.
-asio::awaitable<bool> accept_handshake(TlsStream& front, const HandshakeInfo& info, const conf::Listener& config,
-                                       const std::string& client);
+// handshake_timeout and counts it (full/resumed and SNI match in the
+// worker's `counts`, failures by reason in metrics()); a failure is logged
+// with the client and SNI. false when it failed.
+asio::awaitable<bool> accept_handshake(WorkerMetrics& counts, TlsStream& front, const HandshakeInfo& info,
+                                       const conf::Listener& config, const std::string& client);
 
 struct ConnectTarget {
   const PoolRuntime* pool = nullptr;

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "proxy/runtime/log.h"
+#include "proxy/runtime/metrics.h"
 #include "proxy/tls/ticket_keys.h"
 #include "sni/certificate.h"
 #include "sni/extended_protection.h"
@@ -37,6 +38,64 @@ std::vector<boost::asio::ip::tcp::endpoint> resolve(const conf::Server& server) 
   return out;
 }
 
+// Every [[certificate]], loaded and checked, by name.
+Generation::Certificates load_certificates(const conf::Config& cfg) {
+  Generation::Certificates certificates;
+  for (const auto& c : cfg.certificates) {
+    try {
+      certificates[c.name] = sni::load_certificate(c.name, c.cert, c.key);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(cfg.file.string() + ":" + std::to_string(c.line) + ": certificate \"" + c.name +
+                               "\": " + e.what());
+    }
+  }
+  return certificates;
+}
+
+// What the OCSP fetcher needs for a certificate with ocsp = "auto"; `where`
+// starts every error message.
+OcspAuto ocsp_auto_task(const conf::Certificate& c, std::shared_ptr<const sni::LoadedCertificate> certificate,
+                        const std::string& where) {
+  const sni::LoadedCertificate& cert = *certificate;
+  OcspAuto task{c.name, std::move(certificate), sni::ocsp_issuer(cert), {}, std::make_shared<StapleSlot>()};
+  if (task.issuer == nullptr)
+    throw std::runtime_error(where + cert.cert_file.string() +
+                             " has no issuer certificate after the leaf, so "
+                             "no OCSP request can be made nor response checked; append the issuing CA's "
+                             "certificate to the file");
+  for (const auto& url : sni::ocsp_responders(cert.leaf()))
+    if (url.starts_with("http://")) {
+      task.url = url;
+      break;
+    }
+  if (task.url.empty())
+    throw std::runtime_error(where +
+                             "the certificate names no http:// OCSP responder (Authority Information "
+                             "Access), so there is nothing to fetch from; use ocsp = \"FILE\" or remove ocsp");
+  return task;
+}
+
+// The staple slot of a certificate with ocsp = "FILE": the file is read
+// again at every reload; one that is not for the certificate, not signed by
+// its issuer, not current or not "good" is not stapled, and the log says why.
+std::shared_ptr<StapleSlot> staple_from_file(const conf::Certificate& c, const sni::LoadedCertificate& cert,
+                                             const std::string& where) {
+  std::ifstream in(c.ocsp_file, std::ios::binary);
+  if (!in) throw std::runtime_error(where + "cannot read " + c.ocsp_file.string());
+  std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto verdict = sni::check_ocsp_response(der, cert.leaf(), sni::ocsp_issuer(cert), sni::Clock::now());
+  auto slot = std::make_shared<StapleSlot>();
+  if (verdict.stapleable) {
+    slot->set(std::make_shared<const Staple>(Staple{std::move(der), verdict.next_update}));
+    log::info("ocsp_staple",
+              {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"state", sni::describe(verdict)}});
+  } else {
+    log::warning("ocsp_not_stapled",
+                 {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"reason", verdict.problem}});
+  }
+  return slot;
+}
+
 }  // namespace
 
 std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t workers,
@@ -50,66 +109,36 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
   gen->number_ = number;
   gen->config_ = std::move(config);
   gen->ticket_keys_ = std::move(ticket_keys);
-  const conf::Config& cfg = gen->config_;
 
-  std::map<std::string, std::shared_ptr<const sni::LoadedCertificate>, std::less<>> certificates;
-  for (const auto& c : cfg.certificates) {
-    try {
-      certificates[c.name] = sni::load_certificate(c.name, c.cert, c.key);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(cfg.file.string() + ":" + std::to_string(c.line) + ": certificate \"" + c.name +
-                               "\": " + e.what());
-    }
-  }
+  const Certificates certificates = load_certificates(gen->config_);
+  gen->load_staples(certificates);
+  gen->build_pools(gen->build_servers());
+  gen->build_listeners(certificates);
+  gen->collect_front_thumbprints();
+  gen->build_worker_state(workers);
+  gen->assign_metric_ids(metrics().ids());
+  return gen;
+}
 
-  // OCSP responses to staple. A file is read again at every reload; one that
-  // is not for the certificate, not signed by its issuer, not current or not
-  // "good" is not stapled, and the log says why.
-  std::map<std::string, std::shared_ptr<StapleSlot>, std::less<>> staples;
+void Generation::load_staples(const Certificates& certificates) {
+  const conf::Config& cfg = config_;
   for (const auto& c : cfg.certificates) {
+    if (c.ocsp == conf::OcspMode::none) continue;
     const std::string where = cfg.file.string() + ":" +
                               std::to_string(cfg.line_of("certificate \"" + c.name + "\".ocsp", c.line)) +
                               ": certificate \"" + c.name + "\".ocsp: ";
-    if (c.ocsp == conf::OcspMode::none) continue;
-    const sni::LoadedCertificate& cert = *certificates.at(c.name);
     if (c.ocsp == conf::OcspMode::automatic) {
-      OcspAuto task{c.name, certificates.at(c.name), sni::ocsp_issuer(cert), {}, std::make_shared<StapleSlot>()};
-      if (task.issuer == nullptr)
-        throw std::runtime_error(where + cert.cert_file.string() +
-                                 " has no issuer certificate after the leaf, so "
-                                 "no OCSP request can be made nor response checked; append the issuing CA's "
-                                 "certificate to the file");
-      for (const auto& url : sni::ocsp_responders(cert.leaf()))
-        if (url.starts_with("http://")) {
-          task.url = url;
-          break;
-        }
-      if (task.url.empty())
-        throw std::runtime_error(where +
-                                 "the certificate names no http:// OCSP responder (Authority Information "
-                                 "Access), so there is nothing to fetch from; use ocsp = \"FILE\" or remove ocsp");
-      staples[c.name] = task.slot;
-      gen->ocsp_auto_.push_back(std::move(task));
-      continue;
-    }
-    std::ifstream in(c.ocsp_file, std::ios::binary);
-    if (!in) throw std::runtime_error(where + "cannot read " + c.ocsp_file.string());
-    std::string der((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const auto verdict = sni::check_ocsp_response(der, cert.leaf(), sni::ocsp_issuer(cert), sni::Clock::now());
-    auto slot = std::make_shared<StapleSlot>();
-    if (verdict.stapleable) {
-      slot->set(std::make_shared<const Staple>(Staple{std::move(der), verdict.next_update}));
-      log::info("ocsp_staple",
-                {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"state", sni::describe(verdict)}});
+      OcspAuto task = ocsp_auto_task(c, certificates.at(c.name), where);
+      staples_[c.name] = task.slot;
+      ocsp_auto_.push_back(std::move(task));
     } else {
-      log::warning("ocsp_not_stapled",
-                   {{"certificate", c.name}, {"file", c.ocsp_file.string()}, {"reason", verdict.problem}});
+      staples_[c.name] = staple_from_file(c, *certificates.at(c.name), where);
     }
-    staples[c.name] = std::move(slot);
   }
+}
 
-  gen->staples_ = staples;
-
+std::map<std::string, ServerRuntime*, std::less<>> Generation::build_servers() {
+  const conf::Config& cfg = config_;
   std::map<std::string, ServerRuntime*, std::less<>> servers;
   for (const auto& s : cfg.servers) {
     auto rt = std::make_unique<ServerRuntime>();
@@ -122,10 +151,14 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
     }
     rt->endpoints = resolve(s);
     servers[s.name] = rt.get();
-    gen->servers_.push_back(std::move(rt));
+    servers_.push_back(std::move(rt));
   }
+  return servers;
+}
 
-  gen->pools_.reserve(cfg.pools.size());
+void Generation::build_pools(const std::map<std::string, ServerRuntime*, std::less<>>& servers) {
+  const conf::Config& cfg = config_;
+  pools_.reserve(cfg.pools.size());
   for (const auto& p : cfg.pools) {
     PoolRuntime rt;
     rt.config = &p;
@@ -139,12 +172,14 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
       throw std::runtime_error(cfg.file.string() + ":" + std::to_string(p.line) + ": pool \"" + p.name +
                                "\": " + e.what());
     }
-    gen->pools_.push_back(std::move(rt));
+    pools_.push_back(std::move(rt));
   }
+  for (auto& p : pools_)
+    if (!p.config->fallback.empty()) p.fallback = pool(p.config->fallback);
+}
 
-  for (auto& p : gen->pools_)
-    if (!p.config->fallback.empty()) p.fallback = gen->pool(p.config->fallback);
-
+void Generation::build_listeners(const Certificates& certificates) {
+  const conf::Config& cfg = config_;
   for (const auto& l : cfg.listeners) {
     ListenerRuntime rt;
     rt.config = &l;
@@ -153,27 +188,30 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
       ListenerTls::Staples listener_staples;
       for (const auto& name : l.certificates) {
         certs.push_back(certificates.at(name));
-        if (auto it = staples.find(name); it != staples.end()) listener_staples.emplace(certs.back().get(), it->second);
+        if (auto it = staples_.find(name); it != staples_.end())
+          listener_staples.emplace(certs.back().get(), it->second);
       }
       try {
-        rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *gen->ticket_keys_, std::move(listener_staples));
+        rt.tls = std::make_unique<ListenerTls>(l, std::move(certs), *ticket_keys_, std::move(listener_staples));
       } catch (const std::exception& e) {
         throw std::runtime_error(cfg.file.string() + ":" + std::to_string(l.line) + ": " + e.what());
       }
     }
     for (const auto& r : cfg.routes)
       if (r.listener == l.name) rt.routes.push_back(&r);
-    if (!l.pool.empty()) rt.default_pool = gen->pool(l.pool);
-    gen->listeners_.push_back(std::move(rt));
+    if (!l.pool.empty()) rt.default_pool = pool(l.pool);
+    listeners_.push_back(std::move(rt));
   }
+}
 
+void Generation::collect_front_thumbprints() {
   // What Extended Protection needs of each pool's servers.
-  for (const auto& l : gen->listeners_) {
+  for (const auto& l : listeners_) {
     if (!l.tls || l.config->mode != conf::ListenerMode::l7) continue;
     for (const conf::Route* r : l.routes) {
       if (r->pool.empty() || !sni::carries_windows_auth(r->paths)) continue;
       const auto fronts = sni::front_certificates(l.tls->index(), r->hosts);
-      const PoolRuntime* p = gen->pool(r->pool);
+      const PoolRuntime* p = pool(r->pool);
       for (int hops = 0; p != nullptr && hops < 8; ++hops, p = p->fallback) {
         auto& thumbprints = const_cast<PoolRuntime*>(p)->front_thumbprints;
         for (const sni::LoadedCertificate* c : fronts)
@@ -182,12 +220,14 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
       }
     }
   }
+}
 
-  gen->per_worker_.resize(workers);
-  for (auto& worker : gen->per_worker_) {
-    worker.resize(gen->pools_.size());
-    for (std::size_t i = 0; i < gen->pools_.size(); ++i) {
-      const PoolRuntime& pool = gen->pools_[i];
+void Generation::build_worker_state(std::size_t workers) {
+  per_worker_.resize(workers);
+  for (auto& worker : per_worker_) {
+    worker.resize(pools_.size());
+    for (std::size_t i = 0; i < pools_.size(); ++i) {
+      const PoolRuntime& pool = pools_[i];
       WorkerPool& wp = worker[i];
       for (const ServerRuntime* s : pool.servers)
         wp.views.push_back(balancer::ServerView{s->config->name, s->config->site, s->config->weight, true, 0});
@@ -199,7 +239,19 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
       wp.idle.resize(pool.servers.size());
     }
   }
-  return gen;
+}
+
+void Generation::assign_metric_ids(MetricIds& ids) {
+  // By name, so that what a previous generation counted carries on. Every
+  // (listener, pool) pair gets a series, as any route may end in any pool
+  // through fallbacks; a worker makes room for a series only once it counts.
+  for (auto& p : pools_) p.metric_id = ids.pool(p.config->name);
+  for (auto& l : listeners_) {
+    l.metric_id = ids.listener(l.config->name);
+    l.request_series.reserve(1 + pools_.size());
+    l.request_series.push_back(ids.series(l.config->name, ""));
+    for (const auto& p : pools_) l.request_series.push_back(ids.series(l.config->name, p.config->name));
+  }
 }
 
 namespace {

@@ -28,6 +28,7 @@
 namespace gatehouse::proxy {
 
 class TicketKeys;
+class MetricIds;
 
 struct ServerRuntime {
   const conf::Server* config = nullptr;
@@ -58,6 +59,7 @@ struct PoolMember {
 
 struct PoolRuntime {
   const conf::Pool* config = nullptr;
+  std::uint32_t metric_id = 0;                       // MetricIds::pool
   std::vector<ServerRuntime*> servers;               // in pool order
   std::vector<std::unique_ptr<PoolMember>> members;  // parallel to servers
   std::unique_ptr<PoolTls> tls;
@@ -80,6 +82,10 @@ struct PoolRuntime {
 
 struct ListenerRuntime {
   const conf::Listener* config = nullptr;
+  std::uint32_t metric_id = 0;  // MetricIds::listener
+  // MetricIds::series of this listener with each pool: [0] no pool,
+  // [1 + i] the generation's pools()[i]. See Generation::request_series.
+  std::vector<std::uint32_t> request_series;
   // Connections open on this listener, all workers and generations: shared
   // with the previous generation's listener of the same name.
   std::shared_ptr<std::atomic<std::uint64_t>> open = std::make_shared<std::atomic<std::uint64_t>>(0);
@@ -128,6 +134,9 @@ struct OcspAuto {
 
 class Generation {
  public:
+  // Loaded [[certificate]]s by name.
+  using Certificates = std::map<std::string, std::shared_ptr<const sni::LoadedCertificate>, std::less<>>;
+
   // Throws std::runtime_error with every message naming the file, key or peer.
   static std::shared_ptr<Generation> build(conf::Config config, std::size_t workers,
                                            std::shared_ptr<TicketKeys> ticket_keys, std::uint64_t number);
@@ -140,6 +149,11 @@ class Generation {
   const std::vector<ListenerRuntime>& listeners() const { return listeners_; }
   const std::vector<PoolRuntime>& pools() const { return pools_; }
   const std::vector<OcspAuto>& ocsp_auto() const { return ocsp_auto_; }
+  // Where a worker counts a request of `listener` that `pool` (a pool of
+  // this generation, or null: none) answered.
+  std::uint32_t request_series(const ListenerRuntime& listener, const PoolRuntime* pool) const {
+    return listener.request_series[pool == nullptr ? 0 : 1 + pool_index(pool)];
+  }
   // The OCSP staple slot of a certificate with `ocsp` set, else nullptr.
   const StapleSlot* staple_slot(std::string_view certificate) const {
     auto it = staples_.find(certificate);
@@ -183,6 +197,15 @@ class Generation {
 
  private:
   Generation() = default;
+  // The steps of build(), in order; each throws std::runtime_error naming
+  // the file and key.
+  void load_staples(const Certificates& certificates);
+  std::map<std::string, ServerRuntime*, std::less<>> build_servers();
+  void build_pools(const std::map<std::string, ServerRuntime*, std::less<>>& servers);
+  void build_listeners(const Certificates& certificates);
+  void collect_front_thumbprints();
+  void build_worker_state(std::size_t workers);
+  void assign_metric_ids(MetricIds& ids);
 
   std::uint64_t number_ = 0;
   conf::Config config_;

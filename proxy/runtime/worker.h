@@ -19,6 +19,7 @@
 
 #include "conf/config.h"
 #include "proxy/runtime/generation.h"
+#include "proxy/runtime/metrics.h"
 
 namespace gatehouse::proxy {
 
@@ -58,6 +59,9 @@ class Worker {
     if (--active_ == 0 && on_empty_) on_empty_();
   }
   std::size_t active() const { return active_.load(std::memory_order_relaxed); }
+  // What this worker counts; written only on its thread.
+  WorkerMetrics& metrics() { return metrics_; }
+  const WorkerMetrics& metrics() const { return metrics_; }
 
   // Pokes every connection accepted under `generation` (every connection
   // when null). On the worker's thread.
@@ -73,9 +77,10 @@ class Worker {
  private:
   friend class Server;  // the application layer (proxy/app) runs workers
   // Declaration order is destruction order reversed: acceptors go first,
-  // then the io_context (whose pending coroutines still untrack themselves),
-  // then the rest.
+  // then the io_context (whose pending coroutines still untrack themselves
+  // and count into metrics_), then the rest.
   std::size_t index_;
+  WorkerMetrics metrics_;
   std::atomic<std::size_t> active_{0};
   std::unordered_set<ConnectionHandle*> connections_;
   std::function<void()> on_empty_;
