@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "conf/assert.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
 #include "proxy/runtime/proxy_protocol.h"
@@ -182,91 +183,104 @@ std::optional<std::size_t> pick_server(const ConnectTarget& target, const PoolRu
   return selector.pick(wp.views, tried, target.hash_key);
 }
 
+namespace {
+
+// TCP to the server, then the PROXY header if the target asks for one;
+// nullopt (logged, and counted against the server) when that fails.
+asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool, std::size_t index,
+                                                        const ConnectTarget& target) {
+  const ServerRuntime& server = *pool.servers[index];
+  tcp::socket socket(co_await asio::this_coro::executor);
+  auto connected = co_await with_timeout(asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
+  if (!connected || std::get<0>(*connected)) {
+    const std::string error = connected ? std::get<0>(*connected).message() : "connect timed out";
+    passive_failure(pool, index, error);
+    log::warning("backend_connect_failed", {{"pool", pool.config->name},
+                                            {"server", server.config->name},
+                                            {"address", server.config->address.to_string()},
+                                            {"error", error}});
+    co_return std::nullopt;
+  }
+  if (target.proxy_protocol != conf::ProxyProtocol::none) {
+    const std::string header =
+        target.proxy_protocol == conf::ProxyProtocol::v1
+            ? proxy_header_v1(target.client, target.local)
+            : proxy_header_v2(target.client, target.local,
+                              target.tls_info ? proxy_ssl_tlv(*target.tls_info, target.tls_version) : std::string());
+    auto [ec, n] = co_await asio::async_write(socket, asio::buffer(header), use_tuple);
+    if (ec) {
+      log::warning("backend_connect_failed",
+                   {{"pool", pool.config->name}, {"server", server.config->name}, {"error", ec.message()}});
+      co_return std::nullopt;
+    }
+  }
+  co_return std::optional<tcp::socket>(std::move(socket));
+}
+
+// The server's TLS (or none, for tls = "plain") on a connected socket,
+// verified as the pool says; nullopt (logged, with what the server
+// presented when it was refused) when that fails.
+asio::awaitable<std::optional<BackendConnection>> secure(const PoolRuntime& pool, WorkerPool& wp, std::size_t index,
+                                                         tcp::socket socket, Clock::duration timeout) {
+  const ServerRuntime& server = *pool.servers[index];
+  BackendConnection backend;
+  backend.server_index = index;
+  backend.server = &server;
+  backend.check = std::make_unique<BackendCheck>();
+  backend.check->server = server.config;
+  backend.check->pin = server.pin ? &*server.pin : nullptr;
+  backend.check->slot = &wp.sessions[index];
+  auto ssl = pool.tls->new_connection(backend.check.get());
+  backend.stream.emplace(std::move(socket), std::move(ssl));
+  auto handshake = co_await with_timeout(backend.stream->handshake(), timeout);
+  if (handshake && !*handshake) co_return std::optional<BackendConnection>(std::move(backend));
+  const std::string error = handshake ? handshake->message() : "TLS handshake timed out";
+  boost::json::object fields{{"pool", pool.config->name},
+                             {"server", server.config->name},
+                             {"address", server.config->address.to_string()},
+                             {"error", error}};
+  passive_failure(pool, index, error);
+  if (!backend.check->failure.empty()) {
+    fields["reason"] = backend.check->failure;
+    fields["presented_thumbprint"] = backend.check->presented_thumbprint;
+    fields["presented_subject"] = backend.check->presented_subject;
+    if (server.pin) fields["expected_pin"] = server.config->pin;
+    log::error("backend_certificate_rejected", std::move(fields));
+  } else {
+    log::warning("backend_tls_failed", std::move(fields));
+  }
+  co_return std::nullopt;
+}
+
+}  // namespace
+
 asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generation& generation, std::size_t worker,
                                                                   const ConnectTarget& target) {
   // A pool with no server left sends its traffic to its fallback pool.
   const PoolRuntime& pool = *generation.effective_pool(target.pool);
   WorkerPool& wp = generation.worker_pool(worker, &pool);
   balancer::Tried tried;
-  auto executor = co_await asio::this_coro::executor;
-
   for (int attempt = 0; attempt < 2; ++attempt) {
     const std::optional<std::size_t> picked = pick_server(target, pool, wp, tried);
     if (!picked) break;
     tried.add(*picked);
-    const ServerRuntime& server = *pool.servers[*picked];
-    const std::string& name = server.config->name;
     PoolMember& member = *pool.members[*picked];
-    if (target.reuse) {
-      if (auto idle = take_idle(wp, *picked)) {
-        ++wp.views[*picked].active;
-        ++member.active;
-        co_return idle;
-      }
-    }
-
-    tcp::socket socket(executor);
-    auto connected = co_await with_timeout(asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
-    if (!connected || std::get<0>(*connected)) {
-      passive_failure(pool, *picked, connected ? std::get<0>(*connected).message() : "connect timed out");
-      log::warning("backend_connect_failed",
-                   {{"pool", pool.config->name},
-                    {"server", name},
-                    {"address", server.config->address.to_string()},
-                    {"error", connected ? std::get<0>(*connected).message() : "connect timed out"}});
-      continue;
-    }
-
-    if (target.proxy_protocol != conf::ProxyProtocol::none) {
-      const std::string header =
-          target.proxy_protocol == conf::ProxyProtocol::v1
-              ? proxy_header_v1(target.client, target.local)
-              : proxy_header_v2(target.client, target.local,
-                                target.tls_info ? proxy_ssl_tlv(*target.tls_info, target.tls_version) : std::string());
-      auto [ec, n] = co_await asio::async_write(socket, asio::buffer(header), use_tuple);
-      if (ec) {
-        log::warning("backend_connect_failed",
-                     {{"pool", pool.config->name}, {"server", name}, {"error", ec.message()}});
-        continue;
-      }
-    }
-
-    BackendConnection backend;
-    backend.server_index = *picked;
-    backend.server = &server;
-    backend.check = std::make_unique<BackendCheck>();
-    backend.check->server = server.config;
-    backend.check->pin = server.pin ? &*server.pin : nullptr;
-    backend.check->slot = &wp.sessions[*picked];
-    auto ssl = pool.tls->new_connection(backend.check.get());
-    backend.stream.emplace(std::move(socket), std::move(ssl));
-    auto handshake = co_await with_timeout(backend.stream->handshake(), target.timeout);
-    if (!handshake || *handshake) {
-      boost::json::object fields{{"pool", pool.config->name},
-                                 {"server", name},
-                                 {"address", server.config->address.to_string()},
-                                 {"error", handshake ? handshake->message() : "TLS handshake timed out"}};
-      passive_failure(pool, *picked, handshake ? handshake->message() : "TLS handshake timed out");
-      if (!backend.check->failure.empty()) {
-        fields["reason"] = backend.check->failure;
-        fields["presented_thumbprint"] = backend.check->presented_thumbprint;
-        fields["presented_subject"] = backend.check->presented_subject;
-        if (server.pin) fields["expected_pin"] = server.config->pin;
-        log::error("backend_certificate_rejected", std::move(fields));
-      } else {
-        log::warning("backend_tls_failed", std::move(fields));
-      }
-      continue;
-    }
-    ++wp.views[*picked].active;
-    ++member.active;
-    ++member.connections;
-    {
+    std::optional<BackendConnection> backend;
+    if (target.reuse) backend = take_idle(wp, *picked);
+    if (!backend) {
+      auto socket = co_await open_socket(pool, *picked, target);
+      if (!socket) continue;
+      backend = co_await secure(pool, wp, *picked, std::move(*socket), target.timeout);
+      if (!backend) continue;
+      backend->pool = &pool;
+      ++member.connections;
       std::lock_guard lock(member.mutex);
       member.health.record_connect_success();
     }
-    backend.pool = &pool;
-    co_return std::optional<BackendConnection>(std::move(backend));
+    // Held until release_backend().
+    ++wp.views[*picked].active;
+    ++member.active;
+    co_return backend;
   }
   co_return std::nullopt;
 }
@@ -275,7 +289,8 @@ void release_backend(const Generation& generation, std::size_t worker, const Bac
                      const PoolRuntime* pool) {
   if (backend.pool != nullptr) pool = backend.pool;
   auto& views = generation.worker_pool(worker, pool).views;
-  if (views[backend.server_index].active > 0) --views[backend.server_index].active;
+  GH_ASSERT(views[backend.server_index].active > 0);  // each connect_backend() is released once
+  --views[backend.server_index].active;
   --pool->members[backend.server_index]->active;
 }
 

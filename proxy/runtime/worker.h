@@ -17,6 +17,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "conf/assert.h"
 #include "conf/config.h"
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/metrics.h"
@@ -55,6 +56,7 @@ class Worker {
     ++active_;
   }
   void untrack(ConnectionHandle* c) {
+    GH_ASSERT(connections_.count(c) == 1 && active_ > 0);
     connections_.erase(c);
     if (--active_ == 0 && on_empty_) on_empty_();
   }
