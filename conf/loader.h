@@ -64,6 +64,9 @@ class Loader {
   void check_alpn(Listener& listener, const Origin& origin);
   void check_route(Route& route, const Origin& origin);
   void check_pool(const Pool& pool, const Origin& origin);
+  // "a -> b -> a" when following fallback from `pool` comes back to a pool
+  // of the chain; "" otherwise.
+  std::string fallback_cycle(const Pool& pool) const;
 
   std::filesystem::path file_;
   std::filesystem::path base_dir_;

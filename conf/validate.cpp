@@ -207,6 +207,26 @@ void Loader::check_route(Route& route, const Origin& origin) {
     error(origin, "affinity", "affinity = \"cookie\"" + why + "; use \"source_ip\"");
 }
 
+std::string Loader::fallback_cycle(const Pool& pool) const {
+  // Reported once per cycle: at the pool of the cycle that comes first in
+  // the file (a pool that only leads into a cycle is fixed with it).
+  std::vector<const Pool*> chain{&pool};
+  for (const Pool* p = config_.find_pool(pool.fallback); p != nullptr; p = config_.find_pool(p->fallback)) {
+    const auto seen = std::find(chain.begin(), chain.end(), p);
+    if (seen == chain.end()) {
+      chain.push_back(p);
+      continue;
+    }
+    if (*seen != &pool) return {};
+    for (const Pool* member : chain)
+      if (index_of(config_.pools, member) < index_of(config_.pools, &pool)) return {};
+    std::string text;
+    for (const Pool* member : chain) text += member->name + " -> ";
+    return text + pool.name;
+  }
+  return {};
+}
+
 void Loader::check_pool(const Pool& pool, const Origin& origin) {
   std::vector<const Server*> servers;
   for (std::size_t i = 0; i < pool.servers.size(); ++i) {
@@ -224,6 +244,9 @@ void Loader::check_pool(const Pool& pool, const Origin& origin) {
       error(origin, "fallback", "a pool cannot fall back to itself; name another [[pool]] or remove fallback");
     else if (!config_.find_pool(pool.fallback))
       error(origin, "fallback", reference_problem("pool", pool.fallback, config_.pools));
+    else if (const std::string cycle = fallback_cycle(pool); !cycle.empty())
+      error(origin, "fallback",
+            "the fallback chain " + cycle + " comes back to a pool it left; end the chain at a pool without fallback");
   }
 
   if (origin.invalid.contains("tls")) return;

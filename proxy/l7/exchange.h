@@ -44,7 +44,7 @@ class Downstream {
   virtual void abort() = 0;
   // Wakes a pending read_body() or flush() with an error and nothing more
   // (an exchange that timed out before its response head, which then sends
-  // 504). Only the HTTP/1.1 front end, whose connection guard needs it.
+  // 504); the client connection or stream stays usable for that answer.
   virtual void cancel() {}
   // The client connection ends after this response (its bound backend
   // connection does): HTTP/1.1 says so in the head (Connection: close).

@@ -212,7 +212,8 @@ void Generation::collect_front_thumbprints() {
       if (r->pool.empty() || !sni::carries_windows_auth(r->paths)) continue;
       const auto fronts = sni::front_certificates(l.tls->index(), r->hosts);
       const PoolRuntime* p = pool(r->pool);
-      for (int hops = 0; p != nullptr && hops < 8; ++hops, p = p->fallback) {
+      // Validation refuses fallback cycles, so every chain ends.
+      for (; p != nullptr; p = p->fallback) {
         auto& thumbprints = const_cast<PoolRuntime*>(p)->front_thumbprints;
         for (const sni::LoadedCertificate* c : fronts)
           if (std::find(thumbprints.begin(), thumbprints.end(), c->info.thumbprint) == thumbprints.end())
@@ -320,11 +321,9 @@ void Generation::inherit_state(const Generation& previous) {
 }
 
 const PoolRuntime* Generation::effective_pool(const PoolRuntime* pool) const {
-  const PoolRuntime* p = pool;
-  for (int hops = 0; p != nullptr && hops < 8; ++hops) {
+  // Validation refuses fallback cycles, so every chain ends.
+  for (const PoolRuntime* p = pool; p != nullptr; p = p->fallback)
     if (p->any_available()) return p;
-    p = p->fallback;
-  }
   return pool;
 }
 

@@ -33,7 +33,6 @@ const boost::system::error_category& tls_category() {
   return category;
 }
 
-std::string describe_ssl_error(const error_code& ec) { return ec.message(); }
 
 // The read-ahead: bytes Asio read from the socket and BoringSSL (or, for
 // plain TCP, the caller) has not taken yet, plus an end or error still to

@@ -90,6 +90,4 @@ class TlsStream {
   bool reads_cancelled_ = false;
 };
 
-std::string describe_ssl_error(const error_code& ec);
-
 }  // namespace gatehouse::proxy

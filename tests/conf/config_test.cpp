@@ -257,6 +257,10 @@ const ErrorCase error_cases[] = {
      "pool \"p2\".fallback", "no [[pool]] named \"dr\"", 4},
     {"pool_fallback_itself", true, "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nfallback = \"p2\"\n",
      "pool \"p2\".fallback", "cannot fall back to itself", 4},
+    {"pool_fallback_cycle", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nfallback = \"p3\"\n"
+     "[[pool]]\nname = \"p3\"\nservers = [\"mbx01\"]\nfallback = \"p2\"\n",
+     "pool \"p2\".fallback", "the fallback chain p2 -> p3 -> p2 comes back to a pool it left", 4},
     {"dangling_listener_certificate", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "certificates = [\"main\", \"other\"]\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
