@@ -33,7 +33,6 @@ const boost::system::error_category& tls_category() {
   return category;
 }
 
-
 // The read-ahead: bytes Asio read from the socket and BoringSSL (or, for
 // plain TCP, the caller) has not taken yet, plus an end or error still to
 // report. It lives on the heap so that the BIO's pointer survives moves.
