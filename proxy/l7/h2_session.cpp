@@ -151,6 +151,7 @@ class Stream final : public Downstream {
   bool out_end_ = false;
   Fields out_trailers_;
   bool deferred_ = false;
+  bool unflushed_ = false;  // body bytes queued since the last flush()
   bool response_started_ = false;
   bool closed_ = false;
   bool cancelled_ = false;
@@ -321,6 +322,7 @@ void Stream::head(const ResponseHead& head, bool has_body) {
 void Stream::body(std::string_view data) {
   if (closed_) return;
   out_.append(data);
+  unflushed_ = true;
   if (deferred_) {
     deferred_ = false;
     nghttp2_session_resume_data(session_.session(), id_);
@@ -339,7 +341,9 @@ void Stream::end(const Fields& trailers) {
 }
 
 asio::awaitable<error_code> Stream::flush() {
-  session_.want_write();
+  // Heads, ends and resets wake the writer themselves; body bytes wait for
+  // this, so that a response's pieces go out in one write.
+  if (std::exchange(unflushed_, false)) session_.want_write();
   while (!closed_ && !cancelled_ && out_.size() - out_offset_ > kResponseHighWater) {
     wait_forever(signal_);
     co_await signal_.async_wait(use_tuple);
