@@ -223,6 +223,11 @@ def h2():
     write(t, "padded-priority", settings + frame(1, 0x2D, 5, b"\x02" + struct.pack(">IB", 0, 200) + get + b"\x00\x00"))
     write(t, "hpack-table", settings + frame(1, 0x05, 1, get + b"\x40\x03x-a\x05hello") +
           frame(1, 0x05, 3, get + b"\xbe\xbe\xbe\xbe"))
+    # fuzz.test/owa routes to the target's pool, whose server refuses: the forward and its 502.
+    routed = b"\x82\x87" + b"\x44\x05/owa/" + b"\x41\x09fuzz.test"
+    upload = b"\x83\x87" + b"\x44\x08/owa/ews" + b"\x41\x09fuzz.test" + b"\x5c\x015"
+    write(t, "routed-get-post", settings + frame(1, 0x05, 1, routed) + frame(1, 0x04, 3, upload) +
+          frame(0, 0x01, 3, b"hello"))
 
 
 def main():
