@@ -423,20 +423,22 @@ class Forwarder {
         idle_(route.idle_timeout ? Clock::duration(*route.idle_timeout)
                                  : Clock::duration(context.listener.config->idle_timeout)) {}
 
-  asio::awaitable<ExchangeResult> run() {
+  // Before anything is sent: false when the request cannot be forwarded
+  // at all (the result says why).
+  bool prepare() {
     start_result();
     if (auth_binds() && binding_ == nullptr) {
       result_.http11_required = true;
       result_.error = auth_->scheme + " authentication is per connection and needs HTTP/1.1";
-      co_return std::move(result_);
+      return false;
     }
     request_head_ = serialize_request(
         head_, ForwardedFor{std::string(context_.client_address), head_.host, "https", context_.client_cert},
         head_.has_body());
-    if (binding_ != nullptr && binding_->bound()) co_await on_bound_connection();
-    else co_await on_pool();
-    co_return std::move(result_);
+    return true;
   }
+  bool bound() const { return binding_ != nullptr && binding_->bound(); }
+  ExchangeResult take_result() { return std::move(result_); }
 
  private:
   bool auth_binds() const { return auth_ && auth_->connection_bound; }
@@ -497,6 +499,7 @@ class Forwarder {
     }
   }
 
+ public:
   // Every request of a bound client goes on its connection, wherever it
   // routes: another connection would carry another identity (or none).
   asio::awaitable<void> on_bound_connection() {
@@ -547,9 +550,15 @@ class Forwarder {
     return target;
   }
 
+  // A server of the pool, and once more on a fresh connection (another
+  // server, when the first one died) when the backend ends the connection
+  // before a byte of answer: a kept-alive connection it closed just then
+  // (nothing was processed), or a server that died under an idempotent
+  // request without a body (RFC 9110 9.2.2). Never a request that carries
+  // Windows credentials: its connection is its own.
   asio::awaitable<void> on_pool() {
     ConnectTarget target = connect_target();
-    for (int attempt = 0; attempt < 2; ++attempt) {
+    for (int attempt = 0; attempt < 2; ++attempt, start_result(), target.reuse = false) {
       // (Not co_await inside the braces: GCC 12 mis-handles co_await in
       // aggregate initialisers.)
       auto connected = co_await connect_backend(context_.generation, context_.worker.index(), target);
@@ -560,53 +569,37 @@ class Forwarder {
         else fail(503, "no server of pool \"" + pool_.config->name + "\" is available");
         co_return;
       }
-      const bool again = co_await attempt_on(lease, attempt);
-      if (!again) co_return;
-      start_result();
-      target.reuse = false;
+      BackendConnection& backend = *lease.backend;
+      result_.server = backend.server->config->name;
+      result_.backend_reused = backend.reused;
+      const bool may_retry =
+          attempt == 0 && !head_.has_body() && !auth_binds() && (backend.reused || idempotent(head_.method));
+      if (auto ec = co_await backend.stream->write_all(request_head_.data(), request_head_.size())) {
+        lease.release();
+        if (may_retry) continue;
+        fail(502, "backend \"" + result_.server + "\": " + ec.message());
+        co_return;
+      }
+      Exchange exchange(context_, head_, down_, backend, result_, idle_);
+      if (route_.affinity == conf::Affinity::cookie)
+        exchange.set_cookie(
+            affinity_set_cookie(context_.generation, pool_, backend.pool, backend.server_index, cookie_server_));
+      const auto outcome =
+          co_await exchange.run({.may_retry = may_retry, .can_bind = binding_ != nullptr, .binds = auth_binds()});
+      if (outcome == Exchange::Outcome::retry) continue;  // the lease closes this connection
+      if (outcome == Exchange::Outcome::http11_required) {
+        result_.http11_required = true;
+        co_return;  // the lease closes the connection that offered it
+      }
+      settle(lease, exchange, outcome);
+      co_await report(outcome);
+      remember_auth();
+      co_return;
     }
     fail(502, "no server of pool \"" + pool_.config->name + "\" answered");
   }
 
-  // One attempt on a connected server; true when the request is to be sent
-  // once more, on a fresh connection.
-  asio::awaitable<bool> attempt_on(Lease& lease, int attempt) {
-    BackendConnection& backend = *lease.backend;
-    result_.server = backend.server->config->name;
-    result_.backend_reused = backend.reused;
-    // Sent again, once, when the backend ends the connection before a byte
-    // of answer: a kept-alive connection it closed just then (nothing was
-    // processed), or a server that died under an idempotent request without
-    // a body (RFC 9110 9.2.2), which another server may answer instead. Never
-    // a request that carries Windows credentials: its connection is its own.
-    const bool may_retry =
-        attempt == 0 && !head_.has_body() && !auth_binds() && (backend.reused || idempotent(head_.method));
-    if (auto ec = co_await backend.stream->write_all(request_head_.data(), request_head_.size())) {
-      lease.release();
-      if (may_retry) co_return true;
-      fail(502, "backend \"" + result_.server + "\": " + ec.message());
-      co_return false;
-    }
-    Exchange exchange(context_, head_, down_, backend, result_, idle_);
-    if (route_.affinity == conf::Affinity::cookie)
-      exchange.set_cookie(
-          affinity_set_cookie(context_.generation, pool_, backend.pool, backend.server_index, cookie_server_));
-    const auto outcome =
-        co_await exchange.run({.may_retry = may_retry, .can_bind = binding_ != nullptr, .binds = auth_binds()});
-    if (outcome == Exchange::Outcome::retry) {
-      lease.release();
-      co_return true;
-    }
-    if (outcome == Exchange::Outcome::http11_required) {
-      result_.http11_required = true;
-      co_return false;  // the lease closes the connection that offered it
-    }
-    settle(lease, exchange, outcome);
-    co_await report(outcome);
-    remember_auth();
-    co_return false;
-  }
-
+ private:
   // The backend connection after a final answer: bound to the client, kept
   // for the next request, or closed.
   void settle(Lease& lease, const Exchange& exchange, Exchange::Outcome outcome) {
@@ -646,7 +639,11 @@ class Forwarder {
 asio::awaitable<ExchangeResult> forward(RequestContext& context, const RequestHead& head, const conf::Route& route,
                                         const PoolRuntime& pool, Downstream& down, BackendBinding* binding) {
   Forwarder forwarder(context, head, route, pool, down, binding);
-  co_return co_await forwarder.run();
+  if (forwarder.prepare()) {
+    if (forwarder.bound()) co_await forwarder.on_bound_connection();
+    else co_await forwarder.on_pool();
+  }
+  co_return forwarder.take_result();
 }
 
 }  // namespace gatehouse::proxy::l7
