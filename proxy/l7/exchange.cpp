@@ -460,20 +460,24 @@ class Forwarder {
 
   // What the client gets when the exchange did not complete.
   asio::awaitable<void> report(Exchange::Outcome outcome) {
-    const std::string why = result_.error;
+    // The client gets the status and a short reason; the log keeps the
+    // exchange's own error.
     switch (outcome) {
       case Exchange::Outcome::failed_before_response:
         if (!result_.client_failed) {
+          std::string why = std::move(result_.error);
           fail(502, "backend \"" + result_.server + "\" failed before answering");
-          result_.error = why;
+          result_.error = std::move(why);
           co_await down_.flush();
         }
         break;
-      case Exchange::Outcome::timed_out:
+      case Exchange::Outcome::timed_out: {
+        std::string why = std::move(result_.error);
         fail(504, "backend \"" + result_.server + "\" did not answer in time");
-        result_.error = why;
+        result_.error = std::move(why);
         co_await down_.flush();
         break;
+      }
       case Exchange::Outcome::failed_after_head: down_.abort(); break;
       default: break;
     }

@@ -2,6 +2,8 @@
 
 #include <boost/json/object.hpp>
 
+#include <optional>
+
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
@@ -10,14 +12,17 @@ namespace gatehouse::proxy::l7 {
 
 namespace {
 
-// The head the backend gets: origin-form target, and the Host the request
-// was routed by (an absolute-form target's authority overrides Host, RFC
-// 9112 3.2.2; HTTP/1.0 without Host gets the SNI's name).
-RequestHead forwarded_head(const RequestHead& head, std::string_view authority, const Routed& routed) {
-  RequestHead out = head;
-  out.target = origin_form(head.target);
-  if (!authority.empty()) out.host = authority;
-  else if (head.host.empty()) out.host = routed.host;
+// The head the backend gets, when it is not the one the client sent:
+// origin-form target, and the Host the request was routed by (an
+// absolute-form target's authority overrides Host, RFC 9112 3.2.2; HTTP/1.0
+// without Host gets the SNI's name). Most requests need neither, and are
+// forwarded without a copy.
+std::optional<RequestHead> rewritten_head(const RequestHead& head, std::string_view authority, const Routed& routed) {
+  if (routed.origin_target.empty() && authority.empty() && !head.host.empty()) return std::nullopt;
+  std::optional<RequestHead> out(head);
+  if (!routed.origin_target.empty()) out->target = routed.origin_target;
+  if (!authority.empty()) out->host = authority;
+  else if (head.host.empty()) out->host = routed.host;
   return out;
 }
 
@@ -43,7 +48,8 @@ asio::awaitable<ExchangeResult> handle_request(ClientConnection& connection, con
                            .executor = io.executor,
                            .guard = io.guard,
                            .client_cert = connection.info.client_xfcc};
-    const RequestHead forwarded = forwarded_head(head, authority, routed);
+    const std::optional<RequestHead> rewritten = rewritten_head(head, authority, routed);
+    const RequestHead& forwarded = rewritten ? *rewritten : head;
     result = co_await forward(context, forwarded, *routed.route, *routed.pool, io.down, connection.binding);
   }
   if (auto ec = co_await io.down.flush()) result.client_failed = true;

@@ -38,11 +38,6 @@ std::optional<std::string> host_of(std::string_view field) {
   return sni::normalize_host(field.substr(0, colon));
 }
 
-std::string path_of(std::string_view target) {
-  if (target == "*") return "/";
-  return origin_form(target);
-}
-
 std::string shorten(std::string_view s, std::size_t max = 200) {
   return s.size() <= max ? std::string(s) : std::string(s.substr(0, max)) + "...";
 }
@@ -107,7 +102,11 @@ Routed route_request(const Generation& generation, const ListenerRuntime& listen
     }
   }
 
-  const std::string path = path_of(target);
+  // Only an absolute-form target needs a new string; "*" (OPTIONS) routes as "/".
+  if (after_scheme(target)) out.origin_target = origin_form(target);
+  const std::string_view path = target == "*"                ? std::string_view("/")
+                                : !out.origin_target.empty() ? std::string_view(out.origin_target)
+                                                             : target;
   const auto choice = generation.route_http(listener, out.host, path);
   if (choice.route == nullptr) {
     out.status = 404;

@@ -17,6 +17,9 @@ struct Routed {
   int status = 0;      // 0 = forward; else 400, 421, 404 or 503
   std::string detail;  // for the error body and the log
   std::string host;    // normalised Host (no port)
+  // The origin-form target the backend gets for an absolute-form one; ""
+  // when the target goes as sent.
+  std::string origin_target;
   const conf::Route* route = nullptr;
   const PoolRuntime* pool = nullptr;
 };
