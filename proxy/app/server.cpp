@@ -340,8 +340,12 @@ asio::awaitable<void> Server::drain_and_stop() {
         error_code ignored;
         acceptor->close(ignored);
       }
-      worker->on_empty([this] { asio::post(main_io_, [this] { empty_signal_.cancel(); }); });
+      auto wake = [this] { asio::post(main_io_, [this] { empty_signal_.cancel(); }); };
+      worker->on_empty(wake);
       worker->poke(nullptr, Drain::soft);
+      // Its last connection may have ended between the count the wait saw
+      // and now, before anyone listened.
+      if (worker->active() == 0) wake();
     });
   }
   if (!co_await wait_empty(Clock::now() + drain_timeout)) {
