@@ -155,6 +155,17 @@ std::string_view to_string(ListenerMode mode) {
     case ListenerMode::l7: return "l7";
     case ListenerMode::l4: return "l4";
     case ListenerMode::passthrough: return "passthrough";
+    case ListenerMode::tcp: return "tcp";
+  }
+  return "?";
+}
+
+std::string_view to_string(StartTls starttls) {
+  switch (starttls) {
+    case StartTls::none: return "";
+    case StartTls::smtp: return "smtp";
+    case StartTls::imap: return "imap";
+    case StartTls::pop3: return "pop3";
   }
   return "?";
 }

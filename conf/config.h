@@ -37,7 +37,10 @@ struct Diagnostic {
   std::string to_string() const;  // "file:line: key: message"
 };
 
-enum class ListenerMode { l7, l4, passthrough };
+enum class ListenerMode { l7, l4, passthrough, tcp };
+// The mail protocol whose plaintext opening an l4 listener speaks before its
+// TLS (STARTTLS / STLS).
+enum class StartTls { none, smtp, imap, pop3 };
 enum class TlsPolicy { modern, tls13 };
 enum class ClientCertificates { none, optional, require };
 enum class ProxyProtocol { none, v1, v2 };
@@ -71,16 +74,18 @@ struct Listener {
   Address bind;
   ListenerMode mode = ListenerMode::l7;
   std::vector<std::string> certificates;  // resolved: never empty for l7/l4 (empty in TOML = all, in file
-                                          // order); always empty for passthrough, which serves none
+                                          // order); always empty for passthrough and tcp, which serve none
   std::string default_certificate;        // resolved: "" in TOML = the first of certificates ("" for passthrough)
   bool strict_sni = false;
   TlsPolicy tls = TlsPolicy::modern;
   std::vector<std::string> alpn;  // resolved default: l7 {"h2","http/1.1"}, l4 {}; passthrough always {}
   ClientCertificates client_certificates = ClientCertificates::none;
-  std::filesystem::path client_ca;   // PEM bundle of the CAs that issue client certificates
-  std::filesystem::path client_crl;  // PEM CRLs checked for the client's leaf; empty = none
-  int client_verify_depth = 4;       // most intermediate CAs between a client's leaf and client_ca
-  std::string pool;                  // l4/passthrough default pool, may be ""
+  std::filesystem::path client_ca;     // PEM bundle of the CAs that issue client certificates
+  std::filesystem::path client_crl;    // PEM CRLs checked for the client's leaf; empty = none
+  int client_verify_depth = 4;         // most intermediate CAs between a client's leaf and client_ca
+  StartTls starttls = StartTls::none;  // l4 only
+  std::string greeting_name;  // starttls: resolved: "" in TOML = the default certificate's first name (at build)
+  std::string pool;           // l4/passthrough/tcp default pool, may be ""
   ProxyProtocol proxy_protocol = ProxyProtocol::none;
   Duration handshake_timeout = std::chrono::seconds(10);
   Duration idle_timeout = std::chrono::minutes(5);
@@ -126,6 +131,7 @@ struct Pool {
   std::string local_site;
   std::string fallback;
   BackendTls tls = BackendTls::verify;
+  bool starttls = false;  // for starttls listeners: plain connect, the protocol's STARTTLS, then TLS as `tls` says
   std::filesystem::path ca;
   Health health;
   int line = 0;
@@ -170,6 +176,7 @@ std::optional<Duration> parse_duration(std::string_view text);
 std::optional<Address> parse_address(std::string_view text);
 
 std::string_view to_string(ListenerMode);
+std::string_view to_string(StartTls);  // "" for none
 std::string_view to_string(BackendTls);
 std::string_view to_string(Balance);
 

@@ -57,13 +57,17 @@ class Loader {
   void validate();
   void check_names();
   void check_listener(Listener& listener, const Origin& origin);
-  void check_passthrough_listener(Listener& listener, const Origin& origin);
+  void check_starttls(const Listener& listener, const Origin& origin);
+  void check_unterminated_listener(Listener& listener, const Origin& origin);
   void check_l7_listener(const Listener& listener, const Origin& origin);
   void check_listener_certificates(Listener& listener, const Origin& origin);
   void check_client_certificates(const Listener& listener, const Origin& origin);
   void check_alpn(Listener& listener, const Origin& origin);
   void check_route(Route& route, const Origin& origin);
   void check_pool(const Pool& pool, const Origin& origin);
+  std::vector<const Pool*> reached_pools(const Listener& listener) const;
+  void check_pool_users(std::size_t listener);
+  void mail_warnings(const Listener& listener, const Origin& origin);
   // "a -> b -> a" when following fallback from `pool` comes back to a pool
   // of the chain; "" otherwise.
   std::string fallback_cycle(const Pool& pool) const;
@@ -73,6 +77,8 @@ class Loader {
   Config config_;
   LoadResult result_;
   Origin settings_origin_{"server"};
+  std::set<std::string, std::less<>> pool_reports_;              // "pool.key" reported by check_pool_users
+  std::map<std::string, StartTls, std::less<>> pool_protocols_;  // a starttls pool's first protocol
   std::vector<Origin> certificate_origins_, listener_origins_, route_origins_, server_origins_, pool_origins_;
 };
 

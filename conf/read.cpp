@@ -145,8 +145,12 @@ struct Choice {
   E value;
 };
 
-constexpr Choice<ListenerMode> mode_choices[] = {
-    {"l7", ListenerMode::l7}, {"l4", ListenerMode::l4}, {"passthrough", ListenerMode::passthrough}};
+constexpr Choice<ListenerMode> mode_choices[] = {{"l7", ListenerMode::l7},
+                                                 {"l4", ListenerMode::l4},
+                                                 {"passthrough", ListenerMode::passthrough},
+                                                 {"tcp", ListenerMode::tcp}};
+constexpr Choice<StartTls> starttls_choices[] = {
+    {"", StartTls::none}, {"smtp", StartTls::smtp}, {"imap", StartTls::imap}, {"pop3", StartTls::pop3}};
 constexpr Choice<TlsPolicy> tls_policy_choices[] = {{"modern", TlsPolicy::modern}, {"tls13", TlsPolicy::tls13}};
 constexpr Choice<ClientCertificates> client_certificate_choices[] = {{"none", ClientCertificates::none},
                                                                      {"optional", ClientCertificates::optional},
@@ -180,6 +184,8 @@ constexpr std::string_view listener_keys[] = {"name",
                                               "client_ca",
                                               "client_crl",
                                               "client_verify_depth",
+                                              "starttls",
+                                              "greeting_name",
                                               "pool",
                                               "proxy_protocol",
                                               "handshake_timeout",
@@ -187,8 +193,8 @@ constexpr std::string_view listener_keys[] = {"name",
                                               "max_connections"};
 constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool", "affinity", "idle_timeout"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
-constexpr std::string_view pool_keys[] = {"name",     "servers", "balance", "hash_key", "local_site",
-                                          "fallback", "tls",     "ca",      "health"};
+constexpr std::string_view pool_keys[] = {"name",     "servers", "balance",  "hash_key", "local_site",
+                                          "fallback", "tls",     "starttls", "ca",       "health"};
 constexpr std::string_view health_keys[] = {"kind", "path", "expect", "interval", "timeout", "rise", "fall"};
 
 std::string unknown_key_message(std::string_view key, std::string_view section,
@@ -554,6 +560,15 @@ void Loader::read(const toml::table& table, Origin& origin, Listener& out) {
   r.file("client_ca", out.client_ca);
   r.file("client_crl", out.client_crl);
   r.integer("client_verify_depth", 1, 16, out.client_verify_depth);
+  r.choice("starttls", starttls_choices, out.starttls);
+  if (r.string("greeting_name", out.greeting_name) && !out.greeting_name.empty()) {
+    // It goes into the greeting and EHLO reply verbatim: a host name only.
+    auto result = normalize_route_host(out.greeting_name);
+    if (!result.error.empty() || result.host.starts_with('*'))
+      r.value_error("greeting_name", "\"" + out.greeting_name + "\" is not a host name for the greeting, e.g. " +
+                                         "\"mail.contoso.com\"" + (result.error.empty() ? "" : ": " + result.error));
+    else out.greeting_name = result.host;
+  }
   r.string("pool", out.pool);
   r.choice("proxy_protocol", proxy_protocol_choices, out.proxy_protocol);
   r.duration("handshake_timeout", out.handshake_timeout, true);
@@ -627,6 +642,7 @@ void Loader::read(const toml::table& table, Origin& origin, Pool& out) {
   r.string("local_site", out.local_site);
   r.string("fallback", out.fallback);
   r.choice("tls", backend_tls_choices, out.tls);
+  r.boolean("starttls", out.starttls);
   r.file("ca", out.ca);
 
   const toml::node* health = r.node("health");

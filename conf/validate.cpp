@@ -38,6 +38,7 @@ void Loader::validate() {
   for (std::size_t i = 0; i < config_.listeners.size(); ++i) check_listener(config_.listeners[i], listener_origins_[i]);
   for (std::size_t i = 0; i < config_.routes.size(); ++i) check_route(config_.routes[i], route_origins_[i]);
   for (std::size_t i = 0; i < config_.pools.size(); ++i) check_pool(config_.pools[i], pool_origins_[i]);
+  for (std::size_t i = 0; i < config_.listeners.size(); ++i) check_pool_users(i);
 
   if (config_.listeners.empty() && result_.errors.empty())
     error(Origin{}, "listener", "the file has no [[listener]], so there is nothing to serve; add one");
@@ -91,8 +92,9 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
     error(origin, "pool", reference_problem("pool", listener.pool, config_.pools));
   if (origin.invalid.contains("mode")) return;  // mode-specific checks would only guess
 
-  if (listener.mode == ListenerMode::passthrough) {
-    check_passthrough_listener(listener, origin);
+  check_starttls(listener, origin);
+  if (listener.mode == ListenerMode::passthrough || listener.mode == ListenerMode::tcp) {
+    check_unterminated_listener(listener, origin);
     return;
   }
   if (listener.mode == ListenerMode::l7) check_l7_listener(listener, origin);
@@ -101,7 +103,19 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
   check_alpn(listener, origin);
 }
 
-void Loader::check_passthrough_listener(Listener& listener, const Origin& origin) {
+void Loader::check_starttls(const Listener& listener, const Origin& origin) {
+  if (listener.starttls != StartTls::none && listener.mode != ListenerMode::l4)
+    error(origin, "starttls",
+          "starttls is for l4 listeners, which terminate TLS after the protocol's STARTTLS; this one is " +
+              std::string(to_string(listener.mode)) + ": use mode = \"l4\", or remove starttls");
+  if (listener.starttls == StartTls::none && !listener.greeting_name.empty())
+    error(origin, "greeting_name",
+          "greeting_name is the name a starttls listener greets with; set starttls = \"smtp\", \"imap\" or "
+          "\"pop3\", or remove it");
+}
+
+// passthrough and tcp listeners relay the client's bytes as they came.
+void Loader::check_unterminated_listener(Listener& listener, const Origin& origin) {
   const std::pair<std::string_view, bool> tls_keys[] = {
       {"certificates", !listener.certificates.empty()},
       {"default_certificate", !listener.default_certificate.empty()},
@@ -113,12 +127,13 @@ void Loader::check_passthrough_listener(Listener& listener, const Origin& origin
       {"client_crl", !listener.client_crl.empty()},
       {"client_verify_depth", origin.has("client_verify_depth")},
   };
+  const std::string mode(to_string(listener.mode));
   for (auto [key, set] : tls_keys)
     if (set && origin.valid(key))
       error(origin, key,
-            "a passthrough listener does not terminate TLS, so " + std::string(key) +
+            "a " + mode + " listener does not terminate TLS, so " + std::string(key) +
                 " has no effect; remove it, or use mode = \"l4\" to terminate TLS here");
-  // A passthrough listener serves no certificate: these stay empty.
+  // It serves no certificate: these stay empty.
   listener.certificates.clear();
   listener.default_certificate.clear();
   listener.alpn.clear();
@@ -127,11 +142,11 @@ void Loader::check_passthrough_listener(Listener& listener, const Origin& origin
 void Loader::check_l7_listener(const Listener& listener, const Origin& origin) {
   if (!listener.pool.empty())
     error(origin, "pool",
-          "pool is only for l4 and passthrough listeners; an l7 listener sends requests to "
+          "pool is only for l4, passthrough and tcp listeners; an l7 listener sends requests to "
           "pools through [[route]] tables, so move it to a route");
   if (listener.proxy_protocol != ProxyProtocol::none)
     error(origin, "proxy_protocol",
-          "proxy_protocol is only for l4 and passthrough listeners; an l7 listener "
+          "proxy_protocol is only for l4, passthrough and tcp listeners; an l7 listener "
           "passes the client address in X-Forwarded-For and Forwarded");
 }
 
@@ -205,6 +220,74 @@ void Loader::check_route(Route& route, const Origin& origin) {
   if (origin.valid("paths")) error(origin, "paths", "paths" + why + "; remove it");
   if (route.affinity == Affinity::cookie)
     error(origin, "affinity", "affinity = \"cookie\"" + why + "; use \"source_ip\"");
+  if (listener->mode == ListenerMode::tcp && !route.hosts.empty() && origin.valid("hosts"))
+    error(origin, "hosts",
+          "a tcp listener sees no TLS, so it has no SNI to route by; remove hosts (a route without hosts "
+          "carries affinity and idle_timeout for every connection), or use mode = \"passthrough\"");
+}
+
+// The pools a listener can send a connection to: its pool, its routes'
+// pools, and down their fallback chains.
+std::vector<const Pool*> Loader::reached_pools(const Listener& listener) const {
+  std::vector<const Pool*> reached;
+  auto reach = [&](const std::string& name) {
+    for (const Pool* p = config_.find_pool(name);
+         p != nullptr && std::find(reached.begin(), reached.end(), p) == reached.end();
+         p = config_.find_pool(p->fallback))
+      reached.push_back(p);
+  };
+  reach(listener.pool);
+  for (const Route& route : config_.routes)
+    if (route.listener == listener.name) reach(route.pool);
+  return reached;
+}
+
+// A pool's TLS must fit how each listener that reaches it relays: a
+// passthrough listener adds no TLS, and only a starttls listener knows the
+// protocol whose STARTTLS a starttls pool speaks.
+void Loader::check_pool_users(std::size_t index) {
+  const Listener& listener = config_.listeners[index];
+  const Origin& origin = listener_origins_[index];
+  if (listener.name.empty() || origin.invalid.contains("mode") || origin.invalid.contains("starttls")) return;
+  const std::string who = origin.label + " (mode = \"" + std::string(to_string(listener.mode)) + "\")";
+  for (const Pool* pool : reached_pools(listener)) {
+    const Origin& pool_origin = pool_origins_[index_of(config_.pools, pool)];
+    auto once = [&](std::string_view key, std::string message) {
+      if (pool_reports_.insert(pool->name + "." + std::string(key)).second) error(pool_origin, key, std::move(message));
+    };
+    if (pool_origin.invalid.contains("tls")) continue;
+    if (listener.mode == ListenerMode::passthrough && pool->tls != BackendTls::plain)
+      once("tls", "this pool is used by " + who +
+                      ", which relays the client's own TLS unchanged; set tls = \"plain\" (Gatehouse adds no TLS "
+                      "of its own there)");
+    if (pool->starttls && listener.starttls == StartTls::none)
+      once("starttls", "starttls = true is for pools of l4 listeners with starttls; " + who +
+                           " sends connections here; remove starttls or use another pool");
+    if (!pool->starttls || listener.starttls == StartTls::none) continue;
+    auto [it, first] = pool_protocols_.emplace(pool->name, listener.starttls);
+    if (!first && it->second != listener.starttls)
+      once("starttls", "starttls listeners of different protocols (" + std::string(to_string(it->second)) + " and " +
+                           std::string(to_string(listener.starttls)) +
+                           ") use this pool, but its servers speak one; give each protocol its own pool");
+  }
+  mail_warnings(listener, origin);
+}
+
+// What `check` tells an operator of a mail listener.
+void Loader::mail_warnings(const Listener& listener, const Origin& origin) {
+  if (listener.starttls == StartTls::smtp)
+    for (const Pool* pool : reached_pools(listener))
+      if (pool->tls != BackendTls::verify)
+        warning(origin, "pool",
+                "SMTP STARTTLS listener sends mail to pool \"" + pool->name + "\", whose servers are not verified " +
+                    "(tls = \"" + std::string(to_string(pool->tls)) +
+                    "\"): mail and credentials can be read or changed on that path; set tls = \"verify\" with " +
+                    "pins (gatehouse cert pin) or ca");
+  if (listener.bind.port == 25 && (listener.mode == ListenerMode::l4 || listener.mode == ListenerMode::l7))
+    warning(origin, "bind",
+            "information: terminating TLS on port 25 hides the Exchange server's certificate from sending "
+            "servers, which breaks Domain Security (mutual TLS) and hybrid mail flow's certificate matching; "
+            "use mode = \"tcp\" (or \"passthrough\") to keep SMTP TLS end to end");
 }
 
 std::string Loader::fallback_cycle(const Pool& pool) const {
@@ -250,6 +333,15 @@ void Loader::check_pool(const Pool& pool, const Origin& origin) {
   }
 
   if (origin.invalid.contains("tls")) return;
+  if (pool.starttls && pool.tls == BackendTls::plain)
+    error(origin, "starttls",
+          "starttls = true upgrades the server connection to TLS, but tls = \"plain\" says no TLS; set tls = "
+          "\"verify\" (with pins or ca), or starttls = false to talk to the server in plain text");
+  if (pool.starttls && (pool.health.kind == HealthKind::tls || pool.health.kind == HealthKind::http))
+    error(origin, "health.kind",
+          "the servers of a starttls pool speak plain text first, so a \"" +
+              std::string(pool.health.kind == HealthKind::tls ? "tls" : "http") +
+              "\" probe cannot succeed; use kind = \"tcp\"");
   if (pool.tls == BackendTls::verify && pool.ca.empty() && !origin.invalid.contains("ca")) {
     for (const Server* server : servers) {
       if (!server->pin.empty() || server_origins_[index_of(config_.servers, server)].invalid.contains("pin")) continue;

@@ -288,12 +288,19 @@ void print_coverage(std::ostream& out, const std::vector<Row>& rows) {
 void check_listener(const conf::Config& config, const conf::Listener& listener, const Loaded& loaded,
                     Clock::time_point now, Report& report) {
   std::ostream& out = report.out();
-  const std::string mode(conf::to_string(listener.mode));
+  std::string mode(conf::to_string(listener.mode));
   if (listener.mode == conf::ListenerMode::passthrough) {
     out << "listener " << listener.name << " (" << mode << ", " << listener.bind.to_string()
         << "): TLS passes through to the backends, no certificate here\n";
     return;
   }
+  if (listener.mode == conf::ListenerMode::tcp) {
+    out << "listener " << listener.name << " (" << mode << ", " << listener.bind.to_string()
+        << "): plain TCP relay, no certificate here\n";
+    return;
+  }
+  if (listener.starttls != conf::StartTls::none)
+    mode += ", STARTTLS " + std::string(conf::to_string(listener.starttls));
   std::vector<std::shared_ptr<const LoadedCertificate>> certs;
   std::vector<std::string> missing;
   for (const auto& name : listener.certificates) {
@@ -435,7 +442,7 @@ void check_ocsp(const conf::Config& config, const Loaded& loaded, Clock::time_po
 void check_client_certificates(const conf::Config& config, Report& report) {
   for (const auto& listener : config.listeners) {
     if (listener.client_certificates == conf::ClientCertificates::none ||
-        listener.mode == conf::ListenerMode::passthrough)
+        listener.mode == conf::ListenerMode::passthrough || listener.mode == conf::ListenerMode::tcp)
       continue;
     const std::string table = "listener \"" + listener.name + "\"";
     try {

@@ -66,6 +66,9 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
   switch (listener->config->mode) {
     case conf::ListenerMode::l4: co_await serve_l4(worker, std::move(generation), *listener, std::move(socket)); break;
     case conf::ListenerMode::l7: co_await serve_l7(worker, std::move(generation), *listener, std::move(socket)); break;
+    case conf::ListenerMode::tcp:
+      co_await serve_tcp(worker, std::move(generation), *listener, std::move(socket));
+      break;
     default: break;  // refused at start-up and reload
   }
 }

@@ -4,6 +4,7 @@
 #include <boost/asio/post.hpp>
 
 #include "balancer/balancer.h"
+#include "proxy/l4/mail.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
@@ -66,87 +67,172 @@ struct StreamExpiry final : IdleExpiry {
   TlsStream& back;
 };
 
+// What every connection of the stream family (l4, passthrough, tcp) has,
+// and its one access line.
+class StreamConnection {
+ public:
+  StreamConnection(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                   const tcp::socket& socket, asio::steady_timer& watchdog)
+      : worker(worker),
+        generation(std::move(generation)),
+        listener(listener),
+        config(*listener.config),
+        tracked(worker, this->generation.get(), &watchdog),
+        watchdog(watchdog) {
+    error_code ignored;
+    client_endpoint = socket.remote_endpoint(ignored);
+    local_endpoint = socket.local_endpoint(ignored);
+    client = to_string(client_endpoint);
+    access = {{"client", client}, {"listener", config.name}, {"mode", conf::to_string(config.mode)}};
+  }
+
+  // Writes the access line (with `error` when the connection failed).
+  void finish(std::string_view error = {}) {
+    if (!error.empty()) access["error"] = error;
+    access["duration_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+    log::access(std::move(access));
+  }
+
+  Worker& worker;
+  std::shared_ptr<Generation> generation;
+  const ListenerRuntime& listener;
+  const conf::Listener& config;
+  TrackedConnection tracked;
+  asio::steady_timer& watchdog;
+  const Clock::time_point started = Clock::now();
+  tcp::endpoint client_endpoint;
+  tcp::endpoint local_endpoint;
+  std::string client;
+  boost::json::object access;
+};
+
+// Where a relay goes and what the backend gets before the client's bytes.
+struct RelayPlan {
+  std::string_view sni;  // routes by it ("" for tcp)
+  const HandshakeInfo* tls_info = nullptr;
+  const char* tls_version = nullptr;
+  const BackendOpening* opening = nullptr;    // starttls listeners
+  std::span<const std::uint8_t> first_bytes;  // passthrough: the ClientHello, as it came
+};
+
+// Routes, connects and copies both ways until both directions end, an
+// error, or the idle timeout; then writes the access line.
+asio::awaitable<void> relay(StreamConnection& c, TlsStream& front, const RelayPlan& plan) {
+  const auto [route, pool] = c.generation->route_by_sni(c.listener, plan.sni);
+  if (pool == nullptr) {
+    log::warning("no_route", {{"listener", c.config.name}, {"client", c.client}, {"sni", plan.sni}});
+    c.finish("no route");
+    co_return;
+  }
+  c.access["pool"] = pool->config->name;
+
+  ConnectTarget target;
+  target.pool = pool;
+  target.hash_key = balancer::hash_key(c.client_endpoint.address().to_string());
+  target.affinity = route != nullptr && route->affinity == conf::Affinity::source_ip;
+  target.timeout = c.config.handshake_timeout;
+  target.proxy_protocol = c.config.proxy_protocol;
+  target.client = c.client_endpoint;
+  target.local = c.local_endpoint;
+  target.tls_info = plan.tls_info;
+  target.tls_version = plan.tls_version;
+  target.opening = plan.opening;
+  auto backend = co_await connect_backend(*c.generation, c.worker.index(), target);
+  if (!backend) {
+    log::warning("no_backend", {{"listener", c.config.name}, {"client", c.client}, {"pool", pool->config->name}});
+    c.finish("no server reachable");
+    co_return;
+  }
+  c.access["server"] = backend->server->config->name;
+  if (backend->stream->is_tls()) c.access["backend_resumed"] = SSL_session_reused(backend->stream->ssl()) == 1;
+
+  const Clock::duration idle_timeout = route != nullptr && route->idle_timeout ? Clock::duration(*route->idle_timeout)
+                                                                               : Clock::duration(c.config.idle_timeout);
+  Clock::time_point last_activity = Clock::now();
+  std::uint64_t bytes_in = plan.first_bytes.size();
+  std::uint64_t bytes_out = 0;
+  const error_code replayed = co_await backend->stream->write_all(plan.first_bytes.data(), plan.first_bytes.size());
+  if (!replayed) {
+    // Idle for idle_timeout, or force-closed at drain_timeout: both
+    // directions end. A reload lets the stream finish.
+    StreamExpiry expiry{front, *backend->stream};
+    IdleGuard guard(c.watchdog, c.tracked.handle());
+    guard.arm(&last_activity, idle_timeout, OnDrain::finish, &expiry);
+    co_await ((pump(front, *backend->stream, last_activity, bytes_in) &&
+               pump(*backend->stream, front, last_activity, bytes_out)) ||
+              guard.watch());
+  }
+  release_backend(*c.generation, c.worker.index(), *backend, pool);
+  c.access["bytes_in"] = bytes_in;
+  c.access["bytes_out"] = bytes_out;
+  c.finish(replayed ? "the server closed before the ClientHello was relayed: " + replayed.message() : "");
+}
+
+// A starttls listener's plaintext opening; false (with the access line
+// written) when the client did not get to TLS.
+asio::awaitable<bool> open_starttls(StreamConnection& c, TlsStream& front, HandshakeInfo& info) {
+  const conf::StartTls protocol = c.config.starttls;
+  c.access["protocol"] = conf::to_string(protocol);
+  c.access["starttls"] = false;
+  const mail::ClientOpening opened =
+      co_await mail::open_client(front, protocol, c.listener.greeting_name, c.started + c.config.handshake_timeout);
+  if (!opened.start_tls) {
+    c.finish(opened.ended);
+    co_return false;
+  }
+  const std::size_t dropped = opened.pipelined + front.start_tls(c.listener.tls->new_connection(&info));
+  if (dropped > 0)
+    log::warning("starttls_pipelined",
+                 {{"listener", c.config.name},
+                  {"client", c.client},
+                  {"protocol", conf::to_string(protocol)},
+                  {"bytes", dropped},
+                  {"action", "discarded: bytes sent after STARTTLS before TLS are never relayed"}});
+  co_return true;
+}
+
 }  // namespace
 
 asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
                                tcp::socket socket) {
-  const auto started = Clock::now();
-  const conf::Listener& config = *listener.config;
-  auto executor = co_await asio::this_coro::executor;
-  asio::steady_timer watchdog_timer(executor);
-  TrackedConnection tracked(worker, generation.get(), &watchdog_timer);
-  ConnectionHandle& handle = tracked.handle();
-
-  error_code ignored;
-  const tcp::endpoint client_endpoint = socket.remote_endpoint(ignored);
-  const tcp::endpoint local_endpoint = socket.local_endpoint(ignored);
-  const std::string client = to_string(client_endpoint);
+  asio::steady_timer watchdog_timer(co_await asio::this_coro::executor);
+  StreamConnection c(worker, std::move(generation), listener, socket, watchdog_timer);
+  const conf::Listener& config = c.config;
+  const bool starttls = config.starttls != conf::StartTls::none;
 
   HandshakeInfo info;
-  TlsStream front(std::move(socket), listener.tls->new_connection(&info));
-  if (!co_await accept_handshake(worker.metrics(), front, info, config, client)) co_return;
-  const bool resumed = SSL_session_reused(front.ssl()) == 1;
-
-  boost::json::object access{{"client", client},
-                             {"listener", config.name},
-                             {"mode", "l4"},
-                             {"sni", info.sni},
-                             {"certificate", info.certificate ? info.certificate->name : ""},
-                             {"tls_version", SSL_get_version(front.ssl())},
-                             {"resumed", resumed},
-                             {"client_subject", info.client_subject},
-                             {"client_verify", info.client_verify}};
-
-  const auto [route, pool] = generation->route_by_sni(listener, info.sni);
-  if (pool == nullptr) {
-    log::warning("no_route", {{"listener", config.name}, {"client", client}, {"sni", info.sni}});
-    access["error"] = "no route";
-    log::access(std::move(access));
+  TlsStream front(std::move(socket), starttls ? nullptr : listener.tls->new_connection(&info));
+  if (starttls) {
+    const bool opened = co_await open_starttls(c, front, info);
+    if (!opened) co_return;
+  }
+  if (!co_await accept_handshake(worker.metrics(), front, info, config, c.client)) {
+    if (starttls) c.finish("TLS handshake failed after STARTTLS");
     co_return;
   }
-  access["pool"] = pool->config->name;
+  if (starttls) c.access["starttls"] = true;
+  c.access["sni"] = info.sni;
+  c.access["certificate"] = info.certificate ? info.certificate->name : "";
+  c.access["tls_version"] = SSL_get_version(front.ssl());
+  c.access["resumed"] = SSL_session_reused(front.ssl()) == 1;
+  c.access["client_subject"] = info.client_subject;
+  c.access["client_verify"] = info.client_verify;
 
-  ConnectTarget target;
-  target.pool = pool;
-  const auto address_bytes = client_endpoint.address().to_string();
-  target.hash_key = balancer::hash_key(address_bytes);
-  target.affinity = route != nullptr && route->affinity == conf::Affinity::source_ip;
-  target.timeout = config.handshake_timeout;
-  target.proxy_protocol = config.proxy_protocol;
-  target.client = client_endpoint;
-  target.local = local_endpoint;
-  target.tls_info = &info;
-  target.tls_version = SSL_get_version(front.ssl());
-  auto backend = co_await connect_backend(*generation, worker.index(), target);
-  if (!backend) {
-    log::warning("no_backend", {{"listener", config.name}, {"client", client}, {"pool", pool->config->name}});
-    access["error"] = "no server reachable";
-    access["duration_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
-    log::access(std::move(access));
-    co_return;
-  }
-  access["server"] = backend->server->config->name;
-  access["backend_resumed"] = backend->stream->is_tls() && SSL_session_reused(backend->stream->ssl()) == 1;
+  std::optional<mail::ServerOpening> opening;
+  if (starttls) opening.emplace(config.starttls, listener.greeting_name);
+  co_await relay(c, front,
+                 RelayPlan{.sni = info.sni,
+                           .tls_info = &info,
+                           .tls_version = SSL_get_version(front.ssl()),
+                           .opening = opening ? &*opening : nullptr});
+}
 
-  const Clock::duration idle_timeout = route != nullptr && route->idle_timeout ? Clock::duration(*route->idle_timeout)
-                                                                               : Clock::duration(config.idle_timeout);
-  Clock::time_point last_activity = Clock::now();
-  std::uint64_t bytes_in = 0;
-  std::uint64_t bytes_out = 0;
-  // Idle for idle_timeout, or force-closed at drain_timeout: both
-  // directions end. A reload lets the stream finish.
-  StreamExpiry expiry{front, *backend->stream};
-  IdleGuard guard(watchdog_timer, handle);
-  guard.arm(&last_activity, idle_timeout, OnDrain::finish, &expiry);
-  co_await ((pump(front, *backend->stream, last_activity, bytes_in) &&
-             pump(*backend->stream, front, last_activity, bytes_out)) ||
-            guard.watch());
-  release_backend(*generation, worker.index(), *backend, pool);
-
-  access["bytes_in"] = bytes_in;
-  access["bytes_out"] = bytes_out;
-  access["duration_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
-  log::access(std::move(access));
+asio::awaitable<void> serve_tcp(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                                tcp::socket socket) {
+  asio::steady_timer watchdog_timer(co_await asio::this_coro::executor);
+  StreamConnection c(worker, std::move(generation), listener, socket, watchdog_timer);
+  TlsStream front(std::move(socket), nullptr);
+  co_await relay(c, front, RelayPlan{});
 }
 
 }  // namespace gatehouse::proxy

@@ -1,8 +1,10 @@
 #pragma once
-// An l4 connection: terminate TLS (certificate chosen by SNI), pick a server
-// of the pool the SNI routes to, connect and re-encrypt per the pool's `tls`,
-// then copy bytes both ways with half-close passed through until both
-// directions end, an error, or the idle timeout.
+// The stream listeners. An l4 connection: terminate TLS (certificate chosen
+// by SNI; on a starttls listener after the mail protocol's plaintext
+// opening), pick a server of the pool the SNI routes to, connect and
+// re-encrypt per the pool's `tls` (and starttls), then copy bytes both ways
+// with half-close passed through until both directions end, an error, or the
+// idle timeout. Passthrough and tcp connections relay without terminating.
 
 #include <boost/asio/awaitable.hpp>
 
@@ -16,6 +18,10 @@ namespace gatehouse::proxy {
 
 asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
                                tcp::socket socket);
+// A plain TCP relay (mode = "tcp"): no TLS here, the pool's server is picked
+// (routes on a tcp listener have no hosts) and bytes are copied both ways.
+asio::awaitable<void> serve_tcp(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                                tcp::socket socket);
 
 // Copies `from` to `to` until end of stream (then half-closes `to`) or an
 // error (then aborts both). Holds no buffer while `from` is idle.

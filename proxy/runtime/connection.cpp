@@ -185,6 +185,16 @@ std::optional<std::size_t> pick_server(const ConnectTarget& target, const PoolRu
 
 namespace {
 
+// A failed connect step: counted against the server and logged with it.
+void connect_step_failed(const PoolRuntime& pool, std::size_t index, const char* event, const std::string& error) {
+  const ServerRuntime& server = *pool.servers[index];
+  passive_failure(pool, index, error);
+  log::warning(event, {{"pool", pool.config->name},
+                       {"server", server.config->name},
+                       {"address", server.config->address.to_string()},
+                       {"error", error}});
+}
+
 // TCP to the server, then the PROXY header if the target asks for one;
 // nullopt (logged, and counted against the server) when that fails.
 asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool, std::size_t index,
@@ -193,12 +203,8 @@ asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool,
   tcp::socket socket(co_await asio::this_coro::executor);
   auto connected = co_await with_timeout(asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
   if (!connected || std::get<0>(*connected)) {
-    const std::string error = connected ? std::get<0>(*connected).message() : "connect timed out";
-    passive_failure(pool, index, error);
-    log::warning("backend_connect_failed", {{"pool", pool.config->name},
-                                            {"server", server.config->name},
-                                            {"address", server.config->address.to_string()},
-                                            {"error", error}});
+    connect_step_failed(pool, index, "backend_connect_failed",
+                        connected ? std::get<0>(*connected).message() : "connect timed out");
     co_return std::nullopt;
   }
   if (target.proxy_protocol != conf::ProxyProtocol::none) {
@@ -217,11 +223,26 @@ asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool,
   co_return std::optional<tcp::socket>(std::move(socket));
 }
 
+// A starttls listener's plaintext opening with the server, within `timeout`;
+// false (logged and counted) when it failed.
+asio::awaitable<bool> open_mail(const PoolRuntime& pool, std::size_t index, const BackendOpening& opening,
+                                TlsStream& stream, bool before_tls, Clock::duration timeout) {
+  // (Two statements: GCC 12 destroys a coroutine temporary of a ?: twice.)
+  std::optional<std::string> done;
+  if (before_tls) done = co_await with_timeout(opening.before_tls(stream), timeout);
+  else done = co_await with_timeout(opening.after_tls(stream), timeout);
+  const std::string error = !done ? std::string("the server's greeting or STARTTLS reply timed out") : *done;
+  if (error.empty()) co_return true;
+  connect_step_failed(pool, index, before_tls ? "backend_starttls_failed" : "backend_greeting_failed", error);
+  co_return false;
+}
+
 // The server's TLS (or none, for tls = "plain") on a connected socket,
-// verified as the pool says; nullopt (logged, with what the server
-// presented when it was refused) when that fails.
+// verified as the pool says, with a starttls listener's opening before or
+// after it; nullopt (logged, with what the server presented when it was
+// refused) when that fails.
 asio::awaitable<std::optional<BackendConnection>> secure(const PoolRuntime& pool, WorkerPool& wp, std::size_t index,
-                                                         tcp::socket socket, Clock::duration timeout) {
+                                                         tcp::socket socket, const ConnectTarget& target) {
   const ServerRuntime& server = *pool.servers[index];
   BackendConnection backend;
   backend.server_index = index;
@@ -231,24 +252,37 @@ asio::awaitable<std::optional<BackendConnection>> secure(const PoolRuntime& pool
   backend.check->pin = server.pin ? &*server.pin : nullptr;
   backend.check->slot = &wp.sessions[index];
   auto ssl = pool.tls->new_connection(backend.check.get());
-  backend.stream.emplace(std::move(socket), std::move(ssl));
-  auto handshake = co_await with_timeout(backend.stream->handshake(), timeout);
-  if (handshake && !*handshake) co_return std::optional<BackendConnection>(std::move(backend));
+  const bool starttls = target.opening != nullptr && pool.config->starttls;
+  if (starttls) {
+    backend.stream.emplace(std::move(socket), nullptr);
+    if (!co_await open_mail(pool, index, *target.opening, *backend.stream, true, target.timeout))
+      co_return std::nullopt;
+    backend.stream->start_tls(std::move(ssl));
+  } else {
+    backend.stream.emplace(std::move(socket), std::move(ssl));
+  }
+  auto handshake = co_await with_timeout(backend.stream->handshake(), target.timeout);
+  if (handshake && !*handshake) {
+    if (target.opening != nullptr && !starttls &&
+        !co_await open_mail(pool, index, *target.opening, *backend.stream, false, target.timeout))
+      co_return std::nullopt;
+    co_return std::optional<BackendConnection>(std::move(backend));
+  }
   const std::string error = handshake ? handshake->message() : "TLS handshake timed out";
+  if (backend.check->failure.empty()) {
+    connect_step_failed(pool, index, "backend_tls_failed", error);
+    co_return std::nullopt;
+  }
+  passive_failure(pool, index, error);
   boost::json::object fields{{"pool", pool.config->name},
                              {"server", server.config->name},
                              {"address", server.config->address.to_string()},
-                             {"error", error}};
-  passive_failure(pool, index, error);
-  if (!backend.check->failure.empty()) {
-    fields["reason"] = backend.check->failure;
-    fields["presented_thumbprint"] = backend.check->presented_thumbprint;
-    fields["presented_subject"] = backend.check->presented_subject;
-    if (server.pin) fields["expected_pin"] = server.config->pin;
-    log::error("backend_certificate_rejected", std::move(fields));
-  } else {
-    log::warning("backend_tls_failed", std::move(fields));
-  }
+                             {"error", error},
+                             {"reason", backend.check->failure},
+                             {"presented_thumbprint", backend.check->presented_thumbprint},
+                             {"presented_subject", backend.check->presented_subject}};
+  if (server.pin) fields["expected_pin"] = server.config->pin;
+  log::error("backend_certificate_rejected", std::move(fields));
   co_return std::nullopt;
 }
 
@@ -270,7 +304,7 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     if (!backend) {
       auto socket = co_await open_socket(pool, *picked, target);
       if (!socket) continue;
-      backend = co_await secure(pool, wp, *picked, std::move(*socket), target.timeout);
+      backend = co_await secure(pool, wp, *picked, std::move(*socket), target);
       if (!backend) continue;
       backend->pool = &pool;
       ++member.connections;

@@ -97,6 +97,20 @@ asio::awaitable<std::optional<T>> with_timeout(asio::awaitable<T> op, Clock::dur
 asio::awaitable<bool> accept_handshake(WorkerMetrics& counts, TlsStream& front, const HandshakeInfo& info,
                                        const conf::Listener& config, const std::string& client);
 
+// A protocol's plaintext opening with a server, for starttls listeners:
+// before the pool's TLS when the pool says starttls (greeting, EHLO,
+// STARTTLS), else after it (the greeting, which the client must not see
+// twice). Each returns "" when done, else what went wrong; the connect then
+// counts it against the server and tries another.
+class BackendOpening {
+ public:
+  virtual asio::awaitable<std::string> before_tls(TlsStream& plain) const = 0;
+  virtual asio::awaitable<std::string> after_tls(TlsStream& stream) const = 0;
+
+ protected:
+  ~BackendOpening() = default;
+};
+
 struct ConnectTarget {
   const PoolRuntime* pool = nullptr;
   std::uint64_t hash_key = 0;
@@ -112,6 +126,7 @@ struct ConnectTarget {
   bool reuse = false;  // l7: take an idle keep-alive connection to the picked server when one is alive
   // l7 cookie affinity: this server of the pool first, while it is available.
   std::optional<std::size_t> preferred;
+  const BackendOpening* opening = nullptr;  // starttls listeners
 };
 
 // The server of `pool` (the target's pool or its fallback) to try next:

@@ -178,12 +178,25 @@ void Generation::build_pools(const std::map<std::string, ServerRuntime*, std::le
     if (!p.config->fallback.empty()) p.fallback = pool(p.config->fallback);
 }
 
+namespace {
+
+// A starttls listener greets with its default certificate's first host name
+// (a wildcard's parent when it has only wildcards).
+std::string greeting_name(const sni::LoadedCertificate& certificate) {
+  for (const auto& name : certificate.names)
+    if (!name.starts_with("*.")) return name;
+  if (!certificate.names.empty()) return certificate.names.front().substr(2);
+  return "localhost";
+}
+
+}  // namespace
+
 void Generation::build_listeners(const Certificates& certificates) {
   const conf::Config& cfg = config_;
   for (const auto& l : cfg.listeners) {
     ListenerRuntime rt;
     rt.config = &l;
-    if (l.mode != conf::ListenerMode::passthrough) {
+    if (l.mode == conf::ListenerMode::l7 || l.mode == conf::ListenerMode::l4) {
       std::vector<std::shared_ptr<const sni::LoadedCertificate>> certs;
       ListenerTls::Staples listener_staples;
       for (const auto& name : l.certificates) {
@@ -200,6 +213,9 @@ void Generation::build_listeners(const Certificates& certificates) {
     for (const auto& r : cfg.routes)
       if (r.listener == l.name) rt.routes.push_back(&r);
     if (!l.pool.empty()) rt.default_pool = pool(l.pool);
+    if (l.starttls != conf::StartTls::none)
+      rt.greeting_name =
+          !l.greeting_name.empty() ? l.greeting_name : greeting_name(*certificates.at(l.default_certificate));
     listeners_.push_back(std::move(rt));
   }
 }

@@ -89,7 +89,8 @@ struct ListenerRuntime {
   // Connections open on this listener, all workers and generations: shared
   // with the previous generation's listener of the same name.
   std::shared_ptr<std::atomic<std::uint64_t>> open = std::make_shared<std::atomic<std::uint64_t>>(0);
-  std::unique_ptr<ListenerTls> tls;        // null for passthrough
+  std::unique_ptr<ListenerTls> tls;        // null for passthrough and tcp
+  std::string greeting_name;               // starttls: the name in the greeting and EHLO reply
   std::vector<const conf::Route*> routes;  // routes of this listener, in file order
   const PoolRuntime* default_pool = nullptr;
 };

@@ -119,15 +119,22 @@ TlsStream::TlsStream(tcp::socket socket, bssl::UniquePtr<SSL> ssl)
   socket_.non_blocking(true, ignored);
   socket_.set_option(tcp::no_delay(true), ignored);
   read_->fd = socket_.native_handle();
-  if (ssl_) {
-    BIO* bio = BIO_new(read_ahead_method());
-    BIO_set_data(bio, read_.get());
-    BIO_set_init(bio, 1);
-    SSL_set_bio(ssl_.get(), bio, bio);  // one reference, owned by ssl_
-  }
+  if (ssl_) start_tls(std::move(ssl_));
 }
 
 TlsStream::TlsStream(TlsStream&&) noexcept = default;
+
+std::size_t TlsStream::start_tls(bssl::UniquePtr<SSL> ssl) {
+  ReadAhead& ahead = *read_;
+  const std::size_t dropped = ahead.size;
+  ahead.size = 0;
+  ssl_ = std::move(ssl);
+  BIO* bio = BIO_new(read_ahead_method());
+  BIO_set_data(bio, read_.get());
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl_.get(), bio, bio);  // one reference, owned by ssl_
+  return dropped;
+}
 
 TlsStream& TlsStream::operator=(TlsStream&& other) noexcept {
   if (this != &other) {

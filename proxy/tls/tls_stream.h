@@ -39,6 +39,11 @@ class TlsStream {
   SSL* ssl() const { return ssl_.get(); }
   bool is_tls() const { return ssl_ != nullptr; }
 
+  // Turns a plain stream into a TLS one (STARTTLS): `ssl` reads the socket
+  // from here on. Bytes read ahead and not yet taken are discarded, never
+  // read as TLS nor returned: bytes a peer pipelined after its STARTTLS are
+  // plaintext an attacker may have injected. Returns how many were dropped.
+  std::size_t start_tls(bssl::UniquePtr<SSL> ssl);
   // Completes the handshake (server or client per how `ssl` was set up).
   asio::awaitable<error_code> handshake();
   // At least one byte, or asio::error::eof at an orderly end (close_notify or FIN).

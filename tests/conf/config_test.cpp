@@ -73,6 +73,15 @@ pin = ")" + pin_a + R"("
 name = "owa"
 servers = ["mbx01"]
 
+[[server]]
+name = "mx01"
+address = "10.0.1.25:25"
+
+[[pool]]
+name = "relay"
+servers = ["mx01"]
+tls = "plain"
+
 [[listener]]
 name = "https"
 bind = "127.0.0.1:0"
@@ -87,6 +96,25 @@ TEST(Load, BaseConfigIsValid) {
   auto result = load_string(base, files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   EXPECT_TRUE(result.warnings.empty()) << dump(result);
+}
+
+TEST(Load, MailListenersWarnWhereTlsEndsTooSoon) {
+  // An SMTP STARTTLS listener in front of unverified servers; TLS ended on
+  // port 25, which hides Exchange's certificate from sending servers.
+  auto result = load_string(base +
+                                "[[listener]]\nname = \"submission\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
+                                "starttls = \"smtp\"\npool = \"relay\"\n"
+                                "[[listener]]\nname = \"smtp\"\nbind = \"127.0.0.1:25\"\nmode = \"l4\"\n"
+                                "pool = \"owa\"\n"
+                                "[[listener]]\nname = \"smtp-relay\"\nbind = \"127.0.0.2:25\"\nmode = \"tcp\"\n"
+                                "pool = \"relay\"\n",
+                            files().config());
+  ASSERT_TRUE(result.ok()) << dump(result);
+  ASSERT_EQ(result.warnings.size(), 2u) << dump(result);
+  EXPECT_EQ(result.warnings[0].key, "listener \"submission\".pool");
+  EXPECT_THAT(result.warnings[0].message, ::testing::HasSubstr("not verified (tls = \"plain\")"));
+  EXPECT_EQ(result.warnings[1].key, "listener \"smtp\".bind");
+  EXPECT_THAT(result.warnings[1].message, ::testing::HasSubstr("Domain Security"));
 }
 
 struct ErrorCase {
@@ -177,7 +205,7 @@ const ErrorCase error_cases[] = {
     {"enum_mode", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l8\"\n[[route]]\n"
      "listener = \"b\"\npool = \"owa\"\n",
-     "listener \"b\".mode", "use one of \"l7\", \"l4\", \"passthrough\"", 4},
+     "listener \"b\".mode", "use one of \"l7\", \"l4\", \"passthrough\", \"tcp\"", 4},
     {"enum_listener_tls", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\ntls = \"tls12\"\n[[route]]\n"
      "listener = \"b\"\npool = \"owa\"\n",
@@ -233,7 +261,7 @@ const ErrorCase error_cases[] = {
     {"duplicate_certificate", true, "[[certificate]]\nname = \"main\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
      "certificate \"main\".name", "already defined at line 1", 2},
     {"duplicate_listener", true, "[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n", "listener \"https\".name",
-     "already defined at line 15", 2},
+     "already defined at line 24", 2},
     {"duplicate_server", true, "[[server]]\nname = \"mbx01\"\naddress = \"10.0.1.12:443\"\n", "server \"mbx01\".name",
      "already defined at line 6", 2},
     {"duplicate_pool", true, "[[pool]]\nname = \"owa\"\nservers = [\"mbx01\"]\n", "pool \"owa\".name",
@@ -299,50 +327,96 @@ const ErrorCase error_cases[] = {
     {"l7_listener_pool", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\npool = \"owa\"\n[[route]]\n"
      "listener = \"b\"\npool = \"owa\"\n",
-     "listener \"b\".pool", "only for l4 and passthrough", 4},
+     "listener \"b\".pool", "only for l4, passthrough and tcp", 4},
     {"l7_listener_proxy_protocol", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "proxy_protocol = \"v2\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
-     "proxy_protocol", "only for l4 and passthrough", 4},
+     "proxy_protocol", "only for l4, passthrough and tcp", 4},
     {"l4_route_paths", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n[[route]]\n"
      "listener = \"b\"\npool = \"owa\"\npaths = [\"/owa\"]\n",
      "route[1].paths", "only applies to routes on l7", 8},
     {"passthrough_route_cookie", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "mode = \"passthrough\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\naffinity = \"cookie\"\n",
+     "mode = \"passthrough\"\n[[route]]\nlistener = \"b\"\npool = \"relay\"\naffinity = \"cookie\"\n",
      "route[1].affinity", "use \"source_ip\"", 8},
+    {"starttls_on_l7", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nstarttls = \"smtp\"\n[[route]]\nlistener = \"b\"\n"
+     "pool = \"owa\"\n",
+     "listener \"b\".starttls", "starttls is for l4 listeners", 4},
+    {"starttls_unknown_protocol", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\npool = \"owa\"\nstarttls = \"lmtp\"\n",
+     "listener \"b\".starttls", "\"smtp\", \"imap\", \"pop3\"", 6},
+    {"greeting_name_without_starttls", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\npool = \"owa\"\n"
+     "greeting_name = \"mx.contoso.com\"\n",
+     "listener \"b\".greeting_name", "set starttls", 6},
+    {"greeting_name_injects_a_line", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\npool = \"owa\"\nstarttls = \"smtp\"\n"
+     "greeting_name = \"mx\\r\\n250 STARTTLS\"\n",
+     "listener \"b\".greeting_name", "not a host name", 7},
+    {"tcp_route_hosts", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\n[[route]]\nlistener = \"b\"\n"
+     "hosts = [\"a.contoso.com\"]\npool = \"relay\"\n",
+     "route[1].hosts", "no SNI to route by", 7},
+    {"tcp_listener_certificates", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"relay\"\ncertificates = "
+     "[\"main\"]\n",
+     "listener \"b\".certificates", "a tcp listener does not terminate TLS", 6},
+    {"passthrough_pool_adds_tls", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\ntls = \"insecure\"\n[[listener]]\nname = \"b\"\n"
+     "bind = \"127.0.0.1:0\"\nmode = \"passthrough\"\npool = \"p2\"\n",
+     "pool \"p2\".tls", "set tls = \"plain\"", 4},
+    {"passthrough_fallback_adds_tls", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mx01\"]\ntls = \"plain\"\nfallback = \"owa\"\n[[listener]]\nname = \"b\"\n"
+     "bind = \"127.0.0.1:0\"\nmode = \"passthrough\"\npool = \"p2\"\n",
+     "pool \"owa\".tls", "relays the client's own TLS", 11 - base_lines},
+    {"starttls_pool_on_plain_l4", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nstarttls = true\n[[listener]]\nname = \"b\"\n"
+     "bind = \"127.0.0.1:0\"\nmode = \"l4\"\npool = \"p2\"\n",
+     "pool \"p2\".starttls", "for pools of l4 listeners with starttls", 4},
+    {"starttls_pool_without_tls", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\ntls = \"plain\"\nstarttls = true\n", "pool \"p2\".starttls",
+     "tls = \"plain\" says no TLS", 5},
+    {"starttls_pool_http_probe", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nstarttls = true\nhealth = { kind = \"http\" }\n",
+     "pool \"p2\".health.kind", "use kind = \"tcp\"", 5},
+    {"starttls_pool_two_protocols", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nstarttls = true\n[[listener]]\nname = \"b\"\n"
+     "bind = \"127.0.0.1:0\"\nmode = \"l4\"\nstarttls = \"imap\"\npool = \"p2\"\n[[listener]]\nname = \"c\"\n"
+     "bind = \"127.0.0.1:0\"\nmode = \"l4\"\nstarttls = \"pop3\"\npool = \"p2\"\n",
+     "pool \"p2\".starttls", "different protocols (imap and pop3)", 4},
     {"passthrough_certificates", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\ncertificates = [\"main\"]\n",
+     "pool = \"relay\"\ncertificates = [\"main\"]\n",
      "listener \"b\".certificates", "does not terminate TLS", 6},
     {"passthrough_default_certificate", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "mode = \"passthrough\"\npool = \"owa\"\ndefault_certificate = \"main\"\n",
+     "mode = \"passthrough\"\npool = \"relay\"\ndefault_certificate = \"main\"\n",
      "default_certificate", "does not terminate TLS", 6},
     {"passthrough_strict_sni", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\nstrict_sni = true\n",
+     "pool = \"relay\"\nstrict_sni = true\n",
      "strict_sni", "does not terminate TLS", 6},
     {"passthrough_tls", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\ntls = \"modern\"\n",
+     "pool = \"relay\"\ntls = \"modern\"\n",
      "listener \"b\".tls", "does not terminate TLS", 6},
     {"passthrough_alpn", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
-     "pool = \"owa\"\nalpn = [\"h2\"]\n",
+     "pool = \"relay\"\nalpn = [\"h2\"]\n",
      "alpn", "does not terminate TLS", 6},
     {"passthrough_client_certificates", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "mode = \"passthrough\"\npool = \"owa\"\nclient_certificates = \"optional\"\nclient_ca = \"clients.pem\"\n",
+     "mode = \"passthrough\"\npool = \"relay\"\nclient_certificates = \"optional\"\nclient_ca = \"clients.pem\"\n",
      "client_certificates", "does not terminate TLS", 6, 2},
     {"passthrough_client_crl", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "mode = \"passthrough\"\npool = \"owa\"\nclient_crl = \"clients.crl\"\n",
+     "mode = \"passthrough\"\npool = \"relay\"\nclient_crl = \"clients.crl\"\n",
      "listener \"b\".client_crl", "does not terminate TLS", 6},
     {"passthrough_client_verify_depth", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
-     "mode = \"passthrough\"\npool = \"owa\"\nclient_verify_depth = 3\n",
+     "mode = \"passthrough\"\npool = \"relay\"\nclient_verify_depth = 3\n",
      "listener \"b\".client_verify_depth", "does not terminate TLS", 6},
     {"client_verify_depth_range", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
@@ -467,11 +541,11 @@ const ErrorCase error_cases[] = {
      "required key is missing", 1},
     {"missing_listener_bind", true, "[[listener]]\nname = \"b\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".bind", "add bind = \"0.0.0.0:443\"", 1},
-    {"missing_server_name", true, "[[server]]\naddress = \"10.0.0.2:443\"\npin = \"" + pin_a + "\"\n", "server[1].name",
+    {"missing_server_name", true, "[[server]]\naddress = \"10.0.0.2:443\"\npin = \"" + pin_a + "\"\n", "server[2].name",
      "required key is missing", 1},
     {"missing_server_address", true, "[[server]]\nname = \"mbx02\"\n", "server \"mbx02\".address",
      "required key is missing", 1},
-    {"missing_pool_name", true, "[[pool]]\nservers = [\"mbx01\"]\n", "pool[1].name", "required key is missing", 1},
+    {"missing_pool_name", true, "[[pool]]\nservers = [\"mbx01\"]\n", "pool[2].name", "required key is missing", 1},
     {"missing_pool_servers", true, "[[pool]]\nname = \"p2\"\n", "pool \"p2\".servers", "required key is missing", 1},
     {"missing_route_listener", true, "[[route]]\npool = \"owa\"\n", "route[1].listener", "required key is missing", 1},
     {"missing_route_pool", true, "[[route]]\nlistener = \"https\"\n", "route[1].pool", "required key is missing", 1},
@@ -541,7 +615,7 @@ TEST(Load, ServerTableAndServerArrayLiveTogether) {
   result = load_string(base + "\n[server]\nworkers = 3\n", files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   EXPECT_EQ(result.config->server.workers, 3);
-  EXPECT_EQ(result.config->servers.size(), 1u);
+  EXPECT_EQ(result.config->servers.size(), 2u);
 }
 
 TEST(Load, GlobalIsTheSettingsTableServerTheOlderName) {
@@ -561,7 +635,7 @@ TEST(Load, DefaultsAreResolved) {
                                 "[[certificate]]\nname = \"second\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
                                 "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\n"
                                 "pool = \"owa\"\n[[listener]]\nname = \"pass\"\nbind = \"127.0.0.1:0\"\n"
-                                "mode = \"passthrough\"\npool = \"owa\"\n",
+                                "mode = \"passthrough\"\npool = \"relay\"\n",
                             files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   const Config& config = *result.config;
@@ -584,7 +658,7 @@ TEST(Load, DefaultsAreResolved) {
   EXPECT_EQ(https->proxy_protocol, ProxyProtocol::none);
   EXPECT_EQ(https->handshake_timeout, seconds(10));
   EXPECT_EQ(https->idle_timeout, minutes(5));
-  EXPECT_EQ(https->line, 15);
+  EXPECT_EQ(https->line, 24);
 
   const Listener* tcp = config.find_listener("tcp");
   ASSERT_NE(tcp, nullptr);
@@ -714,8 +788,16 @@ alpn = ["imap"]
 name = "sni-pass"
 bind = "10.0.0.1:8443"
 mode = "passthrough"
-pool = "owa"
+pool = "owa-dr"
 proxy_protocol = "v1"
+
+[[listener]]
+name = "submission"
+bind = "0.0.0.0:587"
+mode = "l4"
+starttls = "smtp"
+greeting_name = "Mail.Contoso.com"
+pool = "submission"
 
 [[route]]
 listener = "https"
@@ -728,7 +810,7 @@ idle_timeout = "65m"
 [[route]]
 listener = "sni-pass"
 hosts = ["legacy.contoso.com"]
-pool = "owa"
+pool = "owa-dr"
 affinity = "source_ip"
 
 [[server]]
@@ -776,6 +858,14 @@ servers = ["imap01"]
 balance = "random_two"
 tls = "insecure"
 health = { kind = "tls", interval = "10s" }
+
+[[pool]]
+name = "submission"
+servers = ["imap01"]
+tls = "verify"
+starttls = true
+ca = "backend-ca.pem"
+health = { kind = "tcp" }
 )";
   text.replace(text.find("@DIR@"), 5, files().dir().string());
   text.replace(text.find("@PIN@"), 5, pin_a);
@@ -801,7 +891,7 @@ health = { kind = "tls", interval = "10s" }
   EXPECT_EQ(c.certificates[1].cert, dir / "ecdsa.crt");
   EXPECT_EQ(c.certificates[1].key, dir / "ecdsa.key");
 
-  ASSERT_EQ(c.listeners.size(), 3u);
+  ASSERT_EQ(c.listeners.size(), 4u);
   const Listener& https = c.listeners[0];
   EXPECT_EQ(https.name, "https");
   EXPECT_EQ(https.bind, (Address{"0.0.0.0", 443}));
@@ -860,7 +950,7 @@ health = { kind = "tls", interval = "10s" }
   EXPECT_EQ(mbx02.pin, "");
   EXPECT_EQ(c.servers[2].server_name, "imap01.contoso.com");
 
-  ASSERT_EQ(c.pools.size(), 3u);
+  ASSERT_EQ(c.pools.size(), 4u);
   const Pool& pool = c.pools[0];
   EXPECT_THAT(pool.servers, ::testing::ElementsAre("mbx01", "mbx02"));
   EXPECT_EQ(pool.balance, Balance::maglev);
@@ -884,6 +974,11 @@ health = { kind = "tls", interval = "10s" }
   EXPECT_EQ(c.pools[2].tls, BackendTls::insecure);
   EXPECT_EQ(c.pools[2].health.kind, HealthKind::tls);
   EXPECT_EQ(c.pools[2].health.interval, seconds(10));
+  EXPECT_FALSE(c.pools[2].starttls);
+  EXPECT_TRUE(c.pools[3].starttls);
+  EXPECT_EQ(c.listeners[3].starttls, StartTls::smtp);
+  EXPECT_EQ(c.listeners[3].greeting_name, "mail.contoso.com");
+  EXPECT_EQ(c.listeners[0].starttls, StartTls::none);
 }
 
 }  // namespace
