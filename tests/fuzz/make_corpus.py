@@ -114,6 +114,46 @@ def client_hellos():
     write(t, "wildcard-text", b"\x00*.contoso.com")
 
 
+def records(stream):
+    """The (type, payload) records of a TLS byte stream."""
+    out = []
+    while stream:
+        length = struct.unpack(">H", stream[3:5])[0]
+        out.append((stream[0], stream[5:5 + length]))
+        stream = stream[5 + length:]
+    return out
+
+
+def reframe(message, cuts, version=b"\x03\x01"):
+    """A handshake message in records whose payloads end at `cuts`."""
+    out = b""
+    for a, b in zip([0] + cuts, cuts + [len(message)]):
+        out += b"\x16" + version + struct.pack(">H", b - a) + message[a:b]
+    return out
+
+
+def client_hello_peeks():
+    # Byte 0: k = byte % 8 piece sizes follow (0: all at once), each byte b a piece of b + 1
+    # bytes, used in turn; then the client's bytes.
+    t = "fuzz_client_hello_peek"
+    hello = client_hello("MAIL.Contoso.COM.", alpn=["h2", "http/1.1"])
+    message = b"".join(p for _, p in records(hello))
+    write(t, "whole", b"\x00" + hello)
+    write(t, "bytewise", b"\x01\x00" + hello)
+    write(t, "pieces", b"\x03\x06\x00\xff" + client_hello("owa.contoso.com"))
+    write(t, "no-sni", b"\x00" + client_hello(None))
+    write(t, "tls12", b"\x02\x10\x40" + client_hello("mail.contoso.com", ssl.TLSVersion.TLSv1_2))
+    write(t, "header-split", b"\x00" + reframe(message, [1, 3, 4, 100]))
+    write(t, "two-records-20k", b"\x01\xf0" + client_hello("mail.contoso.com",
+                                                            alpn=["p%d-" % i + "x" * 240 for i in range(80)]))
+    write(t, "early-data", b"\x00" + hello + b"\x14\x03\x03\x00\x01\x01" + b"\x17\x03\x03\x00\x05hello")
+    write(t, "trailing-handshake", b"\x00" + reframe(message + b"\x14\x00\x00\x00", []))
+    write(t, "zero-length-record", b"\x00" + reframe(message, [50, 50]))
+    write(t, "alert-inside", b"\x00" + reframe(message, [50])[:55] + b"\x15\x03\x01\x00\x02\x01\x00")
+    write(t, "http", b"\x00GET / HTTP/1.1\r\nHost: mail.contoso.com\r\n\r\n")
+    write(t, "sslv2", b"\x00\x80\x2e\x01\x03\x01\x00\x15\x00\x00\x00\x10" + bytes(range(0x15 + 0x10)))
+
+
 def http_requests():
     # First byte: the size of each piece the parser is fed (0: all at once).
     t = "fuzz_http1_request"
@@ -237,6 +277,7 @@ def main():
                 f.unlink()
     config()
     client_hellos()
+    client_hello_peeks()
     http_requests()
     http_responses()
     ntlm()
