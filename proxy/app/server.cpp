@@ -69,7 +69,9 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
     case conf::ListenerMode::tcp:
       co_await serve_tcp(worker, std::move(generation), *listener, std::move(socket));
       break;
-    default: break;  // refused at start-up and reload
+    case conf::ListenerMode::passthrough:
+      co_await serve_passthrough(worker, std::move(generation), *listener, std::move(socket));
+      break;
   }
 }
 
@@ -139,18 +141,9 @@ asio::awaitable<void> accept_loop(const Server& server, Worker& worker, std::str
   }
 }
 
-void check_supported(const conf::Config& config) {
-  for (const auto& l : config.listeners)
-    if (l.mode == conf::ListenerMode::passthrough)
-      throw std::runtime_error(config.file.string() + ":" + std::to_string(l.line) + ": listener \"" + l.name +
-                               "\".mode: \"" + std::string(conf::to_string(l.mode)) +
-                               "\" listeners are not served by this build yet; use mode = \"l4\" or \"l7\"");
-}
-
 }  // namespace
 
 Server::Server(conf::Config config) : config_file_(config.file) {
-  check_supported(config);
   ticket_keys_ = make_ticket_keys(config);
   log::set_access_log(config.server.access_log);
   const std::size_t workers = configured_workers(config);
@@ -295,7 +288,6 @@ bool Server::reload(std::string* errors) {
   }
   std::shared_ptr<Generation> next;
   try {
-    check_supported(*loaded.config);
     if (loaded.config->server.ticket_keys != ticket_keys_->file()) ticket_keys_ = make_ticket_keys(*loaded.config);
     log::set_access_log(loaded.config->server.access_log);
     next = Generation::build(std::move(*loaded.config), workers_.size(), ticket_keys_, next_generation_);

@@ -4,6 +4,7 @@
 #include <boost/asio/post.hpp>
 
 #include "balancer/balancer.h"
+#include "proxy/l4/client_hello.h"
 #include "proxy/l4/mail.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
@@ -191,7 +192,40 @@ asio::awaitable<bool> open_starttls(StreamConnection& c, TlsStream& front, Hands
   co_return true;
 }
 
+// Reads the client's bytes into `peek` until it has the whole ClientHello
+// or knows it is not one; an error when the client ended or failed first.
+asio::awaitable<error_code> read_client_hello(TlsStream& front, ClientHelloPeek& peek) {
+  std::array<std::uint8_t, 4096> chunk;
+  while (peek.state() == ClientHelloPeek::State::need_more) {
+    auto [ec, n] = co_await front.read_some(chunk.data(), chunk.size());
+    if (ec) co_return ec;
+    peek.feed(std::span<const std::uint8_t>(chunk.data(), n));
+  }
+  co_return error_code{};
+}
+
 }  // namespace
+
+asio::awaitable<void> serve_passthrough(Worker& worker, std::shared_ptr<Generation> generation,
+                                        const ListenerRuntime& listener, tcp::socket socket) {
+  asio::steady_timer watchdog_timer(co_await asio::this_coro::executor);
+  StreamConnection c(worker, std::move(generation), listener, socket, watchdog_timer);
+  TlsStream front(std::move(socket), nullptr);
+  ClientHelloPeek peek;
+  const auto read = co_await with_timeout(read_client_hello(front, peek), c.config.handshake_timeout);
+  std::string error;
+  if (!read) error = "no complete ClientHello within handshake_timeout";
+  else if (peek.state() == ClientHelloPeek::State::invalid) error = peek.error();
+  else if (*read) error = "the client closed before its ClientHello was complete: " + read->message();
+  if (!error.empty()) {
+    log::info("client_hello_failed", {{"listener", c.config.name}, {"client", c.client}, {"error", error}});
+    c.finish(error);
+    co_return;
+  }
+  c.access["sni"] = peek.sni();
+  const RelayPlan plan{.sni = peek.sni(), .first_bytes = peek.bytes()};
+  co_await relay(c, front, plan);
+}
 
 asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
                                tcp::socket socket) {
@@ -220,11 +254,11 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
 
   std::optional<mail::ServerOpening> opening;
   if (starttls) opening.emplace(config.starttls, listener.greeting_name);
-  co_await relay(c, front,
-                 RelayPlan{.sni = info.sni,
-                           .tls_info = &info,
-                           .tls_version = SSL_get_version(front.ssl()),
-                           .opening = opening ? &*opening : nullptr});
+  const RelayPlan plan{.sni = info.sni,
+                       .tls_info = &info,
+                       .tls_version = SSL_get_version(front.ssl()),
+                       .opening = opening ? &*opening : nullptr};
+  co_await relay(c, front, plan);
 }
 
 asio::awaitable<void> serve_tcp(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
@@ -232,7 +266,8 @@ asio::awaitable<void> serve_tcp(Worker& worker, std::shared_ptr<Generation> gene
   asio::steady_timer watchdog_timer(co_await asio::this_coro::executor);
   StreamConnection c(worker, std::move(generation), listener, socket, watchdog_timer);
   TlsStream front(std::move(socket), nullptr);
-  co_await relay(c, front, RelayPlan{});
+  const RelayPlan plan;
+  co_await relay(c, front, plan);
 }
 
 }  // namespace gatehouse::proxy
