@@ -226,8 +226,8 @@ mail_max_userip_connections = 1000
             return ""
 
     def logins(self):
-        """Dovecot's login lines ("imap-login: Login: user=<...>, ..., rip=..., TLS, ...")."""
-        return [line for line in self.log().splitlines() if "-login: Login: " in line]
+        """Dovecot's login lines ("imap-login: Info: Login: user=<...>, ..., rip=..., TLS, ...")."""
+        return [line for line in self.log().splitlines() if "-login: Info: Login: " in line]
 
     def wait_log(self, predicate, timeout=10, what="dovecot log line"):
         """The first log line for which `predicate` holds, waiting for it."""
@@ -373,7 +373,6 @@ def _smtp_serve(argv):
             messages.write(json.dumps({
                 "port": getattr(server, "_local_port", None),
                 "peer": list(session.peer), "tls": is_tls(server), "tls_version": version,
-                "sni": getattr(server, "sni", None),
                 "mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "message_id": mid,
                 "body_sha256": body_sha256(content), "size": len(content)}) + "\n")
             return "250 2.0.0 Ok: queued as " + hashlib.sha1(content).hexdigest()[:12]
