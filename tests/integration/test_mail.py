@@ -427,7 +427,7 @@ class SmtpDelivery(MailCase):
         mails = [x["line"] for x in commands if x["line"].upper().startswith("MAIL FROM")]
         self.assertEqual(mails, ["MAIL FROM:<good@contoso.test>"], commands)
         ev = g.wait_event("starttls_pipelined", listener="submission", protocol="smtp")
-        self.assertGreater(ev.get("bytes", 0), 0, ev)
+        self.assertTrue(0 < ev.get("bytes", 0) <= len(b"MAIL FROM:<evil@x>\r\n"), ev)
         self.assertIn("client", ev)
 
 
@@ -496,6 +496,48 @@ class ImapPop3(MailCase):
         finally:
             c.close()
         self.assertEqual(len(self.login_lines(1, ", TLS,")), 1, self.dovecot.log())
+
+    def test_commands_pipelined_after_starttls_are_discarded(self):
+        """IMAP `a STARTTLS` + `b CAPABILITY` and POP3 `STLS` + `PASS x` in
+        one segment: the second command never reaches Dovecot (its answer
+        would come first after the handshake) and Gatehouse logs the drop."""
+        g = self.gatehouse("imap", "pop3")
+        c = LineClient(g.port("imap"))
+        try:
+            self.assertTrue(c.line().startswith("* OK"))
+            c.send(b"a STARTTLS\r\nb CAPABILITY\r\n")
+            self.assertTrue(c.line().startswith("a OK"))
+            c.starttls(MAIL)
+            c.send(b"c LOGIN test Secret-pw-1\r\n")
+            first = c.line()
+            self.assertFalse(first.startswith("* CAPABILITY") or first.startswith("b "),
+                             f"the pipelined CAPABILITY was answered after TLS: {first}")
+            line = first
+            while not line.startswith("c "):
+                self.assertFalse(line.startswith("b "), line)
+                line = c.line()
+            self.assertTrue(line.startswith("c OK"), line)
+        finally:
+            c.close()
+        ev = g.wait_event("starttls_pipelined", listener="imap", protocol="imap")
+        self.assertTrue(0 < ev.get("bytes", 0) <= len(b"b CAPABILITY\r\n"), ev)
+
+        c = LineClient(g.port("pop3"))
+        try:
+            self.assertTrue(c.line().startswith("+OK"))
+            c.send(b"STLS\r\nPASS evil\r\n")
+            self.assertTrue(c.line().startswith("+OK"))
+            c.starttls(MAIL)
+            c.send(b"USER test\r\n")
+            answer = c.line()
+            self.assertTrue(answer.startswith("+OK"), f"the pipelined PASS was answered after TLS: {answer}")
+            c.send(b"PASS Secret-pw-1\r\n")
+            self.assertTrue(c.line().startswith("+OK"))
+            c.send(b"QUIT\r\n")
+        finally:
+            c.close()
+        ev = g.wait_event("starttls_pipelined", listener="pop3", protocol="pop3")
+        self.assertTrue(0 < ev.get("bytes", 0) <= len(b"PASS evil\r\n"), ev)
 
     def _curl(self, url, *extra):
         d = self.dovecot
