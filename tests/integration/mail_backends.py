@@ -91,8 +91,9 @@ class Dovecot:
             conf = os.path.join(self.dir, "dovecot.conf")
             with open(conf, "w") as f:
                 f.write(self._config(cert))
-            self.proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "stderr"), "w"))
+            with open(os.path.join(self.dir, "stderr"), "w") as err:
+                self.proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=err)
             if self._wait_ready(5):
                 return
             last = self.log() + open(os.path.join(self.dir, "stderr")).read()
