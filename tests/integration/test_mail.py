@@ -33,7 +33,7 @@ MAIL = "mail.contoso.test"          # first name of the default certificate
 OTHER = "smtp.fabrikam.test"        # name of the second certificate
 GREETING_NAME = "smtp-gw.contoso.test"
 SESSIONS = 200                      # parallel connections of the session tests
-TIMEOUT = 30 * h.SLOW               # for every client process and socket
+TIMEOUT = 20 * h.SLOW               # for every client process and socket
 
 
 # --- config pieces ---------------------------------------------------------
