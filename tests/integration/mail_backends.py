@@ -356,10 +356,10 @@ def _smtp_serve(argv):
         t = server.transport
         return bool(server._tls_protocol is not None or (t is not None and t.get_extra_info("ssl_object") is not None))
 
-    def tls_info(server):
+    def tls_version(server):
         t = server.transport
         obj = t.get_extra_info("ssl_object") if t is not None else None
-        return (obj.version(), obj.server_hostname if hasattr(obj, "server_hostname") else None) if obj else (None, None)
+        return obj.version() if obj else None
 
     class Handler:
         async def handle_DATA(self, server, session, envelope):
@@ -370,7 +370,7 @@ def _smtp_serve(argv):
             for line in content.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
                 if line.lower().startswith(b"message-id:"):
                     mid = line.split(b":", 1)[1].strip().decode(errors="replace")
-            version, _ = tls_info(server)
+            version = tls_version(server)
             messages.write(json.dumps({
                 "port": getattr(server, "_local_port", None),
                 "peer": list(session.peer), "tls": is_tls(server), "tls_version": version,

@@ -289,6 +289,29 @@ class MailCase(h.GatehouseTestCase):
         return self.g.wait_access(listener=listener, timeout=15, **fields)
 
 
+class Peers(MailCase):
+    """The mail servers themselves, without Gatehouse, with the same clients:
+    when this fails, the other failures are the set-up's, not Gatehouse's."""
+
+    def test_backends_directly(self):
+        for flag, port in (("--tls", self.smtp.port), ("--tlsc", self.smtp.tls_port)):
+            mid = f"<{uuid.uuid4().hex}@swaks.contoso.test>"
+            p = tool(["swaks", flag, "--server", f"127.0.0.1:{port}", "--from", "sender@contoso.test",
+                      "--to", "rcpt@contoso.test", "--header", f"Message-Id: {mid}", "--body", "direct",
+                      "--timeout", "20"])
+            out = p.stdout.decode(errors="replace")
+            self.assertEqual(p.returncode, 0, out + p.stderr)
+            self.assertIn(self.smtp.greeting, out)
+            self.assert_delivered(mid, mb.body_sha256(b"\r\n\r\ndirect"), port)
+        d = self.dovecot
+        for url in (f"imap://127.0.0.1:{d.ports['imap']}/INBOX;UID=1", f"imaps://127.0.0.1:{d.ports['imaps']}/INBOX;UID=1",
+                    f"pop3://127.0.0.1:{d.ports['pop3']}/1", f"pop3s://127.0.0.1:{d.ports['pop3s']}/1"):
+            p = tool(["curl", "-sS", "--ssl-reqd", "-k", "--max-time", "20", url, "-u", f"{d.user}:{d.password}"])
+            self.assertEqual(p.returncode, 0, f"curl {url}: {p.stderr}\n{d.log()[-3000:]}")
+            self.assertEqual(sha256(p.stdout), sha256(mb.MESSAGES[0]), url)
+        self.assertEqual(len(self.login_lines(4, ", TLS,")), 4, d.log())
+
+
 class SmtpFront(MailCase):
     """What Gatehouse itself answers on an SMTP listener before STARTTLS."""
 
@@ -443,7 +466,6 @@ class ImapPop3(MailCase):
             self.assertNotIn("Dovecot", greeting)
             c.send(b"a LOGIN test Secret-pw-1\r\n")
             answer = c.line()
-            self.assertTrue(answer.startswith("a BAD") or answer.startswith("a NO"), answer)
             self.assertTrue(answer.startswith("a BAD"), answer)
             c.send(b"b CAPABILITY\r\n")
             cap = c.line()
