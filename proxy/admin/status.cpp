@@ -91,7 +91,11 @@ json::array listeners_json(const AdminControl& server, const Generation& g,
   for (const auto& l : g.listeners()) {
     json::object o{{"name", l.config->name},
                    {"mode", std::string(conf::to_string(l.config->mode))},
+                   {"starttls", std::string(conf::to_string(l.config->starttls))},
+                   {"pool", l.config->pool},
+                   {"open_connections", l.open->load(std::memory_order_relaxed)},
                    {"address", to_string(server.bound(l.config->name))}};
+    if (l.config->starttls != conf::StartTls::none) o["greeting_name"] = l.greeting_name;
     json::array certs;
     if (l.tls)
       for (const auto& c : l.tls->index().certificates()) {
@@ -274,13 +278,17 @@ void certificates_html(std::ostream& h, const json::array& certificates) {
 }
 
 void listeners_html(std::ostream& h, const json::array& listeners) {
-  h << "<h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>address</th><th>certificates</th></tr>";
+  h << "<h2>Listeners</h2><table><tr><th>name</th><th>mode</th><th>address</th><th>open</th><th>pool</th>"
+       "<th>certificates</th></tr>";
   for (const auto& lv : listeners) {
     const auto& l = lv.as_object();
     std::string certs;
     for (const auto& c : l.at("certificates").as_array()) certs += (certs.empty() ? "" : ", ") + str(c);
-    h << "<tr><td>" << html_escape(str(l.at("name"))) << "</td><td>" << html_escape(str(l.at("mode"))) << "</td><td>"
-      << html_escape(str(l.at("address"))) << "</td><td>" << html_escape(certs) << "</td></tr>";
+    std::string mode = str(l.at("mode"));
+    if (!str(l.at("starttls")).empty()) mode += " + STARTTLS " + str(l.at("starttls"));
+    h << "<tr><td>" << html_escape(str(l.at("name"))) << "</td><td>" << html_escape(mode) << "</td><td>"
+      << html_escape(str(l.at("address"))) << "</td><td>" << l.at("open_connections").as_uint64() << "</td><td>"
+      << html_escape(str(l.at("pool"))) << "</td><td>" << html_escape(certs) << "</td></tr>";
   }
   h << "</table>";
 }

@@ -17,6 +17,7 @@ import ssl
 import struct
 import time
 import unittest
+import urllib.request
 
 import harness as h
 
@@ -264,6 +265,43 @@ class PassthroughTest(h.GatehouseTestCase):
             lines = [a for a in self.g.access if a.get("mode") == "passthrough"]
         self.assertEqual(len(lines), 200)
         self.assertFalse([a for a in lines if "error" in a])
+
+
+class StreamListenersOnStatusTest(h.GatehouseTestCase):
+    def test_status_names_each_stream_listener_kind(self):
+        certs = h.TempDir()
+        self._stops.append(certs.cleanup)
+        front = h.Cert(certs.path, "front", "mail.contoso.test", ["mail.contoso.test"])
+        echo = self.backend(h.EchoBackend())
+        text = h.config(
+            h.server_section().replace('admin = ""', 'admin = "127.0.0.1:0"'),
+            h.certificate_section("front", front),
+            '[[listener]]\nname = "submission"\nbind = "127.0.0.1:0"\nmode = "l4"\nstarttls = "smtp"\npool = "relay"\n',
+            '[[listener]]\nname = "pt"\nbind = "127.0.0.1:0"\nmode = "passthrough"\npool = "relay"\n',
+            '[[listener]]\nname = "smtp"\nbind = "127.0.0.1:0"\nmode = "tcp"\npool = "relay"\n',
+            f'[[server]]\nname = "e1"\naddress = "{echo.address}"\n',
+            '[[pool]]\nname = "relay"\nservers = ["e1"]\ntls = "plain"\n',
+        )
+        g = self.start(text)
+        # One connection held open on the tcp listener shows in its count.
+        held = socket.create_connection(("127.0.0.1", g.port("smtp")), timeout=10)
+        self.addCleanup(held.close)
+        held.sendall(b"x")
+        self.assertEqual(held.recv(1), b"x")
+        base = f"http://127.0.0.1:{g.port('admin')}"
+        with urllib.request.urlopen(base + "/status.json", timeout=10) as r:
+            doc = __import__("json").loads(r.read())
+        listeners = {l["name"]: l for l in doc["listeners"]}
+        self.assertEqual((listeners["submission"]["mode"], listeners["submission"]["starttls"]), ("l4", "smtp"))
+        self.assertEqual(listeners["submission"]["greeting_name"], "mail.contoso.test")
+        self.assertEqual(listeners["submission"]["certificates"], ["front"])
+        self.assertEqual((listeners["pt"]["mode"], listeners["pt"]["certificates"]), ("passthrough", []))
+        self.assertEqual((listeners["smtp"]["mode"], listeners["smtp"]["pool"]), ("tcp", "relay"))
+        self.assertEqual(listeners["smtp"]["open_connections"], 1)
+        with urllib.request.urlopen(base + "/status", timeout=10) as r:
+            page = r.read().decode()
+        self.assertIn("l4 + STARTTLS smtp", page)
+        self.assertIn("passthrough", page)
 
 
 if __name__ == "__main__":
