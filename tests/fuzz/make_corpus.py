@@ -270,6 +270,14 @@ def h2():
           frame(0, 0x01, 3, b"hello"))
 
 
+def mail_dialogues():
+    # Byte 0: protocol (% 3: SMTP, IMAP, POP3); then what a client sends before STARTTLS.
+    t = "fuzz_mail_dialogue"
+    write(t, "smtp", b"\x00EHLO client.example\r\nMAIL FROM:<a@b>\r\nNOOP\r\nSTARTTLS\r\n")
+    write(t, "imap", b"\x01a1 CAPABILITY\r\na2 LOGIN u p\r\n* x\r\na3 STARTTLS\r\n")
+    write(t, "pop3", b"\x02CAPA\r\nUSER a\r\nSTLS\r\nQUIT\r\n")
+
+
 def main():
     for d in CORPUS.glob("*"):
         for f in d.iterdir():
@@ -282,6 +290,7 @@ def main():
     http_responses()
     ntlm()
     proxy_headers()
+    mail_dialogues()
     h2()
 
 

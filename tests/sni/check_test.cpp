@@ -208,6 +208,17 @@ TEST_F(RunCheck, L4CheckedPassthroughNoted) {
   EXPECT_THAT(r.out, HasSubstr("listener pass (passthrough, 127.0.0.1:0): TLS passes through"));
 }
 
+TEST_F(RunCheck, MailListenersSayHowTheyRelay) {
+  make_cert(dir_.path(), "mail", "mail.contoso.com");
+  const auto r = run(certificate("mail", "mail") + listener("submission", "l4", "starttls = \"smtp\"\npool = \"owa\"") +
+                     listener("smtp", "tcp", "pool = \"owa\"") + pool());
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("listener submission (l4, STARTTLS smtp, 127.0.0.1:0): default certificate mail"));
+  EXPECT_THAT(r.out, HasSubstr("listener smtp (tcp, 127.0.0.1:0): plain TCP relay, no certificate here"));
+  // The SMTP listener's pool sends mail unverified (tls = "plain"): a warning.
+  EXPECT_THAT(r.out + r.err, HasSubstr("whose servers are not verified"));
+}
+
 TEST_F(RunCheck, StrictSniListener) {
   make_cert(dir_.path(), "mail", "mail.contoso.com");
   const auto r = run(certificate("contoso", "mail") + listener("https", "l7", "strict_sni = true") +
