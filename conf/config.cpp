@@ -160,6 +160,52 @@ std::string_view to_string(ListenerMode mode) {
   return "?";
 }
 
+std::optional<Cidr> parse_cidr(std::string_view text) {
+  Cidr out;
+  out.text = std::string(text);
+  const auto slash = text.find('/');
+  const std::string address(text.substr(0, slash));
+  if (::inet_pton(AF_INET, address.c_str(), out.bytes.data()) == 1) {
+    out.prefix = 32;
+  } else if (::inet_pton(AF_INET6, address.c_str(), out.bytes.data()) == 1) {
+    out.v6 = true;
+    out.prefix = 128;
+  } else {
+    return std::nullopt;
+  }
+  if (slash != std::string_view::npos) {
+    const std::string_view bits = text.substr(slash + 1);
+    int value = 0;
+    const auto [end, ec] = std::from_chars(bits.data(), bits.data() + bits.size(), value);
+    if (bits.empty() || ec != std::errc() || end != bits.data() + bits.size() || value < 0 || value > out.prefix)
+      return std::nullopt;
+    out.prefix = value;
+  }
+  return out;
+}
+
+bool Cidr::contains(std::span<const std::uint8_t> address) const {
+  static constexpr std::uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (address.size() == 16 && !v6 && std::equal(address.begin(), address.begin() + 12, v4_mapped))
+    address = address.subspan(12);
+  if (address.size() != (v6 ? 16u : 4u)) return false;
+  const int whole = prefix / 8;
+  if (!std::equal(address.begin(), address.begin() + whole, bytes.begin())) return false;
+  const int rest = prefix % 8;
+  if (rest == 0) return true;
+  const auto mask = static_cast<std::uint8_t>(0xff << (8 - rest));
+  return (address[static_cast<std::size_t>(whole)] & mask) == (bytes[static_cast<std::size_t>(whole)] & mask);
+}
+
+bool Route::admits(std::span<const std::uint8_t> address) const {
+  for (const Cidr& range : deny)
+    if (range.contains(address)) return false;
+  if (allow.empty()) return true;
+  for (const Cidr& range : allow)
+    if (range.contains(address)) return true;
+  return false;
+}
+
 std::string_view to_string(StartTls starttls) {
   switch (starttls) {
     case StartTls::none: return "";

@@ -6,11 +6,13 @@
 // the [[server]] array "server", which plain TOML forbids in one file; load_*
 // accept the two together.
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -93,11 +95,28 @@ struct Listener {
   int line = 0;
 };
 
+// A client address range: "10.0.0.0/8", "2001:db8::/32", or one address.
+// An IPv4 range also matches the IPv4-mapped IPv6 form of its addresses.
+struct Cidr {
+  bool v6 = false;
+  std::array<std::uint8_t, 16> bytes{};  // network order; 4 used for IPv4
+  int prefix = 0;                        // bits
+  std::string text;                      // as written, for messages
+  // `address`: 4 bytes (IPv4) or 16 (IPv6, v4-mapped allowed).
+  bool contains(std::span<const std::uint8_t> address) const;
+};
+std::optional<Cidr> parse_cidr(std::string_view text);
+
 struct Route {
   std::string listener;
-  std::vector<std::string> hosts;          // normalised lower case, no trailing dot; may hold "*.parent"; empty = any
-  std::vector<std::string> paths = {"/"};  // lower-cased: matching is case-insensitive
+  std::vector<std::string> hosts;  // normalised lower case, no trailing dot; may hold "*.parent"; empty = any
+  // Lower-cased (matching is case-insensitive); "/owa" a prefix, "=/" exact.
+  std::vector<std::string> paths = {"/"};
   std::string pool;
+  std::vector<Cidr> allow;  // client ranges that may use the route; empty = all
+  std::vector<Cidr> deny;   // client ranges refused (before allow)
+  // Whether a client at `address` (4 or 16 bytes) may use the route.
+  bool admits(std::span<const std::uint8_t> address) const;
   Affinity affinity = Affinity::none;
   std::optional<Duration> idle_timeout;  // overrides the listener's
   int line = 0;

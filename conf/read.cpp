@@ -191,7 +191,8 @@ constexpr std::string_view listener_keys[] = {"name",
                                               "handshake_timeout",
                                               "idle_timeout",
                                               "max_connections"};
-constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool", "affinity", "idle_timeout"};
+constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool",
+                                           "affinity", "allow", "deny",  "idle_timeout"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
 constexpr std::string_view pool_keys[] = {"name",     "servers", "balance",  "hash_key", "local_site",
                                           "fallback", "tls",     "starttls", "ca",       "health"};
@@ -593,11 +594,31 @@ void Loader::read(const toml::table& table, Origin& origin, Route& out) {
     if (out.paths.empty()) r.value_error("paths", "paths = [] matches nothing; omit paths to match every path");
     for (std::size_t i = 0; i < out.paths.size(); ++i) {
       auto& path = out.paths[i];
-      if (!path.starts_with('/'))
-        r.value_error(r.element_key("paths", i), "\"" + path + "\" must start with \"/\", e.g. \"/owa\"");
+      const std::string_view bare = std::string_view(path).substr(path.starts_with('=') ? 1 : 0);
+      if (!bare.starts_with('/'))
+        r.value_error(
+            r.element_key("paths", i),
+            "\"" + path + "\" must start with \"/\" (a prefix, e.g. \"/owa\") or \"=/\" (exact, e.g. \"=/\")");
+      else if (bare.find_first_of("%?#;\\") != std::string_view::npos || bare.find("//") != std::string_view::npos ||
+               bare.find("/./") != std::string_view::npos || bare.find("/../") != std::string_view::npos ||
+               bare.ends_with("/.") || bare.ends_with("/.."))
+        r.value_error(r.element_key("paths", i),
+                      "\"" + path + "\": write the path as it reads once decoded and normalised (no %, ?, #, ;, \\, " +
+                          "// or dot segments): requests are matched in that form");
       // Matching is case-insensitive (IIS paths are), so store one case.
       std::transform(path.begin(), path.end(), path.begin(),
                      [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
+    }
+  }
+  for (const char* key : {"allow", "deny"}) {
+    std::vector<std::string> texts;
+    if (!r.strings(key, texts)) continue;
+    auto& ranges = std::string_view(key) == "allow" ? out.allow : out.deny;
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      if (auto range = parse_cidr(texts[i])) ranges.push_back(std::move(*range));
+      else
+        r.value_error(r.element_key(key, i), "\"" + texts[i] + "\" is not an address range: write \"10.0.0.0/8\", " +
+                                                 "\"2001:db8::/32\" or one address");
     }
   }
   r.choice("affinity", affinity_choices, out.affinity);

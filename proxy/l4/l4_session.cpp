@@ -126,6 +126,14 @@ asio::awaitable<void> relay(StreamConnection& c, TlsStream& front, const RelayPl
     co_return;
   }
   c.access["pool"] = pool->config->name;
+  if (route != nullptr && !admits(*route, c.client_endpoint.address())) {
+    log::warning("access_denied", {{"listener", c.config.name},
+                                   {"client", c.client},
+                                   {"sni", plan.sni},
+                                   {"reason", "the client is not allowed on the route"}});
+    c.finish("access denied");
+    co_return;
+  }
 
   ConnectTarget target;
   target.pool = pool;

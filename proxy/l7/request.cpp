@@ -32,8 +32,15 @@ asio::awaitable<ExchangeResult> handle_request(ClientConnection& connection, con
   const auto started = Clock::now();
   const std::string_view authority = authority_of(head.target);
   const Routed routed = route_request(connection.generation, connection.listener, connection.info,
-                                      authority.empty() ? std::string_view(head.host) : authority, head.target);
+                                      authority.empty() ? std::string_view(head.host) : authority, head.target,
+                                      connection.client.address());
   ExchangeResult result;
+  if (routed.status == 403)
+    log::warning("access_denied", {{"listener", connection.listener.config->name},
+                                   {"client", connection.client_text},
+                                   {"host", routed.host},
+                                   {"path", head.target},
+                                   {"reason", routed.detail}});
   if (routed.status != 0) {
     result.status = routed.status;
     result.request_body_done = !head.has_body();

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <optional>
 
+#include "proxy/http/request_path.h"
 #include "sni/hostname.h"
 #include "sni/index.h"
 
@@ -76,7 +77,7 @@ std::string_view authority_of(std::string_view target) {
 }
 
 Routed route_request(const Generation& generation, const ListenerRuntime& listener, const HandshakeInfo& tls,
-                     std::string_view host_field, std::string_view target) {
+                     std::string_view host_field, std::string_view target, const asio::ip::address& client) {
   Routed out;
   if (!host_field.empty()) {
     auto host = host_of(host_field);
@@ -104,13 +105,23 @@ Routed route_request(const Generation& generation, const ListenerRuntime& listen
 
   // Only an absolute-form target needs a new string; "*" (OPTIONS) routes as "/".
   if (after_scheme(target)) out.origin_target = origin_form(target);
-  const std::string_view path = target == "*"                ? std::string_view("/")
-                                : !out.origin_target.empty() ? std::string_view(out.origin_target)
-                                                             : target;
-  const auto choice = generation.route_http(listener, out.host, path);
+  const http::NormalizedPath path =
+      http::normalize_path(!out.origin_target.empty() ? std::string_view(out.origin_target) : target);
+  if (!path.error.empty()) {
+    out.status = 400;
+    out.detail = path.error + ": \"" + shorten(target, 100) + "\"";
+    return out;
+  }
+  const auto choice = generation.route_http(listener, out.host, path.path);
   if (choice.route == nullptr) {
     out.status = 404;
-    out.detail = "no route for " + shorten(out.host) + shorten(path, 100);
+    out.detail = "no route for " + shorten(out.host) + shorten(path.path, 100);
+    return out;
+  }
+  if (!admits(*choice.route, client)) {
+    out.status = 403;
+    out.detail = "client " + client.to_string() + " is not allowed on the route for " + shorten(out.host) +
+                 shorten(path.path, 100);
     return out;
   }
   out.route = choice.route;

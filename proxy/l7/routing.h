@@ -14,7 +14,7 @@ namespace gatehouse::proxy::l7 {
 
 // Where a request goes, or the error status it gets instead.
 struct Routed {
-  int status = 0;      // 0 = forward; else 400, 421, 404 or 503
+  int status = 0;      // 0 = forward; else 400, 403, 421, 404 or 503
   std::string detail;  // for the error body and the log
   std::string host;    // normalised Host (no port)
   // The origin-form target the backend gets for an absolute-form one; ""
@@ -26,10 +26,13 @@ struct Routed {
 
 // `host` as the client sent it (port included); `tls` is the client
 // connection's handshake (SNI and the certificate it was served): a host
-// the certificate does not cover gets 421, an invalid one 400, no route
-// 404, a route without a pool 503.
+// the certificate does not cover gets 421, an invalid one 400, a path that
+// could be read two ways 400 (http::normalize_path), no route 404, a route
+// whose allow/deny ranges refuse `client` 403, a route without a pool 503.
+// The route is chosen by the normalised path; the target the backend gets
+// is the one the client sent.
 Routed route_request(const Generation& generation, const ListenerRuntime& listener, const HandshakeInfo& tls,
-                     std::string_view host, std::string_view target);
+                     std::string_view host, std::string_view target, const asio::ip::address& client);
 
 // An absolute-form target ("https://mail.contoso.com/owa/") as origin-form
 // ("/owa/"; "/?q" for "https://mail.contoso.com?q", RFC 9112 3.2.1), and

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <stdexcept>
 
@@ -275,17 +276,26 @@ namespace {
 
 // Length of `prefix` when it matches the start of `path` at a segment
 // boundary (case-insensitive), else -1.
-long path_match(std::string_view prefix, std::string_view path) {
-  if (path.size() < prefix.size()) return -1;
-  for (std::size_t i = 0; i < prefix.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(path[i])) != prefix[i]) return -1;
-  if (prefix.empty() || prefix.back() == '/' || path.size() == prefix.size()) return static_cast<long>(prefix.size());
-  const char next = path[prefix.size()];
-  if (next == '/' || next == '?' || next == ';') return static_cast<long>(prefix.size());
+long path_match(std::string_view pattern, std::string_view path) {
+  // "=/x" matches only "/x", and beats every prefix.
+  if (pattern.starts_with('=')) return path == pattern.substr(1) ? std::numeric_limits<long>::max() : -1;
+  if (!path.starts_with(pattern)) return -1;
+  if (pattern.back() == '/' || path.size() == pattern.size() || path[pattern.size()] == '/')
+    return static_cast<long>(pattern.size());
   return -1;
 }
 
 }  // namespace
+
+bool admits(const conf::Route& route, const asio::ip::address& client) {
+  if (route.allow.empty() && route.deny.empty()) return true;
+  if (client.is_v4()) {
+    const auto bytes = client.to_v4().to_bytes();
+    return route.admits(bytes);
+  }
+  const auto bytes = client.to_v6().to_bytes();
+  return route.admits(bytes);
+}
 
 Generation::RouteChoice Generation::route_http(const ListenerRuntime& listener, std::string_view host,
                                                std::string_view path) const {

@@ -133,6 +133,9 @@ struct OcspAuto {
   std::shared_ptr<StapleSlot> slot;
 };
 
+// Whether a route's allow/deny ranges let `client` use it.
+bool admits(const conf::Route& route, const asio::ip::address& client);
+
 class Generation {
  public:
   // Loaded [[certificate]]s by name.
@@ -170,10 +173,11 @@ class Generation {
   };
   RouteChoice route_by_sni(const ListenerRuntime& listener, std::string_view sni) const;
   // Where a request on an l7 listener goes: the route whose host matches
-  // best (exact beats wildcard beats a route without hosts), then whose path
-  // prefix is longest (case-insensitive, as IIS is; "/owa" matches "/owa",
-  // "/owa/..." and "/owa?...", not "/owax"). `host` is normalised (lower
-  // case, no port, no trailing dot). route == nullptr when none matches.
+  // best (exact beats wildcard beats a route without hosts), then an exact
+  // path ("=/") or the longest path prefix ("/owa" matches "/owa" and
+  // "/owa/...", not "/owax"). `host` is normalised (lower case, no port, no
+  // trailing dot), `path` too (http::normalize_path: decoded, dot segments
+  // resolved, lower case, no query). route == nullptr when none matches.
   RouteChoice route_http(const ListenerRuntime& listener, std::string_view host, std::string_view path) const;
 
   // Drops this worker's idle keep-alive backend connections (on its thread).

@@ -107,9 +107,23 @@ pool = "exact_owa"
 [[route]]
 listener = "nopool"
 pool = "any_root"
+
+[[route]]
+listener = "https"
+hosts = ["ecp.contoso.com"]
+paths = ["/ecp", "/PowerShell"]
+allow = ["127.0.0.2/32", "2001:db8::/32"]
+deny = ["2001:db8::bad/128"]
+pool = "ecp"
+
+[[route]]
+listener = "https"
+hosts = ["www.contoso.com"]
+paths = ["=/"]
+pool = "exact_slash"
 )";
-  for (const char* pool :
-       {"exact_owa", "exact_root", "wild_owa_auth", "wild_root", "any_mapi", "any_root", "exact_owa_later", "by_ip"})
+  for (const char* pool : {"exact_owa", "exact_root", "wild_owa_auth", "wild_root", "any_mapi", "any_root",
+                           "exact_owa_later", "by_ip", "ecp", "exact_slash"})
     text += "\n[[pool]]\nname = \"" + std::string(pool) + "\"\nservers = [\"mbx01\"]\ntls = \"plain\"\n";
   return text;
 }
@@ -149,8 +163,8 @@ class Routing : public ::testing::Test {
   }
 
   static Routed route(std::string_view host, std::string_view target, std::string_view sni = "",
-                      std::string_view on = "https") {
-    return route_request(*generation_, listener(on), handshake(sni), host, target);
+                      std::string_view on = "https", std::string_view client = "127.0.0.1") {
+    return route_request(*generation_, listener(on), handshake(sni), host, target, asio::ip::make_address(client));
   }
 
   static std::string pool_of(const Routed& routed) {
@@ -234,6 +248,15 @@ const RouteCase route_cases[] = {
     {"absolute_form_no_path", "mail.contoso.com", "http://mail.contoso.com", "exact_root", "mail.contoso.com"},
     {"absolute_form_query_no_path", "mail.contoso.com", "https://mail.contoso.com?cmd=ping", "exact_root",
      "mail.contoso.com"},
+    // "=/" matches "/" only (the query aside), and beats every prefix.
+    {"exact_path", "www.contoso.com", "/", "exact_slash", "www.contoso.com"},
+    {"exact_path_query", "www.contoso.com", "/?a=b", "exact_slash", "www.contoso.com"},
+    {"exact_path_normalised", "www.contoso.com", "//./", "exact_slash", "www.contoso.com"},
+    {"exact_path_not_below", "www.contoso.com", "/owa/", "wild_root", "www.contoso.com"},
+    // The path as IIS reads it picks the route.
+    {"normalised_dot_segments", "mail.contoso.com", "/x/../OWA/", "exact_owa", "mail.contoso.com"},
+    {"normalised_encoded", "mail.contoso.com", "/%6Fwa", "exact_owa", "mail.contoso.com"},
+    {"normalised_slashes", "mail.contoso.com", "//owa//x", "exact_owa", "mail.contoso.com"},
     // No Host (HTTP/1.0) and no SNI: only routes for any host apply.
     {"no_host_no_sni", "", "/owa", "any_root", ""},
     {"no_host_no_sni_path", "", "/mapi/nspi", "any_mapi", ""},
@@ -241,6 +264,16 @@ const RouteCase route_cases[] = {
 
 INSTANTIATE_TEST_SUITE_P(Cases, RouteChoice, ::testing::ValuesIn(route_cases),
                          [](const auto& info) { return std::string(info.param.name); });
+
+TEST_F(Routing, AllowedClientsReachTheRoute) {
+  EXPECT_EQ(pool_of(route("ecp.contoso.com", "/ecp/", "", "https", "127.0.0.2")), "ecp");
+  EXPECT_EQ(pool_of(route("ecp.contoso.com", "/%65cp/", "", "https", "::ffff:127.0.0.2")), "ecp");
+  EXPECT_EQ(pool_of(route("ecp.contoso.com", "/ecp/", "", "https", "2001:db8::1")), "ecp");
+  // Denied inside an allowed range; next door to the allowed address.
+  EXPECT_EQ(route("ecp.contoso.com", "/ecp/", "", "https", "2001:db8::bad").status, 403);
+  EXPECT_EQ(route("ecp.contoso.com", "/ecp/", "", "https", "127.0.0.3").status, 403);
+  EXPECT_EQ(route("ecp.contoso.com", "/ecp/", "", "https", "::ffff:127.0.0.3").status, 403);
+}
 
 // ---- absolute-form targets
 
@@ -300,6 +333,31 @@ TEST_P(Decision, StatusAndWhy) {
 }
 
 const StatusCase status_cases[] = {
+    // A route with allow ranges: a client outside them gets 403 for every
+    // spelling of its paths; spellings that could be read two ways get 400.
+    {"ecp_plain", "", "ecp.contoso.com", "/ecp/", 403, "client 127.0.0.1 is not allowed"},
+    {"ecp_upper", "", "ecp.contoso.com", "/ECP/", 403, "not allowed"},
+    {"ecp_encoded_letter", "", "ecp.contoso.com", "/%65cp/", 403, "not allowed"},
+    {"ecp_double_slash", "", "ecp.contoso.com", "//ecp/", 403, "not allowed"},
+    {"ecp_dot_dot", "", "ecp.contoso.com", "/owa/../ecp/", 403, "not allowed"},
+    {"ecp_encoded_dot_dot", "", "ecp.contoso.com", "/owa/%2e%2e/ecp/", 403, "not allowed"},
+    {"ecp_parameter", "", "ecp.contoso.com", "/ecp;x/", 403, "not allowed"},
+    {"ecp_no_slash", "", "ecp.contoso.com", "/ecp", 403, "not allowed"},
+    {"ecp_query", "", "ecp.contoso.com", "/ecp?x=/owa", 403, "not allowed"},
+    {"powershell_case", "", "ecp.contoso.com", "/powershell?serializationLevel=Full", 403, "not allowed"},
+    {"ecp_absolute_form", "", "ecp.contoso.com", "https://ecp.contoso.com/%45CP/", 403, "not allowed"},
+    {"ecp_encoded_slash", "", "ecp.contoso.com", "/ecp%2f", 400, "encoded \"/\""},
+    {"ecp_encoded_slash_upper", "", "ecp.contoso.com", "/x%2F..%2Fecp/", 400, "encoded"},
+    {"ecp_encoded_backslash", "", "ecp.contoso.com", "/owa%5c..%5cecp/", 400, "encoded"},
+    {"ecp_backslash", "", "ecp.contoso.com", "/owa\\..\\ecp/", 400, "backslash"},
+    {"ecp_nul", "", "ecp.contoso.com", "/ecp%00.js", 400, "NUL"},
+    {"ecp_overlong_utf8", "", "ecp.contoso.com", "/%c0%afecp/", 400, "UTF-8"},
+    {"ecp_invalid_utf8", "", "ecp.contoso.com", "/%e9cp/", 400, "UTF-8"},
+    {"ecp_double_encoding", "", "ecp.contoso.com", "/%252e%252e/ecp/", 400, "double"},
+    {"ecp_broken_encoding", "", "ecp.contoso.com", "/ecp%g1/", 400, "broken"},
+    {"ecp_above_root", "", "ecp.contoso.com", "/../ecp/", 400, "above the root"},
+    {"other_path_same_host", "", "ecp.contoso.com", "/owa/", 0, "wild_root"},
+
     // A Host that is not a host: 400, whatever the SNI.
     {"bad_host_space", "", "mail contoso.com", "/", 400, "invalid Host \"mail contoso.com\""},
     {"bad_host_userinfo", "mail.contoso.com", "user@mail.contoso.com", "/", 400, "invalid Host"},
