@@ -179,6 +179,10 @@ template <bool isRequest>
 void Parser<isRequest>::on_field_impl(beast_http::field, boost::beast::string_view name,
                                       boost::beast::string_view value, error_code& ec) {
   if (++field_count_ > kMaxHeaderFields) return fail(ec, "more than 100 header fields");
+  // The name as written: it goes on to HTTP/1.1 peers in that case (older
+  // Outlook builds read X-OWA-Version, Persistent-Auth... in no other), and
+  // only the HTTP/2 codec lower-cases it. Compare with iequals, never
+  // normalise.
   Field f{std::string(name.data(), name.size()), std::string(value.data(), value.size())};
   if (in_trailers_) {
     if (forwards_request_field(f.name)) trailers_.push_back(std::move(f));

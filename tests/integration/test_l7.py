@@ -259,10 +259,18 @@ class PyBackend(h.LoopbackServer):
     /stream           chunk "first", waits for .proceed (10 s), chunk "second"
     /hang             reads the request and never answers
     /die              Content-Length 1000000, 1000 bytes, then closes
+    /case             OWA-like header names in mixed case (CASE_FIELDS);
+                      ?unbound leaves out Persistent-Auth (which binds the
+                      connection, so HTTP/2 clients would be sent to HTTP/1.1)
     anything else     reads the body (answers 100 Continue first when asked),
                       answers JSON: name, method, target, headers, body length
                       and SHA-256, trailers
     """
+
+    # As Exchange sends them: older Outlook builds read these names only in
+    # this case (haproxy#561).
+    CASE_FIELDS = (("X-OWA-Version", "15.2.1118.7"), ("Persistent-Auth", "true"), ("X-FEServer", "MBX01"),
+                   ("X-MiXeD-CaSe", "1"), ("Set-Cookie", "X-BackEndCookie=S-1-5-21=abc; path=/owa; secure"))
 
     def __init__(self, name, cert=None):
         self.name = name
@@ -349,6 +357,14 @@ class PyBackend(h.LoopbackServer):
             hc.read_body(headers, lambda d: None)
             self.released.wait(60 * h.SLOW)
             return False
+        if leaf == "case":
+            hc.read_body(headers, lambda d: None)
+            body = b"case\n"
+            fields = [f for f in self.CASE_FIELDS if url.query != "unbound" or f[0] != "Persistent-Auth"]
+            self._head(conn, 200, "OK", fields + [("Content-Length", len(body))])
+            if method != "HEAD":
+                conn.sendall(body)
+            return True
         if leaf == "die":
             hc.read_body(headers, lambda d: None)
             self._head(conn, 200, "OK", [("Content-Type", "application/octet-stream"), ("Content-Length", 1000000)])
@@ -1209,6 +1225,85 @@ class HttpDetails(L7TestCase):
                 self.assertEqual(got["length"], len(payload))
                 self.assertEqual(got["sha256"], hashlib.sha256(payload).hexdigest())
                 self.assertLess(r["seconds"], 5 * h.SLOW, "no 100 Continue reached curl: it waited for its timeout")
+
+
+class HeaderCase(L7TestCase):
+    """Header names keep the case they were written in towards HTTP/1.1 peers
+    (older Outlook builds read X-OWA-Version, Persistent-Auth... in no other
+    case); HTTP/2 clients get them lower-case, as HTTP/2 requires."""
+
+    def setUp(self):
+        super().setUp()
+        self.py, sections = self.py_backend()
+        self.g = self.gatehouse(listener(), route("py") + 'affinity = "cookie"\n', *sections)
+        self.port = self.g.port("web")
+
+    @staticmethod
+    def raw_response(sock, buf=b""):
+        """One response with a Content-Length body, as the bytes on the wire:
+        (head, body, what followed)."""
+        while b"\r\n\r\n" not in buf:
+            data = sock.recv(65536)
+            if not data:
+                raise EOFError(f"connection closed before the head ended: {buf!r}")
+            buf += data
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+        n = int(length.group(1)) if length else 0
+        while len(rest) < n:
+            data = sock.recv(65536)
+            if not data:
+                raise EOFError("connection closed before the body ended")
+            rest += data
+        return head + b"\r\n", rest[:n], rest[n:]
+
+    def test_http1_client_gets_response_names_as_the_backend_wrote_them(self):
+        with self.tls(self.port) as s:
+            self.send_request(s, "GET", "/owa/case")
+            head, body, rest = self.raw_response(s)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head)
+            self.assertEqual(body, b"case\n")
+            for name, value in PyBackend.CASE_FIELDS + (("X-Backend", "py"), ("Content-Length", "5")):
+                self.assertIn(f"\r\n{name}: {value}\r\n".encode(), head, f"{name} lost its case:\n{head!r}")
+            # What Gatehouse adds itself is capitalised the conventional way.
+            self.assertRegex(head, rb"\r\nSet-Cookie: GatehouseAffinity=[^\r]+\r\n")
+            self.send_request(s, "GET", "/owa/case", fields=[("Connection", "close")])
+            head, body, _ = self.raw_response(s, rest)
+            self.assertEqual(body, b"case\n")
+            self.assertIn(b"\r\nConnection: close\r\n", head)
+            self.assertIn(b"\r\nX-OWA-Version: 15.2.1118.7\r\n", head)
+
+    def test_http1_backend_gets_request_names_as_the_client_wrote_them(self):
+        sent = [("X-Client-MiXeD", "1"), ("cookie", "a=b"), ("USER-AGENT", "Microsoft Office/16.0"),
+                ("X-AnchorMailbox", "alice@contoso.test")]
+        with self.tls(self.port) as s:
+            self.send_request(s, "GET", "/owa/echo", fields=sent)
+            got = read_response(HttpConn(s)).json()
+        pairs = [tuple(p) for p in got["headers"]]
+        for field in sent:
+            self.assertIn(field, pairs)
+        # The ones Gatehouse writes itself.
+        names = [k for k, _ in pairs]
+        for name in ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "Forwarded"):
+            self.assertIn(name, names)
+
+    def test_http2_client_gets_lower_case_names(self):
+        self.need("nghttp")
+        # nghttp has no --resolve: it connects to the address (no SNI), :authority names the host.
+        # Without Persistent-Auth: it binds the connection, which HTTP/2 cannot have.
+        p = subprocess.run(["nghttp", "-v", "-H", f":authority: {MAIL}",
+                            f"https://127.0.0.1:{self.port}/owa/case?unbound"],
+                           capture_output=True, text=True, timeout=30 * h.SLOW)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("case\n", p.stdout)
+        received = re.findall(r"recv \(stream_id=\d+\) ([^:\s][^:]*|:[a-z]+): (.*)", p.stdout)
+        names = [n for n, _ in received]
+        self.assertIn(":status", names, p.stdout)
+        for name, value in PyBackend.CASE_FIELDS:
+            if name != "Persistent-Auth":
+                self.assertIn((name.lower(), value), received, p.stdout)
+        self.assertTrue(any(n == "set-cookie" and v.startswith("GatehouseAffinity=") for n, v in received), p.stdout)
+        self.assertEqual([n for n in names if n != n.lower()], [], p.stdout)
 
 
 if __name__ == "__main__":

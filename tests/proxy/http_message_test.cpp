@@ -247,6 +247,38 @@ TEST(HttpMessage, ResponseStatusOutside100To599IsRefused) {
   }
 }
 
+TEST(HttpMessage, FieldNamesKeepTheCaseTheyWereWrittenIn) {
+  // Older Outlook builds read X-OWA-Version, Persistent-Auth... in no other
+  // case (haproxy#561): a response goes to an HTTP/1.1 client as written.
+  ResponseParser parser;
+  error_code ec;
+  std::string_view in =
+      "HTTP/1.1 200 OK\r\nX-OWA-Version: 15.2.1118.7\r\nPersistent-Auth: true\r\nWWW-Authenticate: Negotiate\r\n"
+      "X-MiXeD-CaSe: 1\r\nconnection: Keep-Alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n0\r\nX-Trailer-MiXeD: t\r\n\r\n";
+  while (!in.empty() && !ec) {
+    const std::size_t used = parser.feed(in, ec);
+    if (used == 0) break;
+    in.remove_prefix(used);
+  }
+  ASSERT_FALSE(ec) << parser.violation();
+  ASSERT_TRUE(parser.is_done());
+  // The framing and Connection are the proxy's own, conventionally written.
+  EXPECT_EQ(serialize_response(parser.head(), true, true),
+            "HTTP/1.1 200 OK\r\nX-OWA-Version: 15.2.1118.7\r\nPersistent-Auth: true\r\nWWW-Authenticate: Negotiate\r\n"
+            "X-MiXeD-CaSe: 1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+  std::string last;
+  append_last_chunk(last, parser.trailers());
+  EXPECT_EQ(last, "0\r\nX-Trailer-MiXeD: t\r\n\r\n");
+  // A request goes to an HTTP/1.1 backend as the client wrote it too (Host
+  // is the proxy's own field).
+  const Parsed p = parse("GET /owa/ HTTP/1.1\r\nhost: mail.contoso.com\r\nX-Client-MiXeD: 1\r\ncookie: a=b\r\n\r\n");
+  ASSERT_TRUE(p.ok) << p.violation;
+  const std::string out = serialize_request(p.head, ForwardedFor{"192.0.2.7", "mail.contoso.com", "https"}, false);
+  EXPECT_TRUE(out.starts_with("GET /owa/ HTTP/1.1\r\nHost: mail.contoso.com\r\nX-Client-MiXeD: 1\r\ncookie: a=b\r\n"))
+      << out;
+}
+
 TEST(HttpMessage, ChunkFraming) {
   std::string out;
   append_chunk(out, "hello");
