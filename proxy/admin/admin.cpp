@@ -10,6 +10,7 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/json/serialize.hpp>
+#include <boost/json/value_from.hpp>
 #include <boost/url/parse.hpp>
 
 #include <stdexcept>
@@ -53,6 +54,44 @@ std::vector<std::string> segments(std::string_view target) {
   return out;
 }
 
+// POST /pools/{pool}/servers/{server}/drain|enable: parts as segments() split them.
+Response server_drain(AdminControl& server, const Request& req, const std::vector<std::string>& parts) {
+  const PoolRuntime* pool = server.current()->pool(parts[1]);
+  if (pool == nullptr) return json_answer(req, http::status::not_found, {{"error", "no pool \"" + parts[1] + "\""}});
+  const std::size_t i = pool->index_of(parts[3]);
+  if (i == pool->servers.size())
+    return json_answer(req, http::status::not_found,
+                       {{"error", "pool \"" + parts[1] + "\" has no server \"" + parts[3] + "\""}});
+  const bool drain = parts[4] == "drain";
+  pool->members[i]->drained = drain;
+  log::info(drain ? "server_drained" : "server_enabled", {{"pool", parts[1]}, {"server", parts[3]}, {"by", "admin"}});
+  return json_answer(req, http::status::ok, {{"pool", parts[1]}, {"server", parts[3]}, {"drained", drain}});
+}
+
+// POST /sites/{site}/drain|enable: every server of the site in every pool of
+// the current generation. The site is remembered as drained, so a reload
+// drains the servers it adds to it; enabling forgets it and enables every
+// server of the site, also those drained one by one.
+Response site_drain(AdminControl& server, const Request& req, const std::string& site, bool drain) {
+  const Generation& g = *server.current();
+  SiteSet& drained = server.drained_sites();
+  if (site_members(g, site).empty() && !drained.contains(site)) {
+    std::string known;
+    for (const std::string& name : site_names(g)) known += (known.empty() ? "\"" : ", \"") + name + "\"";
+    return json_answer(
+        req, http::status::not_found,
+        {{"error", "no server has site \"" + site + "\" (sites: " + (known.empty() ? "none" : known) + ")"},
+         {"sites", boost::json::value_from(site_names(g))}});
+  }
+  if (drain) drained.insert(site);
+  else drained.erase(site);
+  boost::json::array servers;
+  for (const SiteMember& m : set_site_drained(g, site, drain))
+    servers.push_back(boost::json::object{{"pool", m.pool_name()}, {"server", m.server_name()}});
+  log::info(drain ? "site_drained" : "site_enabled", {{"site", site}, {"count", servers.size()}, {"by", "admin"}});
+  return json_answer(req, http::status::ok, {{"site", site}, {"drained", drain}, {"servers", std::move(servers)}});
+}
+
 Response handle(AdminControl& server, const Request& req) {
   const auto parts = segments(req.target());
   const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
@@ -69,23 +108,15 @@ Response handle(AdminControl& server, const Request& req) {
       return json_answer(req, http::status::bad_request, {{"reloaded", false}, {"errors", errors}});
     return json_answer(req, http::status::ok, {{"reloaded", true}, {"generation", server.current()->number()}});
   }
-  if (parts.size() == 5 && parts[0] == "pools" && parts[2] == "servers" &&
-      (parts[4] == "drain" || parts[4] == "enable") && post) {
-    const PoolRuntime* pool = server.current()->pool(parts[1]);
-    if (pool == nullptr) return json_answer(req, http::status::not_found, {{"error", "no pool \"" + parts[1] + "\""}});
-    const std::size_t i = pool->index_of(parts[3]);
-    if (i == pool->servers.size())
-      return json_answer(req, http::status::not_found,
-                         {{"error", "pool \"" + parts[1] + "\" has no server \"" + parts[3] + "\""}});
-    const bool drain = parts[4] == "drain";
-    pool->members[i]->drained = drain;
-    log::info(drain ? "server_drained" : "server_enabled", {{"pool", parts[1]}, {"server", parts[3]}, {"by", "admin"}});
-    return json_answer(req, http::status::ok, {{"pool", parts[1]}, {"server", parts[3]}, {"drained", drain}});
-  }
+  const bool action = !parts.empty() && (parts.back() == "drain" || parts.back() == "enable");
+  if (parts.size() == 5 && parts[0] == "pools" && parts[2] == "servers" && action && post)
+    return server_drain(server, req, parts);
+  if (parts.size() == 3 && parts[0] == "sites" && action && post)
+    return site_drain(server, req, parts[1], parts[2] == "drain");
   if (get || post)
     return answer(req, http::status::not_found, "text/plain; charset=utf-8",
                   "not found: GET /metrics, /status, /status.json; POST /reload, "
-                  "/pools/{pool}/servers/{server}/drain|enable\n");
+                  "/pools/{pool}/servers/{server}/drain|enable, /sites/{site}/drain|enable\n");
   return answer(req, http::status::method_not_allowed, "text/plain; charset=utf-8", "method not allowed\n");
 }
 

@@ -8,6 +8,8 @@
 //   POST /reload                                    200 + new generation, or 400 + the errors
 //   POST /pools/{pool}/servers/{server}/drain       no new traffic to that server in that pool
 //   POST /pools/{pool}/servers/{server}/enable      traffic again
+//   POST /sites/{site}/drain                        no new traffic to any server of that site, in any pool
+//   POST /sites/{site}/enable                       traffic again to every server of the site
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -17,6 +19,7 @@
 #include <string>
 
 #include "conf/config.h"
+#include "proxy/admin/sites.h"
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/metrics.h"
 
@@ -35,6 +38,10 @@ class AdminControl {
   virtual MetricTotals metric_totals() const = 0;
   // Bound address of a listener (port 0 resolved).
   virtual boost::asio::ip::tcp::endpoint bound(const std::string& listener) const = 0;
+  // The sites drained as a whole (POST /sites/{site}/drain), kept across
+  // generations: a reload drains the servers it adds to one (apply_site_drains).
+  virtual SiteSet& drained_sites() = 0;
+  virtual const SiteSet& drained_sites() const = 0;
 
  protected:
   ~AdminControl() = default;

@@ -198,6 +198,7 @@ json::value status_json(const AdminControl& server) {
   json::array pools;
   for (const auto& p : g.pools()) pools.push_back(pool_json(g, p));
   out["pools"] = std::move(pools);
+  out["sites"] = sites_json(g, server.drained_sites());
 
   const MetricTotals totals = server.metric_totals();
   out["handshakes"] = json::object{{"full", totals.handshakes_full}, {"resumed", totals.handshakes_resumed}};
@@ -218,7 +219,8 @@ constexpr const char* kHtmlHead =
     ".6em;text-align:left}"
     "th{background:#f0f0f0}.up{background:#d9f2d9}.down{background:#f8d0d0;font-weight:bold}.drained{background:#"
     "f4e6b8}"
-    ".muted{color:#777}.pool{border:1px solid #bbb;padding:.4em .8em;margin:.6em 0;border-radius:4px}"
+    ".site-active{background:#d9f2d9}.site-drained{background:#f4e6b8}.muted{color:#777}.pool{border:1px solid "
+    "#bbb;padding:.4em .8em;margin:.6em 0;border-radius:4px}"
     "</style></head><body>";
 
 // The heading of a pool's box: balance, site, health check, and where its
@@ -259,6 +261,29 @@ void pool_html(std::ostream& h, const json::object& p) {
   for (const auto& [site, servers] : by_site)
     for (const json::object* sv : servers) member_row_html(h, site, *sv);
   h << "</table></div>";
+}
+
+// A site's row: its state, whether it was drained as a whole, and how many
+// of its (pool, server) pairs are drained and healthy.
+void sites_html(std::ostream& h, const json::array& sites) {
+  if (sites.empty()) return;
+  h << "<h2>Sites</h2><table><tr><th>site</th><th>state</th><th>drained as a site</th><th>drained</th>"
+       "<th>healthy</th></tr>";
+  for (const auto& sv : sites) {
+    const auto& site = sv.as_object();
+    const auto& servers = site.at("servers").as_array();
+    std::size_t drained = 0, healthy = 0;
+    for (const auto& m : servers) {
+      drained += m.as_object().at("drained").as_bool() ? 1 : 0;
+      healthy += m.as_object().at("healthy").as_bool() ? 1 : 0;
+    }
+    const std::string state = str(site.at("state"));
+    h << "<tr class=\"" << (state == "active" ? "site-active" : "site-drained") << "\"><td>"
+      << html_escape(str(site.at("name"))) << "</td><td>" << html_escape(state) << "</td><td>"
+      << (site.at("drained_as_site").as_bool() ? "yes" : "no") << "</td><td>" << drained << " of " << servers.size()
+      << "</td><td>" << healthy << " of " << servers.size() << "</td></tr>";
+  }
+  h << "</table>";
 }
 
 void certificates_html(std::ostream& h, const json::array& certificates) {
@@ -314,6 +339,7 @@ std::string status_html(const json::value& status) {
   h << "<h1>Gatehouse</h1><p>Generation " << str(s.at("generation")) << " &middot; config "
     << html_escape(str(s.at("config"))) << " &middot; " << str(s.at("workers")) << " workers &middot; "
     << str(s.at("active_connections")) << " open connections</p>";
+  sites_html(h, s.at("sites").as_array());
   h << "<h2>Pools</h2>";
   for (const auto& pv : s.at("pools").as_array()) pool_html(h, pv.as_object());
   certificates_html(h, s.at("certificates").as_array());

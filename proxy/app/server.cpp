@@ -297,6 +297,7 @@ bool Server::reload(std::string* errors) {
     return fail(e.what());
   }
   ++next_generation_;
+  apply_site_drains(*next, *current_, drained_sites_);
   auto old = current_;
   publish(next);
   health_ = std::make_unique<HealthChecker>(main_io_, next);

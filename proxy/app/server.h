@@ -55,6 +55,8 @@ class Server final : public AdminControl {
   std::size_t worker_count() const override { return workers_.size(); }
   MetricTotals metric_totals() const override;
   boost::asio::ip::tcp::endpoint admin_endpoint() const;
+  SiteSet& drained_sites() override { return drained_sites_; }
+  const SiteSet& drained_sites() const override { return drained_sites_; }
 
  private:
   struct Bound {
@@ -82,6 +84,7 @@ class Server final : public AdminControl {
   std::shared_ptr<Generation> current_;
   std::uint64_t next_generation_ = 1;
   std::map<std::string, Bound> bound_;
+  SiteSet drained_sites_;  // by the admin endpoint; control thread only
   boost::asio::io_context main_io_{1};
   boost::asio::steady_timer empty_signal_{main_io_};  // cancelled when a draining worker empties
   std::unique_ptr<HealthChecker> health_;             // runs on main_io_, so destroyed before it

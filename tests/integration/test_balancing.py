@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -660,6 +661,111 @@ class BalancingTest(h.GatehouseTestCase):
             self.assertEqual(leaked, [], f"mail-dc2 requests reached {n} in dc1")
         self.assertTrue(backends["mbx01"].traffic() or backends["mbx02"].traffic())
 
+    def _site(self, admin, name):
+        for site in admin.status()["sites"]:
+            if site["name"] == name:
+                return site
+        raise AssertionError(f"no site {name} in /status.json")
+
+    def _only_dc2(self, port, g, rounds=8):
+        """Every protocol of the unbound namespace `rounds` times, autodiscover
+        and IMAP (l4) too: every answer from a dc2 server."""
+        for _ in range(rounds):
+            seen = self._all_protocols(port, "mail.contoso.com")
+            self.assertLessEqual(set(seen.values()), {"mbx03", "mbx04"}, seen)
+            status, headers, _ = fetch(port, "/Autodiscover/Autodiscover.xml", host="autodiscover.contoso.com")
+            self.assertEqual((status, backend_of(headers) in ("mbx03", "mbx04")), (200, True), headers)
+            status, headers, _ = fetch(g.port("imaps"), "/imap-over-l4", host="mail.contoso.com")
+            self.assertEqual((status, backend_of(headers) in ("mbx03", "mbx04")), (200, True), headers)
+
+    def test_site_drain_enable_and_reload(self):
+        mbx = self.mailbox_cert(count=5)
+        g, admin, backends = self._namespace("unbound.toml", mbx)
+        port = g.port("https")
+        pools = [p["name"] for p in admin.status()["pools"]]
+        self.assertGreater(len(pools), 5)
+        self.assertEqual({s["name"]: s["state"] for s in admin.status()["sites"]}, {"dc1": "active", "dc2": "active"})
+
+        status, doc = admin.json("POST", "/sites/dc9/drain")
+        self.assertEqual(status, 404, doc)
+        self.assertIn('"dc1", "dc2"', doc["error"])
+        self.assertEqual(doc["sites"], ["dc1", "dc2"])
+        self.assertEqual(admin.json("POST", "/sites/dc9/enable")[0], 404)
+        self.assertEqual(admin.json("POST", "/sites//drain")[0], 404)
+        self.assertEqual(admin.call("GET", "/sites/dc1/drain")[0], 404, "drain is a POST")
+
+        # One server drained by hand first: the site is partly drained, and
+        # the site drain changes only the other pairs.
+        self.assertEqual(admin.json("POST", "/pools/owa/servers/mbx01/drain")[0], 200)
+        self.assertEqual(self._site(admin, "dc1")["state"], "partly drained")
+        dc1 = {(p, s) for p in pools for s in ("mbx01", "mbx02")}
+        status, doc = admin.json("POST", "/sites/dc1/drain")
+        self.assertEqual(status, 200, doc)
+        self.assertEqual((doc["site"], doc["drained"]), ("dc1", True))
+        self.assertEqual({(x["pool"], x["server"]) for x in doc["servers"]}, dc1 - {("owa", "mbx01")})
+        self.assertEqual(len(doc["servers"]), len(dc1) - 1)
+        g.wait_event("site_drained", site="dc1", count=len(dc1) - 1)
+        self.assertEqual(admin.json("POST", "/sites/dc1/drain")[1]["servers"], [], "drained twice")
+
+        site = self._site(admin, "dc1")
+        self.assertEqual((site["state"], site["drained_as_site"]), ("drained", True))
+        self.assertEqual({(x["pool"], x["server"]) for x in site["servers"]}, dc1)
+        self.assertTrue(all(x["drained"] and x["healthy"] for x in site["servers"]), site)
+        self.assertEqual(self._site(admin, "dc2")["state"], "active")
+        for (p, s), state in states(admin.status()).items():
+            self.assertEqual(state, "drained" if s in ("mbx01", "mbx02") else "up", (p, s))
+        html = admin.call("GET", "/status")[1]
+        self.assertIn("<h2>Sites</h2>", html)
+        self.assertIn('<tr class="site-drained"><td>dc1</td><td>drained</td><td>yes</td>', html)
+
+        before = {n: len(backends[n].traffic()) for n in ("mbx01", "mbx02")}
+        self._only_dc2(port, g)
+        self.assertEqual({n: len(backends[n].traffic()) for n in ("mbx01", "mbx02")}, before,
+                         "a drained site's servers got requests")
+
+        # A reload keeps the site drained, and a server it adds to the site
+        # (mbx05 in the owa pool) comes up drained.
+        mbx05 = self.backend(MailboxBackend("mbx05", mbx))
+        with open(g.config_path) as f:
+            text = f.read()
+        text = text.replace('servers = ["mbx01", "mbx02", "mbx03", "mbx04"]',
+                            'servers = ["mbx01", "mbx02", "mbx03", "mbx04", "mbx05"]', 1)
+        text += (f'\n[[server]]\nname = "mbx05"\naddress = "{mbx05.address}"\nsite = "dc1"\n'
+                 f'server_name = "mbx05.contoso.com"\npin = ""\n')
+        with open(g.config_path, "w") as f:
+            f.write(text)
+        status, doc = admin.json("POST", "/reload")
+        self.assertEqual(status, 200, doc)
+        g.wait_event("site_drained", site="dc1", count=1, by="reload")
+        site = self._site(admin, "dc1")
+        self.assertEqual((site["state"], site["drained_as_site"]), ("drained", True))
+        self.assertEqual({(x["pool"], x["server"]) for x in site["servers"]}, dc1 | {("owa", "mbx05")})
+        self.assertEqual(admin.server("owa", "mbx05")["state"], "drained")
+        gen = admin.status()["generation"]
+        g.signal(signal.SIGHUP)
+        admin.wait(lambda d: d["generation"] == gen + 1, 10, "the SIGHUP reload")
+        self.assertEqual(self._site(admin, "dc1")["state"], "drained")
+        self._only_dc2(port, g, rounds=4)
+        self.assertEqual([r for r in mbx05.traffic()], [])
+
+        # Enabled: every dc1 pair, also the one drained by hand, takes requests again.
+        status, doc = admin.json("POST", "/sites/dc1/enable")
+        self.assertEqual(status, 200, doc)
+        self.assertEqual((doc["site"], doc["drained"]), ("dc1", False))
+        self.assertEqual({(x["pool"], x["server"]) for x in doc["servers"]}, dc1 | {("owa", "mbx05")})
+        g.wait_event("site_enabled", site="dc1", count=len(dc1) + 1)
+        site = self._site(admin, "dc1")
+        self.assertEqual((site["state"], site["drained_as_site"]), ("active", False))
+        self.assertFalse(any(x["drained"] for x in site["servers"]), site)
+        used = set()
+        for _ in range(8):
+            used |= set(self._all_protocols(port, "mail.contoso.com").values())
+        self.assertTrue(used & {"mbx01", "mbx02"} and used & {"mbx03", "mbx04"},
+                        f"after enabling dc1 only {sorted(used)} served")
+        # ...and stays enabled over a reload.
+        self.assertEqual(admin.json("POST", "/reload")[0], 200)
+        self.assertEqual(self._site(admin, "dc1")["state"], "active")
+
     # 5 -----------------------------------------------------------------------------
     def test_metrics_parse_as_prometheus_text(self):
         try:
@@ -792,6 +898,10 @@ class BalancingTest(h.GatehouseTestCase):
         self.assertIn("mbx03", down_rows[0])
         self.assertIn("DOWN", down_rows[0])
         self.assertEqual(sum(1 for cls, _ in rows if cls == "up"), 4)
+        self.assertIn("Sites", text)
+        self.assertIn('<tr class="site-active"><td>dc1</td><td>active</td><td>no</td><td>0 of 4</td>', dom)
+        self.assertIn('<tr class="site-active"><td>dc2</td><td>active</td><td>no</td><td>0 of 1</td><td>0 of 1</td>',
+                      dom)
 
         shot = self.dir.file("status.png")
         self._chromium(f"--screenshot={shot}", "--window-size=1280,1400", url)
