@@ -1,5 +1,7 @@
 #include "conf/checks.h"
 
+#include <re2/re2.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -102,6 +104,16 @@ bool is_token(std::string_view text) {
   return !text.empty() && std::all_of(text.begin(), text.end(), [&](char c) {
     return is_lower_alnum(c) || (c >= 'A' && c <= 'Z') || specials.find(c) != std::string_view::npos;
   });
+}
+
+std::optional<std::string> regex_error(std::string_view pattern) {
+  if (pattern.empty()) return "an empty regular expression matches everything; give a pattern";
+  RE2::Options options;
+  options.set_log_errors(false);
+  const RE2 re(re2::StringPiece(pattern.data(), pattern.size()), options);
+  if (re.ok()) return std::nullopt;
+  return "not an RE2 regular expression: " + re.error() +
+         " (RE2 syntax: no backreferences or lookaround; (?i) for case-insensitive)";
 }
 
 std::string_view closest_match(std::string_view word, std::span<const std::string_view> candidates) {

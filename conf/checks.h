@@ -29,6 +29,10 @@ bool is_valid_name(std::string_view name);
 // An HTTP header name (RFC 9110 token), for hash_key = "header:NAME".
 bool is_token(std::string_view text);
 
+// nullopt when `pattern` compiles as an RE2 regular expression; otherwise
+// RE2's reason, ready for a message.
+std::optional<std::string> regex_error(std::string_view pattern);
+
 // The candidate closest to `word` when it is plausibly a typo of it, else "".
 std::string_view closest_match(std::string_view word, std::span<const std::string_view> candidates);
 

@@ -156,6 +156,7 @@ std::string_view to_string(ListenerMode mode) {
     case ListenerMode::l4: return "l4";
     case ListenerMode::passthrough: return "passthrough";
     case ListenerMode::tcp: return "tcp";
+    case ListenerMode::redirect: return "redirect";
   }
   return "?";
 }

@@ -39,7 +39,7 @@ struct Diagnostic {
   std::string to_string() const;  // "file:line: key: message"
 };
 
-enum class ListenerMode { l7, l4, passthrough, tcp };
+enum class ListenerMode { l7, l4, passthrough, tcp, redirect };
 // The mail protocol whose plaintext opening an l4 listener speaks before its
 // TLS (STARTTLS / STLS).
 enum class StartTls { none, smtp, imap, pop3 };
@@ -113,12 +113,26 @@ struct Route {
   // Lower-cased (matching is case-insensitive); "/owa" a prefix, "=/" exact.
   std::vector<std::string> paths = {"/"};
   std::string pool;
+  std::string redirect;     // instead of pool: answer 302 with this Location (l7 and redirect listeners)
   std::vector<Cidr> allow;  // client ranges that may use the route; empty = all
   std::vector<Cidr> deny;   // client ranges refused (before allow)
   // Whether a client at `address` (4 or 16 bytes) may use the route.
   bool admits(std::span<const std::uint8_t> address) const;
   Affinity affinity = Affinity::none;
   std::optional<Duration> idle_timeout;  // overrides the listener's
+  int line = 0;
+};
+
+// An emergency rule ([[deny]], l7 and redirect listeners): a request that
+// meets every condition given is answered with `status` before routing.
+struct DenyRule {
+  std::string listener;            // "" = every listener
+  std::vector<std::string> hosts;  // normalised like route hosts; empty = any
+  std::vector<std::string> paths;  // lower-cased prefixes of the normalised path; empty = any
+  std::string url;                 // RE2, over the normalised path, "?" and the query; "" = any
+  std::string header_name;         // with header_match: a field of this name whose value matches
+  std::string header_match;        // RE2
+  int status = 403;
   int line = 0;
 };
 
@@ -162,6 +176,7 @@ struct Config {
   std::vector<Certificate> certificates;
   std::vector<Listener> listeners;
   std::vector<Route> routes;
+  std::vector<DenyRule> deny_rules;
   std::vector<Server> servers;
   std::vector<Pool> pools;
 

@@ -52,6 +52,7 @@ class Loader {
   void read(const toml::table& table, Origin& origin, Route& out);
   void read(const toml::table& table, Origin& origin, Server& out);
   void read(const toml::table& table, Origin& origin, Pool& out);
+  void read(const toml::table& table, Origin& origin, DenyRule& out);
 
   // validate.cpp
   void validate();
@@ -65,6 +66,7 @@ class Loader {
   void check_alpn(Listener& listener, const Origin& origin);
   void check_route(Route& route, const Origin& origin);
   void check_pool(const Pool& pool, const Origin& origin);
+  void check_deny_rule(const DenyRule& rule, const Origin& origin);
   std::vector<const Pool*> reached_pools(const Listener& listener) const;
   void check_pool_users(std::size_t listener);
   void mail_warnings(const Listener& listener, const Origin& origin);
@@ -79,6 +81,7 @@ class Loader {
   Origin settings_origin_{"server"};
   std::set<std::string, std::less<>> pool_reports_;              // "pool.key" reported by check_pool_users
   std::map<std::string, StartTls, std::less<>> pool_protocols_;  // a starttls pool's first protocol
+  std::vector<Origin> deny_origins_;
   std::vector<Origin> certificate_origins_, listener_origins_, route_origins_, server_origins_, pool_origins_;
 };
 

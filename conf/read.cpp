@@ -148,7 +148,8 @@ struct Choice {
 constexpr Choice<ListenerMode> mode_choices[] = {{"l7", ListenerMode::l7},
                                                  {"l4", ListenerMode::l4},
                                                  {"passthrough", ListenerMode::passthrough},
-                                                 {"tcp", ListenerMode::tcp}};
+                                                 {"tcp", ListenerMode::tcp},
+                                                 {"redirect", ListenerMode::redirect}};
 constexpr Choice<StartTls> starttls_choices[] = {
     {"", StartTls::none}, {"smtp", StartTls::smtp}, {"imap", StartTls::imap}, {"pop3", StartTls::pop3}};
 constexpr Choice<TlsPolicy> tls_policy_choices[] = {{"modern", TlsPolicy::modern}, {"tls13", TlsPolicy::tls13}};
@@ -168,7 +169,7 @@ constexpr Choice<BackendTls> backend_tls_choices[] = {
 constexpr Choice<HealthKind> health_kind_choices[] = {
     {"none", HealthKind::none}, {"tcp", HealthKind::tcp}, {"tls", HealthKind::tls}, {"http", HealthKind::http}};
 
-constexpr std::string_view top_level_keys[] = {"global", "server", "certificate", "listener", "route", "pool"};
+constexpr std::string_view top_level_keys[] = {"global", "server", "certificate", "listener", "route", "deny", "pool"};
 constexpr std::string_view settings_keys[] = {"workers",     "admin",         "access_log",
                                               "ticket_keys", "drain_timeout", "max_connections"};
 constexpr std::string_view certificate_keys[] = {"name", "cert", "key", "ocsp"};
@@ -191,8 +192,10 @@ constexpr std::string_view listener_keys[] = {"name",
                                               "handshake_timeout",
                                               "idle_timeout",
                                               "max_connections"};
-constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool",
+constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool",        "redirect",
                                            "affinity", "allow", "deny",  "idle_timeout"};
+constexpr std::string_view deny_keys[] = {"listener", "hosts", "paths", "url", "header", "status"};
+constexpr std::string_view deny_header_keys[] = {"name", "match"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
 constexpr std::string_view pool_keys[] = {"name",     "servers", "balance",  "hash_key", "local_site",
                                           "fallback", "tls",     "starttls", "ca",       "health"};
@@ -432,7 +435,7 @@ LoadResult Loader::load(std::string_view text) {
     };
     record(settings_origin_);
     for (const auto* origins :
-         {&certificate_origins_, &listener_origins_, &route_origins_, &server_origins_, &pool_origins_})
+         {&certificate_origins_, &listener_origins_, &route_origins_, &server_origins_, &pool_origins_, &deny_origins_})
       for (const auto& origin : *origins) record(origin);
     result_.config = std::move(config_);
   }
@@ -467,6 +470,8 @@ void Loader::read_root(const toml::table& root) {
       read_array(node, "route", config_.routes, route_origins_);
     } else if (name == "pool") {
       read_array(node, "pool", config_.pools, pool_origins_);
+    } else if (name == "deny") {
+      read_array(node, "deny", config_.deny_rules, deny_origins_);
     } else if (std::find(std::begin(settings_keys), std::end(settings_keys), name) != std::end(settings_keys)) {
       error(top, name, "\"" + std::string(name) + "\" belongs in the [server] table; move it below a [server] line",
             line_of(node));
@@ -580,9 +585,18 @@ void Loader::read(const toml::table& table, Origin& origin, Listener& out) {
 void Loader::read(const toml::table& table, Origin& origin, Route& out) {
   TableReader r(*this, table, origin, "[[route]]", route_keys);
   r.require("listener", "listener = \"https\" (the [[listener]] it belongs to)");
-  r.require("pool", "pool = \"owa\" (the [[pool]] that serves it)");
+  if (!table.contains("redirect")) r.require("pool", "pool = \"owa\" (the [[pool]] that serves it)");
   r.string("listener", out.listener);
   r.string("pool", out.pool);
+  if (r.string("redirect", out.redirect)) {
+    const bool absolute = out.redirect.starts_with("https://") || out.redirect.starts_with("http://");
+    if ((!absolute && !out.redirect.starts_with('/')) ||
+        out.redirect.find_first_of(" \t\r\n\"<>\\") != std::string::npos || out.redirect.size() > 2048)
+      r.value_error("redirect", "\"" + out.redirect + "\" is not a URL to redirect to: write \"https://host/path\" " +
+                                    "(or a path \"/owa\"), without spaces or quotes");
+    if (table.contains("pool"))
+      r.value_error("redirect", "a route either forwards (pool) or redirects (redirect), not both; remove one");
+  }
   if (r.strings("hosts", out.hosts)) {
     for (std::size_t i = 0; i < out.hosts.size(); ++i) {
       auto result = normalize_route_host(out.hosts[i]);
@@ -682,6 +696,42 @@ void Loader::read(const toml::table& table, Origin& origin, Pool& out) {
   h.duration("timeout", out_health.timeout, true);
   h.integer("rise", 1, INT_MAX, out_health.rise);
   h.integer("fall", 1, INT_MAX, out_health.fall);
+}
+
+void Loader::read(const toml::table& table, Origin& origin, DenyRule& out) {
+  TableReader r(*this, table, origin, "[[deny]]", deny_keys);
+  r.string("listener", out.listener);
+  if (r.strings("hosts", out.hosts)) {
+    for (std::size_t i = 0; i < out.hosts.size(); ++i) {
+      auto result = normalize_route_host(out.hosts[i]);
+      if (!result.error.empty()) r.value_error(r.element_key("hosts", i), "\"" + out.hosts[i] + "\": " + result.error);
+      out.hosts[i] = std::move(result.host);
+    }
+  }
+  if (r.strings("paths", out.paths))
+    for (std::size_t i = 0; i < out.paths.size(); ++i) {
+      auto& path = out.paths[i];
+      if (!path.starts_with('/'))
+        r.value_error(r.element_key("paths", i), "\"" + path + "\" must start with \"/\", e.g. \"/ecp\"");
+      std::transform(path.begin(), path.end(), path.begin(),
+                     [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
+    }
+  if (r.string("url", out.url))
+    if (auto problem = regex_error(out.url)) r.value_error("url", *problem);
+  r.integer("status", 400, 599, out.status);
+  const toml::node* header = r.node("header");
+  if (!header) return;
+  if (!header->is_table()) {
+    r.type_error("header", *header, "a table, e.g. header = { name = \"Cookie\", match = 'X-BEResource' }");
+    return;
+  }
+  TableReader h(*this, *header->as_table(), origin, "header", deny_header_keys, "header.");
+  h.require("name", "name = \"Cookie\"");
+  h.require("match", "match = '(?i)X-AnonResource-Backend' (an RE2 regular expression)");
+  if (h.string("name", out.header_name) && !is_token(out.header_name))
+    h.value_error("name", "\"" + out.header_name + "\" is not an HTTP header name");
+  if (h.string("match", out.header_match))
+    if (auto problem = regex_error(out.header_match)) h.value_error("match", *problem);
 }
 
 }  // namespace detail

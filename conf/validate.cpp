@@ -39,6 +39,7 @@ void Loader::validate() {
   for (std::size_t i = 0; i < config_.routes.size(); ++i) check_route(config_.routes[i], route_origins_[i]);
   for (std::size_t i = 0; i < config_.pools.size(); ++i) check_pool(config_.pools[i], pool_origins_[i]);
   for (std::size_t i = 0; i < config_.listeners.size(); ++i) check_pool_users(i);
+  for (std::size_t i = 0; i < config_.deny_rules.size(); ++i) check_deny_rule(config_.deny_rules[i], deny_origins_[i]);
 
   if (config_.listeners.empty() && result_.errors.empty())
     error(Origin{}, "listener", "the file has no [[listener]], so there is nothing to serve; add one");
@@ -47,7 +48,8 @@ void Loader::validate() {
     const Origin& origin = listener_origins_[i];
     bool routed = std::any_of(config_.routes.begin(), config_.routes.end(),
                               [&](const Route& route) { return route.listener == listener.name; });
-    if (routed || listener.name.empty() || origin.invalid.contains("mode")) continue;
+    if (routed || listener.name.empty() || origin.invalid.contains("mode") || listener.mode == ListenerMode::redirect)
+      continue;
     if (listener.mode == ListenerMode::l7)
       warning(origin, "", "no [[route]] names this listener, so every request gets 404");
     else if (listener.pool.empty())
@@ -93,7 +95,13 @@ void Loader::check_listener(Listener& listener, const Origin& origin) {
   if (origin.invalid.contains("mode")) return;  // mode-specific checks would only guess
 
   check_starttls(listener, origin);
-  if (listener.mode == ListenerMode::passthrough || listener.mode == ListenerMode::tcp) {
+  if (listener.mode == ListenerMode::redirect) {
+    if (!listener.pool.empty()) error(origin, "pool", "a redirect listener forwards nothing; remove pool");
+    if (listener.proxy_protocol != ProxyProtocol::none)
+      error(origin, "proxy_protocol", "a redirect listener connects to no backend; remove proxy_protocol");
+  }
+  if (listener.mode == ListenerMode::passthrough || listener.mode == ListenerMode::tcp ||
+      listener.mode == ListenerMode::redirect) {
     check_unterminated_listener(listener, origin);
     return;
   }
@@ -214,7 +222,21 @@ void Loader::check_route(Route& route, const Origin& origin) {
     return;
   }
   const Origin& listener_origin = listener_origins_[index_of(config_.listeners, listener)];
-  if (listener->mode == ListenerMode::l7 || listener_origin.invalid.contains("mode")) return;
+  if (listener_origin.invalid.contains("mode")) return;
+  if (!route.redirect.empty() && listener->mode != ListenerMode::l7 && listener->mode != ListenerMode::redirect)
+    error(origin, "redirect",
+          "redirect answers HTTP requests, so it is for routes on l7 and redirect listeners; " + listener_origin.label +
+              " is " + std::string(to_string(listener->mode)));
+  if (listener->mode == ListenerMode::redirect) {
+    if (!route.pool.empty() && origin.valid("pool"))
+      error(origin, "pool",
+            "a redirect listener speaks plain HTTP and forwards nothing; give this route redirect = \"https://...\" "
+            "or move it to an l7 listener");
+    if (route.affinity != Affinity::none)
+      error(origin, "affinity", "a redirect route picks no server, so affinity has no effect; remove it");
+    return;
+  }
+  if (listener->mode == ListenerMode::l7) return;
   std::string why = " only applies to routes on l7 listeners; " + listener_origin.label + " is " +
                     std::string(to_string(listener->mode)) + ", which routes by SNI (hosts) only";
   if (origin.valid("paths")) error(origin, "paths", "paths" + why + "; remove it");
@@ -288,6 +310,20 @@ void Loader::mail_warnings(const Listener& listener, const Origin& origin) {
             "information: terminating TLS on port 25 hides the Exchange server's certificate from sending "
             "servers, which breaks Domain Security (mutual TLS) and hybrid mail flow's certificate matching; "
             "use mode = \"tcp\" (or \"passthrough\") to keep SMTP TLS end to end");
+}
+
+void Loader::check_deny_rule(const DenyRule& rule, const Origin& origin) {
+  if (!rule.listener.empty()) {
+    const Listener* listener = config_.find_listener(rule.listener);
+    if (listener == nullptr) error(origin, "listener", reference_problem("listener", rule.listener, config_.listeners));
+    else if (listener->mode != ListenerMode::l7 && listener->mode != ListenerMode::redirect)
+      error(origin, "listener",
+            "deny rules look at HTTP requests, so they apply to l7 and redirect listeners; \"" + rule.listener +
+                "\" is " + std::string(to_string(listener->mode)) + " (use allow/deny on its routes)");
+  }
+  const bool condition = !rule.hosts.empty() || !rule.paths.empty() || !rule.url.empty() || !rule.header_name.empty();
+  if (!condition && origin.invalid.empty())
+    error(origin, "", "a deny rule without hosts, paths, url or header would refuse every request; add a condition");
 }
 
 std::string Loader::fallback_cycle(const Pool& pool) const {

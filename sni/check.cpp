@@ -294,9 +294,10 @@ void check_listener(const conf::Config& config, const conf::Listener& listener, 
         << "): TLS passes through to the backends, no certificate here\n";
     return;
   }
-  if (listener.mode == conf::ListenerMode::tcp) {
+  if (listener.mode == conf::ListenerMode::tcp || listener.mode == conf::ListenerMode::redirect) {
     out << "listener " << listener.name << " (" << mode << ", " << listener.bind.to_string()
-        << "): plain TCP relay, no certificate here\n";
+        << "): " << (listener.mode == conf::ListenerMode::tcp ? "plain TCP relay" : "plain HTTP redirects")
+        << ", no certificate here\n";
     return;
   }
   if (listener.starttls != conf::StartTls::none)
@@ -442,7 +443,8 @@ void check_ocsp(const conf::Config& config, const Loaded& loaded, Clock::time_po
 void check_client_certificates(const conf::Config& config, Report& report) {
   for (const auto& listener : config.listeners) {
     if (listener.client_certificates == conf::ClientCertificates::none ||
-        listener.mode == conf::ListenerMode::passthrough || listener.mode == conf::ListenerMode::tcp)
+        listener.mode == conf::ListenerMode::passthrough || listener.mode == conf::ListenerMode::tcp ||
+        listener.mode == conf::ListenerMode::redirect)
       continue;
     const std::string table = "listener \"" + listener.name + "\"";
     try {

@@ -84,6 +84,24 @@ std::string str(const json::value& v) {
 
 namespace {
 
+// The [[deny]] rules in force, with their hits in this generation.
+json::array deny_rules_json(const Generation& g) {
+  json::array rules;
+  for (const auto& rule : g.deny_rules()) {
+    const conf::DenyRule& c = *rule->config;
+    json::array hosts, paths;
+    for (const auto& host : c.hosts) hosts.push_back(json::string(host));
+    for (const auto& path : c.paths) paths.push_back(json::string(path));
+    json::object o{{"rule", rule->number},      {"line", c.line},
+                   {"listener", c.listener},    {"hosts", std::move(hosts)},
+                   {"paths", std::move(paths)}, {"url", c.url},
+                   {"header", c.header_name},   {"match", c.header_match},
+                   {"status", c.status},        {"hits", rule->hits.load(std::memory_order_relaxed)}};
+    rules.push_back(std::move(o));
+  }
+  return rules;
+}
+
 // The listeners, and (into `certificates`) every certificate one serves.
 json::array listeners_json(const AdminControl& server, const Generation& g,
                            std::map<std::string, const sni::LoadedCertificate*>& certificates) {
@@ -194,6 +212,7 @@ json::value status_json(const AdminControl& server) {
 
   std::map<std::string, const sni::LoadedCertificate*> certificates;
   out["listeners"] = listeners_json(server, g, certificates);
+  out["deny_rules"] = deny_rules_json(g);
   out["certificates"] = certificates_json(g, certificates);
   json::array pools;
   for (const auto& p : g.pools()) pools.push_back(pool_json(g, p));
@@ -318,6 +337,27 @@ void listeners_html(std::ostream& h, const json::array& listeners) {
   h << "</table>";
 }
 
+void deny_rules_html(std::ostream& h, const json::array& rules) {
+  if (rules.empty()) return;
+  h << "<h2>Deny rules</h2><table><tr><th>rule</th><th>line</th><th>listener</th><th>hosts</th><th>paths</th>"
+       "<th>url</th><th>header</th><th>status</th><th>hits</th></tr>";
+  for (const auto& rv : rules) {
+    const auto& r = rv.as_object();
+    auto joined = [&](const char* key) {
+      std::string text;
+      for (const auto& v : r.at(key).as_array()) text += (text.empty() ? "" : ", ") + str(v);
+      return text;
+    };
+    const std::string header = str(r.at("header")).empty() ? "" : str(r.at("header")) + " ~ " + str(r.at("match"));
+    h << "<tr><td>" << r.at("rule").as_uint64() << "</td><td>" << r.at("line").as_int64() << "</td><td>"
+      << html_escape(str(r.at("listener"))) << "</td><td>" << html_escape(joined("hosts")) << "</td><td>"
+      << html_escape(joined("paths")) << "</td><td>" << html_escape(str(r.at("url"))) << "</td><td>"
+      << html_escape(header) << "</td><td>" << r.at("status").as_int64() << "</td><td>" << r.at("hits").as_uint64()
+      << "</td></tr>";
+  }
+  h << "</table>";
+}
+
 void problems_html(std::ostream& h, const json::array& problems) {
   h << "<h2>Recent problems</h2>";
   if (problems.empty()) {
@@ -344,6 +384,7 @@ std::string status_html(const json::value& status) {
   for (const auto& pv : s.at("pools").as_array()) pool_html(h, pv.as_object());
   certificates_html(h, s.at("certificates").as_array());
   listeners_html(h, s.at("listeners").as_array());
+  deny_rules_html(h, s.at("deny_rules").as_array());
   problems_html(h, s.at("recent_problems").as_array());
   h << "</body></html>\n";
   return h.str();
@@ -476,6 +517,15 @@ void certificate_families(Exposition& e, const Generation& g) {
   }
 }
 
+void deny_family(Exposition& e, const Generation& g) {
+  if (g.deny_rules().empty()) return;
+  e.family("gatehouse_deny_rule_hits_total", "counter",
+           "Requests refused by each [[deny]] rule (numbered in file order) since the last reload.");
+  for (const auto& rule : g.deny_rules())
+    e.out() << "gatehouse_deny_rule_hits_total{rule=\"" << rule->number << "\",line=\"" << rule->config->line << "\"} "
+            << rule->hits.load(std::memory_order_relaxed) << "\n";
+}
+
 }  // namespace
 
 std::string prometheus_text(const AdminControl& server) {
@@ -490,6 +540,7 @@ std::string prometheus_text(const AdminControl& server) {
   server_families(e, g);
   bound_family(e, g, totals);
   certificate_families(e, g);
+  deny_family(e, g);
   return e.text();
 }
 

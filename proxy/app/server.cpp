@@ -15,6 +15,7 @@
 #include "proxy/health/health_checker.h"
 #include "proxy/l4/l4_session.h"
 #include "proxy/l7/l7_session.h"
+#include "proxy/l7/redirect.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
@@ -71,6 +72,9 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
       break;
     case conf::ListenerMode::passthrough:
       co_await serve_passthrough(worker, std::move(generation), *listener, std::move(socket));
+      break;
+    case conf::ListenerMode::redirect:
+      co_await l7::serve_redirect(worker, std::move(generation), *listener, std::move(socket));
       break;
   }
 }

@@ -338,6 +338,12 @@ ErrorResponse make_error(int status, std::string_view detail) {
   return out;
 }
 
+ErrorResponse make_redirect(int status, std::string_view location) {
+  ErrorResponse out = make_error(status, location);
+  out.head.fields.push_back({"Location", std::string(location)});
+  return out;
+}
+
 std::string error_response(int status, std::string_view detail, bool close, bool head_only) {
   const ErrorResponse error = make_error(status, detail);
   std::string out = serialize_response(error.head, false, close);

@@ -140,6 +140,8 @@ struct ErrorResponse {
   std::string body;
 };
 ErrorResponse make_error(int status, std::string_view detail);
+// A 301/302 to `location`, with a short body naming it.
+ErrorResponse make_redirect(int status, std::string_view location);
 // make_error() as HTTP/1.1 bytes; `close` adds Connection: close.
 std::string error_response(int status, std::string_view detail, bool close, bool head_only = false);
 std::string_view reason_phrase(int status);

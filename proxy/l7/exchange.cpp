@@ -353,11 +353,22 @@ std::string_view hash_source(const conf::Pool& pool, const RequestHead& head, st
 
 }  // namespace
 
-void send_error(Downstream& down, int status, std::string_view detail, bool head_request) {
-  const http::ErrorResponse error = http::make_error(status, detail);
-  down.head(error.head, !head_request);
-  if (!head_request) down.body(error.body);
+namespace {
+
+void send_whole(Downstream& down, const http::ErrorResponse& response, bool head_request) {
+  down.head(response.head, !head_request);
+  if (!head_request) down.body(response.body);
   down.end({});
+}
+
+}  // namespace
+
+void send_error(Downstream& down, int status, std::string_view detail, bool head_request) {
+  send_whole(down, http::make_error(status, detail), head_request);
+}
+
+void send_redirect(Downstream& down, int status, std::string_view location, bool head_request) {
+  send_whole(down, http::make_redirect(status, location), head_request);
 }
 
 void BackendBinding::bind(BackendConnection connection, const PoolRuntime* routed_pool, WorkerMetrics& metrics) {

@@ -128,6 +128,8 @@ struct ExchangeResult {
 
 // Sends a short text/plain error through `down` (nothing must have been sent yet).
 void send_error(Downstream& down, int status, std::string_view detail, bool head_request);
+// A complete 301/302 response to `location`.
+void send_redirect(Downstream& down, int status, std::string_view location, bool head_request);
 
 // `head` has Host, method and target; `route` is the l7 route it matched.
 // `binding` is the client connection's (HTTP/1.1); null where connections

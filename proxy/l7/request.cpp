@@ -4,6 +4,7 @@
 
 #include <optional>
 
+#include "proxy/l7/deny.h"
 #include "proxy/runtime/connection.h"
 #include "proxy/runtime/log.h"
 #include "proxy/runtime/metrics.h"
@@ -28,23 +29,53 @@ std::optional<RequestHead> rewritten_head(const RequestHead& head, std::string_v
 
 }  // namespace
 
-asio::awaitable<ExchangeResult> handle_request(ClientConnection& connection, const RequestHead& head, RequestIo io) {
-  const auto started = Clock::now();
-  const std::string_view authority = authority_of(head.target);
-  const Routed routed = route_request(connection.generation, connection.listener, connection.info,
-                                      authority.empty() ? std::string_view(head.host) : authority, head.target,
-                                      connection.client.address());
-  ExchangeResult result;
+namespace {
+
+// A [[deny]] rule that matches wins over whatever routing decided; a
+// refusal by a route's allow/deny ranges is logged.
+void refuse_denied(const ClientConnection& connection, const RequestHead& head, Routed& routed) {
+  if (routed.path.empty()) return;  // refused already as malformed (400, 421)
+  if (const DenyRuntime* rule = matching_deny_rule(connection.generation, connection.listener, routed.host, routed.path,
+                                                   head.target, head.fields)) {
+    rule->hits.fetch_add(1, std::memory_order_relaxed);
+    routed.status = rule->config->status;
+    routed.detail = "refused by deny rule " + std::to_string(rule->number);
+    routed.route = nullptr;
+    routed.pool = nullptr;
+    log::warning("request_denied", {{"listener", connection.listener.config->name},
+                                    {"client", connection.client_text},
+                                    {"host", routed.host},
+                                    {"path", head.target},
+                                    {"rule", rule->number},
+                                    {"line", rule->config->line}});
+    return;
+  }
   if (routed.status == 403)
     log::warning("access_denied", {{"listener", connection.listener.config->name},
                                    {"client", connection.client_text},
                                    {"host", routed.host},
                                    {"path", head.target},
                                    {"reason", routed.detail}});
+}
+
+}  // namespace
+
+asio::awaitable<ExchangeResult> handle_request(ClientConnection& connection, const RequestHead& head, RequestIo io) {
+  const auto started = Clock::now();
+  const std::string_view authority = authority_of(head.target);
+  Routed routed = route_request(connection.generation, connection.listener, connection.info,
+                                authority.empty() ? std::string_view(head.host) : authority, head.target,
+                                connection.client.address());
+  ExchangeResult result;
+  refuse_denied(connection, head, routed);
   if (routed.status != 0) {
     result.status = routed.status;
     result.request_body_done = !head.has_body();
     send_error(io.down, routed.status, routed.detail, head.method == "HEAD");
+  } else if (!routed.route->redirect.empty()) {
+    result.status = 302;
+    result.request_body_done = !head.has_body();
+    send_redirect(io.down, 302, routed.route->redirect, head.method == "HEAD");
   } else {
     RequestContext context{.worker = connection.worker,
                            .generation = connection.generation,

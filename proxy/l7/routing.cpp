@@ -112,6 +112,7 @@ Routed route_request(const Generation& generation, const ListenerRuntime& listen
     out.detail = path.error + ": \"" + shorten(target, 100) + "\"";
     return out;
   }
+  out.path = path.path;
   const auto choice = generation.route_http(listener, out.host, path.path);
   if (choice.route == nullptr) {
     out.status = 404;
@@ -126,7 +127,7 @@ Routed route_request(const Generation& generation, const ListenerRuntime& listen
   }
   out.route = choice.route;
   out.pool = choice.pool;
-  if (out.pool == nullptr) {
+  if (out.pool == nullptr && out.route->redirect.empty()) {
     out.status = 503;
     out.detail = "route has no pool";
   }

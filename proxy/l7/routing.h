@@ -17,6 +17,7 @@ struct Routed {
   int status = 0;      // 0 = forward; else 400, 403, 421, 404 or 503
   std::string detail;  // for the error body and the log
   std::string host;    // normalised Host (no port)
+  std::string path;    // the normalised path routes and deny rules match ("" when refused before)
   // The origin-form target the backend gets for an absolute-form one; ""
   // when the target goes as sent.
   std::string origin_target;
@@ -28,7 +29,8 @@ struct Routed {
 // connection's handshake (SNI and the certificate it was served): a host
 // the certificate does not cover gets 421, an invalid one 400, a path that
 // could be read two ways 400 (http::normalize_path), no route 404, a route
-// whose allow/deny ranges refuse `client` 403, a route without a pool 503.
+// whose allow/deny ranges refuse `client` 403, a route without a pool or a
+// redirect 503.
 // The route is chosen by the normalised path; the target the backend gets
 // is the one the client sent.
 Routed route_request(const Generation& generation, const ListenerRuntime& listener, const HandshakeInfo& tls,

@@ -115,6 +115,7 @@ std::shared_ptr<Generation> Generation::build(conf::Config config, std::size_t w
   gen->load_staples(certificates);
   gen->build_pools(gen->build_servers());
   gen->build_listeners(certificates);
+  gen->build_deny_rules();
   gen->collect_front_thumbprints();
   gen->build_worker_state(workers);
   gen->assign_metric_ids(metrics().ids());
@@ -218,6 +219,20 @@ void Generation::build_listeners(const Certificates& certificates) {
       rt.greeting_name =
           !l.greeting_name.empty() ? l.greeting_name : greeting_name(*certificates.at(l.default_certificate));
     listeners_.push_back(std::move(rt));
+  }
+}
+
+void Generation::build_deny_rules() {
+  RE2::Options options;
+  options.set_log_errors(false);
+  for (const auto& rule : config_.deny_rules) {
+    auto rt = std::make_unique<DenyRuntime>();
+    rt->config = &rule;
+    rt->number = deny_rules_.size() + 1;
+    // The loader checked both patterns compile.
+    if (!rule.url.empty()) rt->url = std::make_unique<RE2>(rule.url, options);
+    if (!rule.header_match.empty()) rt->header = std::make_unique<RE2>(rule.header_match, options);
+    deny_rules_.push_back(std::move(rt));
   }
 }
 

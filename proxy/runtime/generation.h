@@ -4,6 +4,8 @@
 // pools), then published to the workers. A connection keeps the generation it
 // was accepted under, so a reload never changes what it is using.
 
+#include <re2/re2.h>
+
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
@@ -95,6 +97,16 @@ struct ListenerRuntime {
   const PoolRuntime* default_pool = nullptr;
 };
 
+// A [[deny]] rule with its regular expressions compiled (l7/deny.h
+// matches requests against it).
+struct DenyRuntime {
+  const conf::DenyRule* config = nullptr;
+  std::size_t number = 0;  // 1-based, in file order: how /metrics and /status name it
+  std::unique_ptr<re2::RE2> url;
+  std::unique_ptr<re2::RE2> header;
+  mutable std::atomic<std::uint64_t> hits{0};  // requests it refused in this generation
+};
+
 // A connected, verified backend.
 struct BackendConnection {
   std::optional<TlsStream> stream;
@@ -153,6 +165,7 @@ class Generation {
   const std::vector<ListenerRuntime>& listeners() const { return listeners_; }
   const std::vector<PoolRuntime>& pools() const { return pools_; }
   const std::vector<OcspAuto>& ocsp_auto() const { return ocsp_auto_; }
+  const std::vector<std::unique_ptr<DenyRuntime>>& deny_rules() const { return deny_rules_; }
   // Where a worker counts a request of `listener` that `pool` (a pool of
   // this generation, or null: none) answered.
   std::uint32_t request_series(const ListenerRuntime& listener, const PoolRuntime* pool) const {
@@ -208,6 +221,7 @@ class Generation {
   std::map<std::string, ServerRuntime*, std::less<>> build_servers();
   void build_pools(const std::map<std::string, ServerRuntime*, std::less<>>& servers);
   void build_listeners(const Certificates& certificates);
+  void build_deny_rules();
   void collect_front_thumbprints();
   void build_worker_state(std::size_t workers);
   void assign_metric_ids(MetricIds& ids);
@@ -219,6 +233,7 @@ class Generation {
   std::vector<PoolRuntime> pools_;
   std::vector<ListenerRuntime> listeners_;
   std::vector<OcspAuto> ocsp_auto_;
+  std::vector<std::unique_ptr<DenyRuntime>> deny_rules_;
   std::map<std::string, std::shared_ptr<StapleSlot>, std::less<>> staples_;  // by certificate name
   mutable std::vector<std::vector<WorkerPool>> per_worker_;                  // [worker][pool]
 };

@@ -1,0 +1,86 @@
+#include "proxy/l7/deny.h"
+
+#include <boost/algorithm/string/predicate.hpp>
+
+#include <string>
+
+#include "sni/hostname.h"
+
+namespace gatehouse::proxy::l7 {
+
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// "%XX" decoded once, "+" left alone; a broken escape stays as it is.
+std::string percent_decoded(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const int high = text[i] == '%' && i + 2 < text.size() ? hex_value(text[i + 1]) : -1;
+    const int low = high >= 0 ? hex_value(text[i + 2]) : -1;
+    if (low < 0) {
+      out += text[i];
+      continue;
+    }
+    out += static_cast<char>(high * 16 + low);
+    i += 2;
+  }
+  return out;
+}
+
+bool host_applies(const conf::DenyRule& rule, std::string_view host) {
+  if (rule.hosts.empty()) return true;
+  for (const auto& pattern : rule.hosts)
+    if (pattern == host || sni::host_matches(pattern, host)) return true;
+  return false;
+}
+
+bool path_applies(const conf::DenyRule& rule, std::string_view path) {
+  if (rule.paths.empty()) return true;
+  for (const auto& prefix : rule.paths)
+    if (path.starts_with(prefix) &&
+        (prefix.back() == '/' || path.size() == prefix.size() || path[prefix.size()] == '/'))
+      return true;
+  return false;
+}
+
+bool url_applies(const DenyRuntime& rule, std::string_view path, std::string_view target) {
+  if (!rule.url) return true;
+  const auto mark = target.find('?');
+  if (mark == std::string_view::npos) return RE2::PartialMatch(path, *rule.url);
+  const std::string_view query = target.substr(mark + 1);
+  const std::string as_sent = std::string(path) + "?" + std::string(query);
+  return RE2::PartialMatch(as_sent, *rule.url) ||
+         RE2::PartialMatch(std::string(path) + "?" + percent_decoded(query), *rule.url);
+}
+
+bool header_applies(const DenyRuntime& rule, const http::Fields& fields) {
+  if (!rule.header) return true;
+  for (const auto& field : fields)
+    if (boost::iequals(field.name, rule.config->header_name) && RE2::PartialMatch(field.value, *rule.header))
+      return true;
+  return false;
+}
+
+}  // namespace
+
+const DenyRuntime* matching_deny_rule(const Generation& generation, const ListenerRuntime& listener,
+                                      std::string_view host, std::string_view path, std::string_view target,
+                                      const http::Fields& fields) {
+  for (const auto& rule : generation.deny_rules()) {
+    const conf::DenyRule& config = *rule->config;
+    if (!config.listener.empty() && config.listener != listener.config->name) continue;
+    if (host_applies(config, host) && path_applies(config, path) && url_applies(*rule, path, target) &&
+        header_applies(*rule, fields))
+      return rule.get();
+  }
+  return nullptr;
+}
+
+}  // namespace gatehouse::proxy::l7
