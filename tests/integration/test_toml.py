@@ -122,7 +122,8 @@ class OldServerTable(GatehouseTestCase):
     def test_run_serves_and_warns(self):
         backend = self.backend(HttpsBackend("b1", None, tls=False))
         path, line, cert = self.old_file(backend.port)
-        g = self.start(open(path).read(), name="old.toml")
+        with open(path) as f:
+            g = self.start(f.read(), name="old.toml")
         port = g.port("https")
         self.assertWarns("\n".join(g.raw_stderr), self.dir.file("old.toml"), line)
         p = subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"mail.contoso.test:{port}:127.0.0.1",
