@@ -446,7 +446,7 @@ tls = "verify"
 """
         cfg = os.path.join(self.work, "gatehouse.toml")
         with open(cfg, "w") as f:
-            f.write(f"""[server]
+            f.write(f"""[global]
 workers = 1
 admin = ""
 access_log = ""

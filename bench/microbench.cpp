@@ -211,7 +211,7 @@ struct LargeConfig {
     options.key = "ec256";
     sni::write_certificate(options, dir / "mail");
 
-    std::string text = "[server]\nworkers = 1\nadmin = \"\"\n\n";
+    std::string text = "[global]\nworkers = 1\nadmin = \"\"\n\n";
     text += "[[certificate]]\nname = \"mail\"\ncert = \"mail.crt\"\nkey = \"mail.key\"\n\n";
     text += "[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\nmode = \"l7\"\n\n";
     for (int i = 0; i < 1000; ++i) {

@@ -470,7 +470,7 @@ class Gatehouse(Proxy):
         front = self.certs["front"]
         health = ('{ kind = "http", path = "/owa/healthcheck.htm", interval = "300ms", timeout = "1s", '
                   'rise = 1, fall = 1 }')
-        out = [f"""[server]
+        out = [f"""[global]
 workers = 1
 admin = "127.0.0.1:{self.admin_port}"
 access_log = "{self.access_path}"

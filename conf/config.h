@@ -1,10 +1,10 @@
 #pragma once
-// Gatehouse configuration: the whole TOML schema of SPEC.md as an immutable,
-// validated value. Nothing outside conf/ sees TOML. load_file() either returns a
-// Config whose every reference resolves, or the full list of errors, each with
-// file, line and key path. SPEC.md names both the [server] settings table and
-// the [[server]] array "server", which plain TOML forbids in one file; load_*
-// accept the two together.
+// Gatehouse configuration: the whole TOML schema (conf/README.md) as an
+// immutable, validated value. Nothing outside conf/ sees TOML. load_file()
+// either returns a Config whose every reference resolves, or the full list of
+// errors, each with file, line and key path. The settings table is [global];
+// older files call it [server] beside the [[server]] array, which plain TOML
+// forbids in one file: load_* still accept that, with a warning.
 
 #include <array>
 #include <chrono>
@@ -34,7 +34,7 @@ struct Diagnostic {
   std::string file;
   int line = 0;
   std::string key;                // key path: `listener "https".bind`, `pool "owa".servers[1]`, `route[0].hosts[2]`
-                                  // (the name when the table has one, else its index in file order), "server.workers"
+                                  // (the name when the table has one, else its index in file order), "global.workers"
   std::string message;            // what is wrong and what to do
   std::string to_string() const;  // "file:line: key: message"
 };
@@ -91,7 +91,7 @@ struct Listener {
   ProxyProtocol proxy_protocol = ProxyProtocol::none;
   Duration handshake_timeout = std::chrono::seconds(10);
   Duration idle_timeout = std::chrono::minutes(5);
-  std::uint64_t max_connections = 0;  // open at once on this listener, all workers; 0 = only [server]'s limit
+  std::uint64_t max_connections = 0;  // open at once on this listener, all workers; 0 = only [global]'s limit
   int line = 0;
 };
 

@@ -78,7 +78,7 @@ class Loader {
   std::filesystem::path base_dir_;
   Config config_;
   LoadResult result_;
-  Origin settings_origin_{"server"};
+  Origin settings_origin_{"global"};
   std::set<std::string, std::less<>> pool_reports_;              // "pool.key" reported by check_pool_users
   std::map<std::string, StartTls, std::less<>> pool_protocols_;  // a starttls pool's first protocol
   std::vector<Origin> deny_origins_;

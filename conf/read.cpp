@@ -19,10 +19,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// SPEC.md uses "server" both for the [server] settings table and for the
-// [[server]] array, which TOML forbids in one document. The loader renames a
-// standalone "[server]" header to this key before parsing (lines stay put) and
-// reads it back as the settings table.
+// The settings table is [global]. Older files call it [server], beside the
+// [[server]] array, which TOML forbids in one document. For those files the
+// loader renames a standalone "[server]" header to this key before parsing
+// (lines stay put), reads it back as the settings table and warns.
 constexpr std::string_view settings_key = "gatehouse-server-settings";
 
 bool is_settings_header(std::string_view line) {
@@ -459,6 +459,10 @@ void Loader::read_root(const toml::table& root) {
       }
       settings_origin_.label = name == "global" ? "global" : "server";
       settings_origin_.line = line_of(node);
+      if (name != "global")
+        warning(settings_origin_, "",
+                "[server] is the old name of the settings table; write [global] instead (standard TOML, and so "
+                "every other TOML tool, refuses a [server] table beside [[server]] tables)");
       read(*node.as_table(), settings_origin_, config_.server);
     } else if (name == "server") {
       read_array(node, "server", config_.servers, server_origins_);
@@ -473,7 +477,7 @@ void Loader::read_root(const toml::table& root) {
     } else if (name == "deny") {
       read_array(node, "deny", config_.deny_rules, deny_origins_);
     } else if (std::find(std::begin(settings_keys), std::end(settings_keys), name) != std::end(settings_keys)) {
-      error(top, name, "\"" + std::string(name) + "\" belongs in the [server] table; move it below a [server] line",
+      error(top, name, "\"" + std::string(name) + "\" belongs in the [global] table; move it below a [global] line",
             line_of(node));
     } else {
       error(top, name, unknown_key_message(name, "the top level", top_level_keys), line_of(node));
@@ -514,7 +518,7 @@ void Loader::read_array(const toml::node& node, std::string_view kind, std::vect
 }
 
 void Loader::read(const toml::table& table, Origin& origin, ServerSettings& out) {
-  TableReader r(*this, table, origin, "[server]", settings_keys);
+  TableReader r(*this, table, origin, "[" + origin.label + "]", settings_keys);
   r.integer("workers", 0, INT_MAX, out.workers);
   std::string admin;
   if (r.string("admin", admin)) out.admin = admin.empty() ? std::nullopt : r.address("admin", admin);

@@ -155,7 +155,7 @@ AdminServer::AdminServer(asio::io_context& io, AdminControl& server, const conf:
   error_code ec;
   const auto ip = asio::ip::make_address(address.host, ec);
   if (ec)
-    throw std::runtime_error("[server] admin = \"" + address.to_string() +
+    throw std::runtime_error("[global] admin = \"" + address.to_string() +
                              "\": not an IP address; use e.g. \"127.0.0.1:9901\"");
   const tcp::endpoint endpoint(ip, address.port);
   acceptor_->open(endpoint.protocol(), ec);
@@ -163,7 +163,7 @@ AdminServer::AdminServer(asio::io_context& io, AdminControl& server, const conf:
   if (!ec) acceptor_->bind(endpoint, ec);
   if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
   if (ec)
-    throw std::runtime_error("[server] admin = \"" + address.to_string() + "\": cannot listen: " + ec.message() +
+    throw std::runtime_error("[global] admin = \"" + address.to_string() + "\": cannot listen: " + ec.message() +
                              " (choose another port, or \"\" to disable the admin endpoint)");
   endpoint_ = acceptor_->local_endpoint();
   asio::co_spawn(io, accept_loop(server, acceptor_), asio::detached);

@@ -49,7 +49,7 @@ class AdminControl {
 
 class AdminServer {
  public:
-  // Throws std::runtime_error naming [server] admin when it cannot listen.
+  // Throws std::runtime_error naming [global] admin when it cannot listen.
   AdminServer(boost::asio::io_context& io, AdminControl& server, const conf::Address& address);
   ~AdminServer();
   boost::asio::ip::tcp::endpoint endpoint() const { return endpoint_; }

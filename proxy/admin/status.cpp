@@ -412,7 +412,7 @@ void connection_families(Exposition& e, const AdminControl& server, const Metric
   e.family("gatehouse_connections_active", "gauge", "Client connections open now.");
   o << "gatehouse_connections_active " << server.active_connections() << "\n";
   e.family("gatehouse_connections_refused_total", "counter",
-           "Client connections closed at accept, by listener and reason (max_connections: the [server] limit; "
+           "Client connections closed at accept, by listener and reason (max_connections: the [global] limit; "
            "listener_max_connections: the listener's).");
   for (const auto& [key, n] : m.refusals)
     o << "gatehouse_connections_refused_total{listener=\"" << label(key.first) << "\",reason=\"" << label(key.second)

@@ -59,7 +59,7 @@ int run_demo(const DemoOptions& options) {
   {
     std::ofstream toml(config_file);
     toml << "# Written by `gatehouse demo`.\n"
-         << "[server]\nworkers = 0\nadmin = \"127.0.0.1:" << admin_port
+         << "[global]\nworkers = 0\nadmin = \"127.0.0.1:" << admin_port
          << "\"\naccess_log = \"-\"\ndrain_timeout = \"2s\"\n\n"
          << "[[certificate]]\nname = \"contoso-ecdsa\"\ncert = \"contoso-ecdsa.crt\"\nkey = \"contoso-ecdsa.key\"\n\n"
          << "[[certificate]]\nname = \"contoso-rsa\"\ncert = \"contoso-rsa.crt\"\nkey = \"contoso-rsa.key\"\n\n"

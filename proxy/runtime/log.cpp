@@ -71,7 +71,7 @@ void set_access_log(const std::string& destination) {
     fd = ::open(destination.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (fd < 0)
       throw std::runtime_error(destination +
-                               ": cannot open the access log ([server] access_log): " + std::strerror(errno));
+                               ": cannot open the access log ([global] access_log): " + std::strerror(errno));
   }
   const int current = access_fd.load();
   if (fd > STDERR_FILENO && current > STDERR_FILENO) {
@@ -83,7 +83,7 @@ void set_access_log(const std::string& destination) {
     ::close(fd);
     if (moved < 0)
       throw std::runtime_error(destination +
-                               ": cannot switch the access log ([server] access_log): " + std::strerror(err));
+                               ": cannot switch the access log ([global] access_log): " + std::strerror(err));
     return;
   }
   const int old = access_fd.exchange(fd);

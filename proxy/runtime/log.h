@@ -1,7 +1,7 @@
 #pragma once
 // Logs are one JSON object per line. Events (errors, state changes: health,
 // reload, pin mismatch, listening) go to stderr; the access log goes where
-// [server] access_log says. Each line is written with one write(2), so lines
+// [global] access_log says. Each line is written with one write(2), so lines
 // from several workers never interleave.
 
 #include <boost/json/object.hpp>

@@ -37,7 +37,7 @@ std::shared_ptr<TicketKeys> TicketKeys::random_rotating(std::chrono::seconds per
 
 std::shared_ptr<TicketKeys> TicketKeys::from_file(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
-  if (!in) throw std::runtime_error(file.string() + ": cannot read the session-ticket key file ([server] ticket_keys)");
+  if (!in) throw std::runtime_error(file.string() + ": cannot read the session-ticket key file ([global] ticket_keys)");
   std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::size_t size = 0;
   if (!data.empty() && data.size() % 80 == 0) size = 80;

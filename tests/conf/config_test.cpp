@@ -1,5 +1,5 @@
 // Loading whole files: every class of error with its file, line and key path,
-// a config that uses every key of SPEC.md, and the defaults conf resolves.
+// a config that uses every key of the schema, and the defaults conf resolves.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -161,7 +161,9 @@ const ErrorCase error_cases[] = {
 
     // Unknown keys, at every level.
     {"unknown_top_level", false, "listeners = []\n", "listeners", "did you mean \"listener\"", 1},
-    {"unknown_top_level_setting", false, "workers = 4\n", "workers", "belongs in the [server] table", 1},
+    {"unknown_top_level_setting", false, "workers = 4\n", "workers", "belongs in the [global] table", 1},
+    {"unknown_in_global", true, "[global]\nworkres = 2\n", "global.workres", "did you mean \"workers\"", 2},
+    // [server], the settings table's old name, reports under that name.
     {"unknown_in_server", true, "[server]\nworkres = 2\n", "server.workres", "did you mean \"workers\"", 2},
     {"unknown_in_certificate", true,
      "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
@@ -180,7 +182,7 @@ const ErrorCase error_cases[] = {
      "pool \"p2\".health.intervall", "did you mean \"interval\"", 4},
 
     // Wrong types.
-    {"type_string_for_int", true, "[server]\nworkers = \"4\"\n", "server.workers",
+    {"type_string_for_int", true, "[global]\nworkers = \"4\"\n", "global.workers",
      "expected an integer, got a string (\"4\")", 2},
     {"type_int_for_string", true, "[[listener]]\nname = \"b\"\nbind = 443\n", "listener \"b\".bind",
      "expected a string, got an integer (443)", 3},
@@ -234,14 +236,14 @@ const ErrorCase error_cases[] = {
     // Durations.
     {"duration_no_unit", true, "[[route]]\nlistener = \"https\"\npool = \"owa\"\nidle_timeout = \"5\"\n",
      "route[1].idle_timeout", "is not a duration", 4},
-    {"duration_negative", true, "[server]\ndrain_timeout = \"-1s\"\n", "server.drain_timeout", "is not a duration", 2},
+    {"duration_negative", true, "[global]\ndrain_timeout = \"-1s\"\n", "global.drain_timeout", "is not a duration", 2},
     {"duration_bad_unit", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nhandshake_timeout = \"1x\"\n"
      "[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "handshake_timeout", "\"500ms\"", 4},
-    {"duration_overflow", true, "[server]\ndrain_timeout = \"99999999999999999999s\"\n", "drain_timeout",
+    {"duration_overflow", true, "[global]\ndrain_timeout = \"99999999999999999999s\"\n", "drain_timeout",
      "at most ten years", 2},
-    {"duration_empty", true, "[server]\ndrain_timeout = \"\"\n", "drain_timeout", "is not a duration", 2},
+    {"duration_empty", true, "[global]\ndrain_timeout = \"\"\n", "drain_timeout", "is not a duration", 2},
     {"duration_zero_interval", true,
      "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n"
      "health = { kind = \"tcp\", interval = \"0s\" }\n",
@@ -253,7 +255,7 @@ const ErrorCase error_cases[] = {
     {"address_unbracketed_v6", true, "[[listener]]\nname = \"b\"\nbind = \"::1:443\"\n", "bind", "needs brackets", 3},
     {"address_bad_port", true, "[[listener]]\nname = \"b\"\nbind = \"0.0.0.0:70000\"\n", "bind", "port from 0 to 65535",
      3},
-    {"address_admin", true, "[server]\nadmin = \"localhost:\"\n", "server.admin", "is not an address", 2},
+    {"address_admin", true, "[global]\nadmin = \"localhost:\"\n", "global.admin", "is not an address", 2},
     {"address_server_port_zero", true, "[[server]]\nname = \"mbx02\"\naddress = \"10.0.0.2:0\"\n",
      "server \"mbx02\".address", "real port", 3},
 
@@ -314,7 +316,7 @@ const ErrorCase error_cases[] = {
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "client_certificates = \"require\"\nclient_ca = \"adir\"\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
      "listener \"b\".client_ca", "is a directory", 5},
-    {"unreadable_ticket_keys", true, "[server]\nticket_keys = \"tickets.missing\"\n", "server.ticket_keys",
+    {"unreadable_ticket_keys", true, "[global]\nticket_keys = \"tickets.missing\"\n", "global.ticket_keys",
      "cannot read", 2},
     {"unreadable_ocsp_response", true,
      "[[certificate]]\nname = \"c2\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
@@ -447,8 +449,8 @@ const ErrorCase error_cases[] = {
      "nothing to serve", 0},
 
     // Value checks.
-    {"workers_negative", true, "[server]\nworkers = -1\n", "server.workers", "at least 0", 2},
-    {"max_connections_zero", true, "[server]\nmax_connections = 0\n", "server.max_connections", "at least 1", 2},
+    {"workers_negative", true, "[global]\nworkers = -1\n", "global.workers", "at least 0", 2},
+    {"max_connections_zero", true, "[global]\nmax_connections = 0\n", "global.max_connections", "at least 1", 2},
     {"listener_max_connections_negative", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\n"
      "max_connections = -5\n[[route]]\nlistener = \"b\"\npool = \"owa\"\n",
@@ -556,7 +558,7 @@ INSTANTIATE_TEST_SUITE_P(Table, ConfigError, ::testing::ValuesIn(error_cases),
 
 TEST(Load, CollectsEveryErrorSortedByLine) {
   auto result = load_string(base +
-                                "[server]\nworkers = -2\nadmin = \"nowhere\"\n[[route]]\nlistener = \"x\"\n"
+                                "[global]\nworkers = -2\nadmin = \"nowhere\"\n[[route]]\nlistener = \"x\"\n"
                                 "pool = \"y\"\n",
                             files().config());
   ASSERT_FALSE(result.config);
@@ -604,8 +606,9 @@ TEST(Load, InsecurePoolIsAWarningNotAnError) {
   EXPECT_THAT(result.warnings[0].message, ::testing::HasSubstr("not verified"));
 }
 
-TEST(Load, ServerTableAndServerArrayLiveTogether) {
-  // TOML forbids [server] and [[server]] in one document; SPEC.md uses both.
+TEST(Load, OldServerTableStillLoadsBesideServerArrayWithAWarning) {
+  // TOML forbids [server] and [[server]] in one document; files written
+  // before [global] have both.
   auto result = load_string("[server]  # settings\nworkers = 2\n" + base +
                                 "[[route]]\nlistener = \"https\"\npool = \"owa\"\nhosts = [\"\"\"\n[server]\n\"\"\"]\n",
                             files().config());
@@ -616,12 +619,21 @@ TEST(Load, ServerTableAndServerArrayLiveTogether) {
   ASSERT_TRUE(result.ok()) << dump(result);
   EXPECT_EQ(result.config->server.workers, 3);
   EXPECT_EQ(result.config->servers.size(), 2u);
+  ASSERT_EQ(result.warnings.size(), 1u) << dump(result);
+  const Diagnostic& warning = result.warnings[0];
+  EXPECT_EQ(warning.file, files().config().string());
+  EXPECT_EQ(warning.line, base_lines + 2);
+  EXPECT_EQ(warning.key, "server");
+  EXPECT_THAT(warning.message, ::testing::HasSubstr("write [global] instead"));
+  EXPECT_THAT(warning.to_string(), ::testing::HasSubstr(files().config().string() + ":" +
+                                                        std::to_string(base_lines + 2) + ": server: [server] is"));
 }
 
 TEST(Load, GlobalIsTheSettingsTableServerTheOlderName) {
   auto result = load_string("[global]\nworkers = 3\n" + base, files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   EXPECT_EQ(result.config->server.workers, 3);
+  EXPECT_TRUE(result.warnings.empty()) << dump(result);
   result = load_string("[global]\nworkers = -1\n" + base, files().config());
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.errors[0].key, "global.workers");
@@ -699,7 +711,7 @@ TEST(Load, DefaultsAreResolved) {
 }
 
 TEST(Load, AdminCanBeDisabled) {
-  auto result = load_string(base + "[server]\nadmin = \"\"\n", files().config());
+  auto result = load_string(base + "[global]\nadmin = \"\"\n", files().config());
   ASSERT_TRUE(result.ok()) << dump(result);
   EXPECT_FALSE(result.config->server.admin);
 }
@@ -737,10 +749,10 @@ TEST(Load, OcspModes) {
   EXPECT_EQ(c.find_certificate("none")->ocsp, OcspMode::none);
 }
 
-// Every key of SPEC.md's schema, checked field by field.
+// Every key of the schema (conf/README.md), checked field by field.
 TEST(Load, FullConfig) {
-  std::string text = R"(# every key SPEC.md defines
-[server]
+  std::string text = R"(# every key the schema defines
+[global]
 workers = 4
 admin = "[::1]:9901"
 access_log = "/var/log/gatehouse/access.log"

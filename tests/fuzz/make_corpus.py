@@ -54,6 +54,7 @@ hosts = ["*.contoso.com", "MAIL.contoso.com."]
 paths = ["/OWA"]
 pool = "owa"
 """)
+    # [server]: the settings table's old name, still read.
     write("fuzz_config", "errors", """
 [server]
 workers = -1
@@ -75,7 +76,7 @@ name = "mbx01"
 address = "[::1]:0"
 """)
     write("fuzz_config", "syntax", 'server = [\n  { name = "x", address = "1.2.3.4:5" },\n  "oops"\n[[listener\n= "\\u0000"\n')
-    write("fuzz_config", "durations", '[server]\ndrain_timeout = "1h30m"\n[[listener]]\nname="l"\nbind="0.0.0.0:0"\nidle_timeout="500ms"\nhandshake_timeout="0s"\n')
+    write("fuzz_config", "durations", '[global]\ndrain_timeout = "1h30m"\n[[listener]]\nname="l"\nbind="0.0.0.0:0"\nidle_timeout="500ms"\nhandshake_timeout="0s"\n')
 
 
 def client_hello(server_name=None, maximum=None, ciphers=None, alpn=None):

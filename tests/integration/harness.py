@@ -404,7 +404,8 @@ def config(*sections):
 
 
 def server_section(workers=1, extra="", drain_timeout="5s"):
-    return f'[server]\nworkers = {workers}\nadmin = ""\naccess_log = "-"\ndrain_timeout = "{drain_timeout}"\n{extra}\n'
+    """The [global] settings table (older files call it [server])."""
+    return f'[global]\nworkers = {workers}\nadmin = ""\naccess_log = "-"\ndrain_timeout = "{drain_timeout}"\n{extra}\n'
 
 
 def certificate_section(name, cert):

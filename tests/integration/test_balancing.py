@@ -214,7 +214,7 @@ def q(items):
 
 
 def server_section(workers=1, extra=""):
-    return (f'[server]\nworkers = {workers}\nadmin = "127.0.0.1:0"\naccess_log = "-"\n'
+    return (f'[global]\nworkers = {workers}\nadmin = "127.0.0.1:0"\naccess_log = "-"\n'
             f'drain_timeout = "2s"\n{extra}\n')
 
 

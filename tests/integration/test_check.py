@@ -35,7 +35,7 @@ def openssl_cert(directory, stem, cn, *addext, key="ec", digest=None, days=365):
 
 
 BASE = """\
-[server]
+[global]
 workers = 1
 admin = ""
 {server_extra}

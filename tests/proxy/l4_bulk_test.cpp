@@ -79,7 +79,7 @@ class L4Proxy {
  private:
   std::string config() const {
     std::ostringstream text;
-    text << "[server]\nworkers = 2\nadmin = \"\"\naccess_log = \"\"\n\n"
+    text << "[global]\nworkers = 2\nadmin = \"\"\naccess_log = \"\"\n\n"
          << "[[certificate]]\nname = \"front\"\ncert = '" << front_.cert.string() << "'\nkey = '" << front_.key.string()
          << "'\n\n"
          << "[[listener]]\nname = \"bulk\"\nbind = \"127.0.0.1:0\"\nmode = \"l4\"\npool = \"echo\"\n\n"

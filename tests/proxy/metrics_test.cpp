@@ -131,7 +131,7 @@ TEST(MetricIds, SameNameSameIdNewNameNewId) {
 // server behind it; every listener routes to the first pool.
 std::string config_text(const test::TestCertificate& front, const std::vector<std::string>& listeners,
                         const std::vector<std::string>& pools) {
-  std::string text = "[server]\nworkers = 2\nadmin = \"\"\n\n[[certificate]]\nname = \"front\"\ncert = \"" +
+  std::string text = "[global]\nworkers = 2\nadmin = \"\"\n\n[[certificate]]\nname = \"front\"\ncert = \"" +
                      front.cert.string() + "\"\nkey = \"" + front.key.string() + "\"\n\n";
   text += "[[server]]\nname = \"mbx01\"\naddress = \"127.0.0.1:1\"\npin = \"" + front.thumbprint + "\"\n\n";
   for (const auto& p : pools)

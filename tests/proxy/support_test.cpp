@@ -95,7 +95,7 @@ TEST(TestSupport, RunWithDeadlineReportsTimeout) {
 
 TEST(TestSupport, GatehouseProcessReportsWhatABadConfigPrinted) {
   TempDir dir;
-  const auto config = dir.write("bad.toml", "[server]\nworkers = \"many\"\n");
+  const auto config = dir.write("bad.toml", "[global]\nworkers = \"many\"\n");
   try {
     GatehouseProcess proxy(config, 20s);
     FAIL() << "gatehouse became ready with a bad config";
