@@ -14,6 +14,7 @@
 #include "conf/config.h"
 #include "sni/boringssl_util.h"
 #include "sni/client_trust.h"
+#include "sni/exchange_lints.h"
 #include "sni/extended_protection.h"
 #include "sni/hostname.h"
 #include "sni/index.h"
@@ -63,7 +64,7 @@ bool weak_signature(std::string_view algorithm) {
 // conf's key-path spelling for a named table: `certificate "contoso-san"`.
 std::string certificate_key(const std::string& name) { return "certificate \"" + name + "\""; }
 
-using Loaded = std::map<std::string, std::shared_ptr<const LoadedCertificate>, std::less<>>;
+using Loaded = LoadedCertificates;
 
 Loaded load_certificates(const conf::Config& config, Report& report) {
   Loaded loaded;
@@ -468,7 +469,8 @@ void check_client_certificates(const conf::Config& config, Report& report) {
 
 }  // namespace
 
-int run_check(const std::filesystem::path& config_file, bool strict, std::ostream& out, std::ostream& err) {
+int run_check(const std::filesystem::path& config_file, const CheckOptions& options, std::ostream& out,
+              std::ostream& err) {
   Report report(out, err);
   const conf::LoadResult result = conf::load_file(config_file);
   for (const auto& error : result.errors) report.error(error);
@@ -480,13 +482,15 @@ int run_check(const std::filesystem::path& config_file, bool strict, std::ostrea
     certificate_warnings(config, loaded, now, report);
     check_trust_bundles(config, report);
     extended_protection_warnings(config, loaded, now, report);
+    if (options.exchange)
+      for (const auto& lint : exchange_lints(config, loaded, now)) report.warning(lint);
     check_client_certificates(config, report);
     check_ocsp(config, loaded, now, report);
     for (const auto& listener : config.listeners) check_listener(config, listener, loaded, now, report);
   }
   out << "check: " << plural(report.errors(), "error") << ", " << plural(report.warnings(), "warning") << '\n';
   if (report.errors() > 0) return 1;
-  if (strict && report.warnings() > 0) return 2;
+  if (options.strict && report.warnings() > 0) return 2;
   return 0;
 }
 

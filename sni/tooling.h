@@ -42,9 +42,15 @@ std::vector<std::filesystem::path> write_certificate(const NewCertificateOptions
 boost::json::object inspect_json(const std::filesystem::path& file);  // {"file":..., "certificates":[...]}
 void inspect_text(const std::filesystem::path& file, std::ostream& out);
 
-// `gatehouse check -c FILE [--strict]`: config errors, certificate load errors,
-// the coverage of every route host name, and warnings. Returns the exit code:
-// 0 ok, 1 errors, 2 warnings with `strict`.
-int run_check(const std::filesystem::path& config_file, bool strict, std::ostream& out, std::ostream& err);
+struct CheckOptions {
+  bool strict = false;    // --strict: warnings make the exit code 2
+  bool exchange = false;  // --exchange: the Exchange lints (sni/exchange_lints.h) as warnings too
+};
+
+// `gatehouse check -c FILE [--exchange] [--strict]`: config errors,
+// certificate load errors, the coverage of every route host name, and
+// warnings. Returns the exit code: 0 ok, 1 errors, 2 warnings with `strict`.
+int run_check(const std::filesystem::path& config_file, const CheckOptions& options, std::ostream& out,
+              std::ostream& err);
 
 }  // namespace gatehouse::sni

@@ -66,13 +66,18 @@ void add_demo(CLI::App& app, DemoCommand& demo) {
 struct CheckCommand {
   CLI::App* app = nullptr;
   std::string config_file;
-  bool strict = false;
+  sni::CheckOptions options;
 };
 
 void add_check(CLI::App& app, CheckCommand& check) {
   check.app = app.add_subcommand("check", "Validate config and certificates; report certificate coverage");
   check.app->add_option("-c,--config", check.config_file, "Config file (TOML)")->required()->check(CLI::ExistingFile);
-  check.app->add_flag("--strict", check.strict, "Exit 2 when there are warnings");
+  check.app->add_flag("--exchange", check.options.exchange,
+                      "Also warn about what Exchange needs: idle_timeout of at least 15m for ActiveSync, RPC and "
+                      "MAPI long polls, /ecp and /powershell kept to allowed ranges, autodiscover.DOMAIN hosts "
+                      "on a certificate, health probes on /VDIR/healthcheck.htm rather than /, h2 offered beside "
+                      "Windows logins (the Extended Protection certificate check always runs)");
+  check.app->add_flag("--strict", check.options.strict, "Exit 2 when there are warnings");
 }
 
 struct CertNewCommand {
@@ -275,7 +280,7 @@ int dispatch(CLI::App& app, const Commands& commands) {
   if (*commands.run.app) return run_command(commands.run.config_file);
   if (*commands.demo.app) return proxy::run_demo(proxy::DemoOptions{.port = commands.demo.port});
   if (*commands.check.app)
-    return sni::run_check(commands.check.config_file, commands.check.strict, std::cout, std::cerr);
+    return sni::run_check(commands.check.config_file, commands.check.options, std::cout, std::cerr);
   if (*commands.cert.new_certificate.app) return cert_new(commands.cert.new_certificate);
   if (*commands.cert.inspect.app) return cert_inspect(commands.cert.inspect);
   if (*commands.cert.pin.app)

@@ -539,7 +539,8 @@ class BalancingTest(h.GatehouseTestCase):
 
     def _loopback(self, path, backends, ca_file):
         """The example at `path` rewritten to run here: listeners, admin and
-        servers on loopback, short health intervals, `ca_file` as the pools' CA."""
+        servers on loopback, short health intervals, `ca_file` as the pools' CA,
+        loopback clients allowed on the internal-only routes (/ecp)."""
         with open(path) as f:
             text = f.read()
         text = re.sub(r'bind = "[^"]*"', 'bind = "127.0.0.1:0"', text)
@@ -547,6 +548,7 @@ class BalancingTest(h.GatehouseTestCase):
         text = re.sub(r"workers = 0", "workers = 2", text)
         text = re.sub(r'drain_timeout = "[^"]*"', 'drain_timeout = "2s"', text)
         text = re.sub(r'ca = "[^"]*"', f'ca = "{ca_file}"', text)
+        text = text.replace('allow = ["', 'allow = ["127.0.0.0/8", "')
         text, n = re.subn(r'interval = "5s", timeout = "2s", rise = 2, fall = 3',
                           'interval = "250ms", timeout = "500ms", rise = 2, fall = 2', text)
         self.assertGreater(n, 5, "health settings in the example changed; update the rewrite")

@@ -1,15 +1,19 @@
-"""`gatehouse check -c FILE [--strict]`: every error with file:line and key,
-the certificate coverage of every route host name, warnings, exit codes
-(0 ok, 1 errors, 2 warnings only with --strict).
+"""`gatehouse check -c FILE [--exchange] [--strict]`: every error with
+file:line and key, the certificate coverage of every route host name,
+warnings, the Exchange lints of --exchange (and the shipped examples passing
+them), exit codes (0 ok, 1 errors, 2 warnings only with --strict).
 
 Configs are written with marker comments ("# @name") at the ends of lines so
 that each test knows which line an error must name."""
 
 import os
 import re
+import shutil
 import subprocess
 
 from harness import Cert, GatehouseTestCase, run
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf", "examples")
 
 
 def line_of(text, marker):
@@ -340,6 +344,62 @@ class Check(GatehouseTestCase):
         # expired certificate serves only what nothing else covers.
         self.assertRegex(p.stdout, r"(?m)^\s+mail\.contoso\.com\s+wild\s+wildcard\s*$")
         self.assertRegex(p.stdout, r"(?m)^\s+old\.fabrikam\.com\s+san \(expired\)\s+exact\s*$")
+
+    # --- --exchange -------------------------------------------------------------
+
+    def test_exchange_lints(self):
+        # MAPI with the listener's 5m idle_timeout, /ecp open to everyone, a
+        # health probe on "/", h2 offered by default beside Windows logins.
+        path, text = self.write(route_extra='paths = ["/owa", "/ecp", "/mapi"]                # @paths',
+                                extra='health = { kind = "http", path = "/" }            # @health')
+        plain = self.check(path)
+        self.assertEqual(plain.returncode, 0, plain.stdout + plain.stderr)
+        self.assertRegex(plain.stdout, r"(?m)^check: 0 errors, 0 warnings$")
+        self.assertEqual(self.check(path, "--strict").returncode, 0)
+
+        p = self.check(path, "--exchange")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"(?m)^check: 0 errors, 4 warnings$")
+        listener = text.splitlines().index("[[listener]]") + 1
+        expected = [
+            (line_of(text, "paths"), "route[0].paths", "route carries /mapi with an idle_timeout of 5m",
+             'idle_timeout = "65m"'),
+            (line_of(text, "paths"), "route[0].paths", "reach /ecp (the Exchange admin center)",
+             'allow = ["internal ranges"]'),
+            (line_of(text, "health"), 'pool "owa".health.path', 'health probes "/"', "probe /owa/healthcheck.htm"),
+            (listener, 'listener "https"', "offers h2", "HTTP_1_1_REQUIRED"),
+        ]
+        for line, key, *words in expected:
+            prefix = f"warning: {path}:{line}: {key}: "
+            hits = [l for l in p.stdout.splitlines() if l.startswith(prefix) and all(w in l for w in words)]
+            self.assertTrue(hits, f"no warning {prefix}{words}:\n{p.stdout}")
+        p = self.check(path, "--exchange", "--strict")
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+
+    def test_exchange_autodiscover_name(self):
+        path, text = self.write(hosts=("mail.contoso.com", "autodiscover.fabrikam.com"),
+                                listener_extra='alpn = ["http/1.1"]',
+                                route_extra='paths = ["/Autodiscover"]')
+        p = self.check(path, "--exchange")
+        self.assertError(path, text, "hosts", "autodiscover.fabrikam.com", p=p)
+        self.assertRegex(p.stdout, r"(?m)^warning: " + re.escape(f"{path}:{line_of(text, 'hosts')}: route[0].hosts: ")
+                         + r".*add autodiscover\.fabrikam\.com as a SAN to certificate \"san\".*"
+                         r"HTTP redirect method")
+
+    def test_exchange_examples_are_clean(self):
+        certs = os.path.join(self.dir.path, "certs")
+        os.makedirs(certs)
+        Cert(certs, "mail", "mail.contoso.com", key="rsa2048",
+             sans=["mail.contoso.com", "mail-dc1.contoso.com", "mail-dc2.contoso.com", "autodiscover.contoso.com"])
+        shutil.copy(Cert(certs, "exchange-ca", "ca.contoso.com").cert, os.path.join(certs, "exchange-ca.pem"))
+        for name in ("unbound.toml", "bound.toml"):
+            with self.subTest(example=name):
+                path = os.path.join(self.dir.path, name)
+                shutil.copy(os.path.join(EXAMPLES, name), path)
+                p = self.check(path, "--exchange", "--strict")
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                self.assertNotIn("warning:", p.stdout)
+                self.assertRegex(p.stdout, r"(?m)^check: 0 errors, 0 warnings$")
 
 
 if __name__ == "__main__":
