@@ -30,7 +30,13 @@ bool under(std::string_view path, std::string_view dir) {
 bool carries_windows_auth(const std::vector<std::string>& route_paths) {
   for (const auto& raw : route_paths) {
     std::string prefix = lower(raw);
-    if (prefix.starts_with("=")) prefix.erase(0, 1);  // an exact-match route
+    if (prefix.starts_with("=")) {
+      // An exact-match route carries only its one path.
+      prefix.erase(0, 1);
+      for (std::string_view dir : windows_auth_paths())
+        if (under(prefix, dir)) return true;
+      continue;
+    }
     for (std::string_view dir : windows_auth_paths()) {
       // The route covers the directory ("/", "/ews") or lies inside it
       // ("/ews/exchange.asmx").

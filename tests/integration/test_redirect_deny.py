@@ -63,9 +63,9 @@ class MitigationsExampleTest(h.GatehouseTestCase):
 
     def test_example_checks_clean(self):
         path = self.dir.write("mitigations.toml", self.example_text())
-        p = h.run(["check", "-c", path], check=False)
+        p = h.run(["check", "--exchange", "--strict", "-c", path], check=False)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertIn("0 errors", p.stdout + p.stderr)
+        self.assertIn("0 errors, 0 warnings", p.stdout + p.stderr)
 
     def test_proxynotshell_is_refused_and_autodiscover_passes(self):
         attack = ("/autodiscover/autodiscover.json?@x.com/owa/?&Email=autodiscover/autodiscover.json%3f@x.com/"

@@ -19,6 +19,9 @@ TEST(ExtendedProtection, RoutesThatCarryWindowsLogins) {
   EXPECT_FALSE(carries_windows_auth({"/ecp", "/owa"}));
   EXPECT_FALSE(carries_windows_auth({"/ewsx"}));
   EXPECT_FALSE(carries_windows_auth({"/mapix/"}));
+  // An exact path carries only itself: "=/" is the root page, not every directory.
+  EXPECT_FALSE(carries_windows_auth({"=/"}));
+  EXPECT_TRUE(carries_windows_auth({"=/mapi/emsmdb"}));
 }
 
 }  // namespace
