@@ -5,14 +5,30 @@
 
 namespace gatehouse::proxy::http {
 
-namespace {
-
-int hex_value(char c) {
+int hex_digit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
+
+std::string percent_decoded(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const int high = text[i] == '%' && i + 2 < text.size() ? hex_digit(text[i + 1]) : -1;
+    const int low = high >= 0 ? hex_digit(text[i + 2]) : -1;
+    if (low < 0) {
+      out += text[i];
+      continue;
+    }
+    out += static_cast<char>(high * 16 + low);
+    i += 2;
+  }
+  return out;
+}
+
+namespace {
 
 // Whether `bytes` is well-formed UTF-8 (RFC 3629: no overlong forms, no
 // surrogates, nothing above U+10FFFF).
@@ -55,8 +71,8 @@ std::string decode(std::string_view path, std::string& error) {
       out += c;
       continue;
     }
-    const int high = i + 2 < path.size() ? hex_value(path[i + 1]) : -1;
-    const int low = high >= 0 ? hex_value(path[i + 2]) : -1;
+    const int high = i + 2 < path.size() ? hex_digit(path[i + 1]) : -1;
+    const int low = high >= 0 ? hex_digit(path[i + 2]) : -1;
     if (low < 0) {
       error = "a broken percent-encoding in the path";
       return {};
@@ -71,7 +87,7 @@ std::string decode(std::string_view path, std::string& error) {
   }
   // What would decode again: IIS refuses double escaping, and so do we.
   for (std::size_t i = 0; i + 2 < out.size(); ++i)
-    if (out[i] == '%' && hex_value(out[i + 1]) >= 0 && hex_value(out[i + 2]) >= 0) {
+    if (out[i] == '%' && hex_digit(out[i + 1]) >= 0 && hex_digit(out[i + 2]) >= 0) {
       error = "a double percent-encoding in the path";
       return {};
     }

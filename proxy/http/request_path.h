@@ -22,4 +22,9 @@ struct NormalizedPath {
 // "*" (read as "/").
 NormalizedPath normalize_path(std::string_view target);
 
+// The value of a hex digit, or -1.
+int hex_digit(char c);
+// "%XX" decoded once, leniently: a broken escape stays as it is ("+" too).
+std::string percent_decoded(std::string_view text);
+
 }  // namespace gatehouse::proxy::http

@@ -4,35 +4,12 @@
 
 #include <string>
 
+#include "proxy/http/request_path.h"
 #include "sni/hostname.h"
 
 namespace gatehouse::proxy::l7 {
 
 namespace {
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// "%XX" decoded once, "+" left alone; a broken escape stays as it is.
-std::string percent_decoded(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const int high = text[i] == '%' && i + 2 < text.size() ? hex_value(text[i + 1]) : -1;
-    const int low = high >= 0 ? hex_value(text[i + 2]) : -1;
-    if (low < 0) {
-      out += text[i];
-      continue;
-    }
-    out += static_cast<char>(high * 16 + low);
-    i += 2;
-  }
-  return out;
-}
 
 bool host_applies(const conf::DenyRule& rule, std::string_view host) {
   if (rule.hosts.empty()) return true;
@@ -57,7 +34,7 @@ bool url_applies(const DenyRuntime& rule, std::string_view path, std::string_vie
   const std::string_view query = target.substr(mark + 1);
   const std::string as_sent = std::string(path) + "?" + std::string(query);
   return RE2::PartialMatch(as_sent, *rule.url) ||
-         RE2::PartialMatch(std::string(path) + "?" + percent_decoded(query), *rule.url);
+         RE2::PartialMatch(std::string(path) + "?" + http::percent_decoded(query), *rule.url);
 }
 
 bool header_applies(const DenyRuntime& rule, const http::Fields& fields) {
