@@ -181,11 +181,13 @@ std::string ClientDialogue::greeting() const {
 Answer ClientDialogue::answer(std::string_view line) const {
   if (protocol_ == conf::StartTls::imap) return answer_imap(line);
   const auto [verb, rest] = split_word(line);
-  if (protocol_ == conf::StartTls::smtp) return answer_smtp(verb, rest);
-  return answer_pop3(verb);
+  // A space after the verb, even with nothing after it, is an argument.
+  const bool bare = verb.size() == line.size();
+  if (protocol_ == conf::StartTls::smtp) return answer_smtp(verb, rest, bare);
+  return answer_pop3(verb, bare);
 }
 
-Answer ClientDialogue::answer_smtp(std::string_view verb, std::string_view rest) const {
+Answer ClientDialogue::answer_smtp(std::string_view verb, std::string_view rest, bool bare) const {
   using Next = Answer::Next;
   if (equals_ignoring_case(verb, "EHLO")) {
     if (rest.empty()) return {"501 5.5.4 Syntax: EHLO hostname\r\n"};
@@ -196,7 +198,7 @@ Answer ClientDialogue::answer_smtp(std::string_view verb, std::string_view rest)
     return {"250 " + name_ + "\r\n"};
   }
   if (equals_ignoring_case(verb, "STARTTLS")) {
-    if (!rest.empty()) return {"501 5.5.4 Syntax: STARTTLS\r\n"};
+    if (!bare) return {"501 5.5.4 Syntax: STARTTLS\r\n"};
     return {"220 2.0.0 Ready to start TLS\r\n", Next::start_tls};
   }
   if (equals_ignoring_case(verb, "NOOP") || equals_ignoring_case(verb, "RSET")) return {"250 2.0.0 OK\r\n"};
@@ -207,7 +209,7 @@ Answer ClientDialogue::answer_smtp(std::string_view verb, std::string_view rest)
 Answer ClientDialogue::answer_imap(std::string_view line) const {
   using Next = Answer::Next;
   const auto [tag, rest] = split_word(line);
-  const auto [command, arguments] = split_word(rest);
+  const std::string_view command = split_word(rest).first;
   // A tag is any atom but "*" and "+" (RFC 3501 9: no specials).
   const bool tag_ok = !tag.empty() && tag != "*" && tag != "+" &&
                       tag.find_first_of("(){%\"\\]") == std::string_view::npos &&
@@ -220,16 +222,20 @@ Answer ClientDialogue::answer_imap(std::string_view line) const {
   if (equals_ignoring_case(command, "LOGOUT"))
     return {"* BYE Logging out\r\n" + t + " OK LOGOUT completed\r\n", Next::close};
   if (equals_ignoring_case(command, "STARTTLS")) {
-    if (!arguments.empty()) return {t + " BAD STARTTLS takes no arguments\r\n"};
+    // Exactly "tag STARTTLS": a trailing space is an (empty) argument.
+    if (rest.size() != command.size()) return {t + " BAD STARTTLS takes no arguments\r\n"};
     return {t + " OK Begin TLS negotiation now\r\n", Next::start_tls};
   }
   return {t + " BAD Must issue a STARTTLS command first\r\n"};
 }
 
-Answer ClientDialogue::answer_pop3(std::string_view verb) const {
+Answer ClientDialogue::answer_pop3(std::string_view verb, bool bare) const {
   using Next = Answer::Next;
   if (equals_ignoring_case(verb, "CAPA")) return {"+OK Capability list follows\r\nSTLS\r\n.\r\n"};
-  if (equals_ignoring_case(verb, "STLS")) return {"+OK Begin TLS negotiation\r\n", Next::start_tls};
+  if (equals_ignoring_case(verb, "STLS")) {
+    if (!bare) return {"-ERR STLS takes no arguments\r\n"};
+    return {"+OK Begin TLS negotiation\r\n", Next::start_tls};
+  }
   if (equals_ignoring_case(verb, "QUIT")) return {"+OK Bye\r\n", Next::close};
   return {"-ERR Must issue a STLS command first\r\n"};
 }

@@ -59,9 +59,9 @@ class ClientDialogue {
   std::string too_many() const;
 
  private:
-  Answer answer_smtp(std::string_view verb, std::string_view rest) const;
+  Answer answer_smtp(std::string_view verb, std::string_view rest, bool bare) const;
   Answer answer_imap(std::string_view line) const;
-  Answer answer_pop3(std::string_view verb) const;
+  Answer answer_pop3(std::string_view verb, bool bare) const;
 
   conf::StartTls protocol_;
   std::string name_;

@@ -28,7 +28,7 @@ bool whole_lines(std::string_view reply) {
 bool asks_for_tls(std::string_view line, conf::StartTls protocol) {
   std::string upper;
   for (char c : line) upper += (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
-  if (protocol == conf::StartTls::pop3) return upper == "STLS" || upper.starts_with("STLS ");
+  if (protocol == conf::StartTls::pop3) return upper == "STLS";
   if (protocol == conf::StartTls::smtp) return upper == "STARTTLS";
   const auto space = upper.find(' ');
   return space != std::string::npos && upper.substr(space + 1) == "STARTTLS";

@@ -27,6 +27,7 @@ TEST(SmtpDialogue, StartTlsNoopRsetQuit) {
   EXPECT_EQ(go.reply, "220 2.0.0 Ready to start TLS\r\n");
   EXPECT_EQ(go.next, Next::start_tls);
   EXPECT_EQ(smtp.answer("STARTTLS now").next, Next::more);  // arguments: 501, no TLS
+  EXPECT_EQ(smtp.answer("STARTTLS ").next, Next::more);     // an empty one too
   EXPECT_EQ(smtp.answer("NOOP").reply, "250 2.0.0 OK\r\n");
   EXPECT_EQ(smtp.answer("RSET").reply, "250 2.0.0 OK\r\n");
   const Answer quit = smtp.answer("QUIT");
@@ -69,6 +70,7 @@ TEST(ImapDialogue, LoginAndMailboxCommandsGetBad) {
   for (const char* line : {"", "LOGIN", "* LOGIN a b", "(x) NOOP", "+ STARTTLS"})
     EXPECT_EQ(imap.answer(line).reply, "* BAD Error in IMAP command received by server\r\n") << line;
   EXPECT_EQ(imap.answer("t STARTTLS x").next, Next::more);
+  EXPECT_EQ(imap.answer("t STARTTLS ").next, Next::more);
 }
 
 TEST(Pop3Dialogue, CapaStlsQuitAndNothingElse) {
@@ -79,6 +81,8 @@ TEST(Pop3Dialogue, CapaStlsQuitAndNothingElse) {
   EXPECT_EQ(go.next, Next::start_tls);
   EXPECT_EQ(go.reply.substr(0, 3), "+OK");
   EXPECT_EQ(pop3.answer("QUIT").next, Next::close);
+  EXPECT_EQ(pop3.answer("STLS now").next, Next::more);
+  EXPECT_EQ(pop3.answer("STLS ").next, Next::more);
   for (const char* line : {"USER alice", "PASS secret", "APOP alice 0123", "AUTH PLAIN", "LIST", "RETR 1"}) {
     const Answer a = pop3.answer(line);
     EXPECT_EQ(a.reply.substr(0, 4), "-ERR") << line;
