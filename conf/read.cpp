@@ -361,6 +361,18 @@ class TableReader {
     return value_error(key, message);
   }
 
+  // Route-style host names: normalised, wildcards as route hosts allow.
+  bool hosts(std::string_view key, std::vector<std::string>& out) {
+    if (!strings(key, out)) return false;
+    bool ok = true;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      auto result = normalize_route_host(out[i]);
+      if (!result.error.empty()) ok = value_error(element_key(key, i), "\"" + out[i] + "\": " + result.error);
+      out[i] = std::move(result.host);
+    }
+    return ok;
+  }
+
   const toml::node* node(std::string_view key) const { return table_.get(key); }
 
   std::string full(std::string_view key) const { return prefix_ + std::string(key); }
@@ -601,13 +613,7 @@ void Loader::read(const toml::table& table, Origin& origin, Route& out) {
     if (table.contains("pool"))
       r.value_error("redirect", "a route either forwards (pool) or redirects (redirect), not both; remove one");
   }
-  if (r.strings("hosts", out.hosts)) {
-    for (std::size_t i = 0; i < out.hosts.size(); ++i) {
-      auto result = normalize_route_host(out.hosts[i]);
-      if (!result.error.empty()) r.value_error(r.element_key("hosts", i), "\"" + out.hosts[i] + "\": " + result.error);
-      out.hosts[i] = std::move(result.host);
-    }
-  }
+  r.hosts("hosts", out.hosts);
   if (r.strings("paths", out.paths)) {
     if (out.paths.empty()) r.value_error("paths", "paths = [] matches nothing; omit paths to match every path");
     for (std::size_t i = 0; i < out.paths.size(); ++i) {
@@ -705,13 +711,7 @@ void Loader::read(const toml::table& table, Origin& origin, Pool& out) {
 void Loader::read(const toml::table& table, Origin& origin, DenyRule& out) {
   TableReader r(*this, table, origin, "[[deny]]", deny_keys);
   r.string("listener", out.listener);
-  if (r.strings("hosts", out.hosts)) {
-    for (std::size_t i = 0; i < out.hosts.size(); ++i) {
-      auto result = normalize_route_host(out.hosts[i]);
-      if (!result.error.empty()) r.value_error(r.element_key("hosts", i), "\"" + out.hosts[i] + "\": " + result.error);
-      out.hosts[i] = std::move(result.host);
-    }
-  }
+  r.hosts("hosts", out.hosts);
   if (r.strings("paths", out.paths))
     for (std::size_t i = 0; i < out.paths.size(); ++i) {
       auto& path = out.paths[i];

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "proxy/http/request_path.h"
+#include "proxy/runtime/log.h"
 #include "sni/hostname.h"
 
 namespace gatehouse::proxy::l7 {
@@ -58,6 +59,21 @@ const DenyRuntime* matching_deny_rule(const Generation& generation, const Listen
       return rule.get();
   }
   return nullptr;
+}
+
+const DenyRuntime* refuse_by_deny_rule(const Generation& generation, const ListenerRuntime& listener,
+                                       std::string_view client, std::string_view host, std::string_view path,
+                                       std::string_view target, const http::Fields& fields) {
+  const DenyRuntime* rule = matching_deny_rule(generation, listener, host, path, target, fields);
+  if (rule == nullptr) return nullptr;
+  rule->hits.fetch_add(1, std::memory_order_relaxed);
+  log::warning("request_denied", {{"listener", listener.config->name},
+                                  {"client", client},
+                                  {"host", host},
+                                  {"path", target},
+                                  {"rule", rule->number},
+                                  {"line", rule->config->line}});
+  return rule;
 }
 
 }  // namespace gatehouse::proxy::l7

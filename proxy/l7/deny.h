@@ -19,4 +19,10 @@ const DenyRuntime* matching_deny_rule(const Generation& generation, const Listen
                                       std::string_view host, std::string_view path, std::string_view target,
                                       const http::Fields& fields);
 
+// matching_deny_rule(), and when one matches: counts the hit and logs
+// `request_denied` with the client, host, target and rule. Null when none.
+const DenyRuntime* refuse_by_deny_rule(const Generation& generation, const ListenerRuntime& listener,
+                                       std::string_view client, std::string_view host, std::string_view path,
+                                       std::string_view target, const http::Fields& fields);
+
 }  // namespace gatehouse::proxy::l7

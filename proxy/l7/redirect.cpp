@@ -92,14 +92,14 @@ class RedirectSession {
     const std::string target(request.target());
     const std::string host(request[beast::http::field::host]);
     const Routed routed = route_request(*generation_, listener_, HandshakeInfo{}, host, target, client_.address());
-    http::Fields fields;
-    for (const auto& field : request) fields.push_back({std::string(field.name_string()), std::string(field.value())});
-    if (!routed.path.empty())
-      if (const DenyRuntime* rule =
-              matching_deny_rule(*generation_, listener_, routed.host, routed.path, target, fields)) {
-        rule->hits.fetch_add(1, std::memory_order_relaxed);
+    if (!routed.path.empty() && !generation_->deny_rules().empty()) {
+      http::Fields fields;
+      for (const auto& field : request)
+        fields.push_back({std::string(field.name_string()), std::string(field.value())});
+      if (const DenyRuntime* rule = refuse_by_deny_rule(*generation_, listener_, to_string(client_), routed.host,
+                                                        routed.path, target, fields))
         return {rule->config->status, "", "refused by deny rule " + std::to_string(rule->number)};
-      }
+    }
     if (routed.status == 0 && routed.route != nullptr && !routed.route->redirect.empty())
       return {302, routed.route->redirect, ""};
     if (routed.status != 0 && routed.status != 404) return {routed.status, "", routed.detail};

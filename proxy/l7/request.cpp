@@ -35,19 +35,12 @@ namespace {
 // refusal by a route's allow/deny ranges is logged.
 void refuse_denied(const ClientConnection& connection, const RequestHead& head, Routed& routed) {
   if (routed.path.empty()) return;  // refused already as malformed (400, 421)
-  if (const DenyRuntime* rule = matching_deny_rule(connection.generation, connection.listener, routed.host, routed.path,
-                                                   head.target, head.fields)) {
-    rule->hits.fetch_add(1, std::memory_order_relaxed);
+  if (const DenyRuntime* rule = refuse_by_deny_rule(connection.generation, connection.listener, connection.client_text,
+                                                    routed.host, routed.path, head.target, head.fields)) {
     routed.status = rule->config->status;
     routed.detail = "refused by deny rule " + std::to_string(rule->number);
     routed.route = nullptr;
     routed.pool = nullptr;
-    log::warning("request_denied", {{"listener", connection.listener.config->name},
-                                    {"client", connection.client_text},
-                                    {"host", routed.host},
-                                    {"path", head.target},
-                                    {"rule", rule->number},
-                                    {"line", rule->config->line}});
     return;
   }
   if (routed.status == 403)
