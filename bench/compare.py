@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ CLIENT_CPU = "1"
 # localhost to 127.0.0.1 and the front certificates cover it.
 L7_HOST = "localhost"
 BACKEND_NAME = "mbx01"     # the backend's SAN (cert new --cn MBX01)
+NOISY = 0.25              # CPUs used by other processes during a case that make it worth a warning
 L7_TARGET = 0.7            # issue target: Gatehouse's proxy CPU per request over the best peer's
 H2_STREAMS = 10            # h2load -m: concurrent streams per connection
 
@@ -135,12 +137,53 @@ def start_time(pid):
         return int(f.read().rsplit(")", 1)[1].split()[19])
 
 
-def cpu_split(pid):
-    """(user, system) CPU seconds of PID, all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+def cpu_split(pids):
+    """(user, system) CPU seconds of PIDS (one pid or a list), all their threads."""
+    user = system = 0
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    for pid in ([pids] if isinstance(pids, int) else pids):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / tick, system / tick
+
+
+def task_cpu(pids):
+    """{(pid, tid): CPU seconds} of every thread of PIDS: which worker did the work."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def worker_split(before, after):
+    """Shares (percent, largest first) of the CPU the threads spent between
+    two task_cpu() samples; threads under 3% are left out."""
+    deltas = [after[k] - before.get(k, 0) for k in after]
+    total = sum(deltas)
+    if total <= 0:
+        return []
+    return [round(d * 100 / total) for d in sorted(deltas, reverse=True) if d * 100 / total >= 3]
+
+
+def machine_busy():
+    """(busy, all) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v[:8]) - idle, sum(v[:8])
 
 
 def cpu_seconds(pid):
@@ -180,12 +223,12 @@ def nginx_paths(d):
     scgi_temp_path {d}/scgi;"""
 
 
-def nginx_head(d):
-    """An nginx.conf up to inside http{}: one worker in the foreground, its
-    files in D, no access log."""
+def nginx_head(d, workers=1):
+    """An nginx.conf up to inside http{}: WORKERS workers in the foreground,
+    its files in D, no access log."""
     return f"""daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 10000; }}
@@ -194,9 +237,9 @@ http {{
 {nginx_paths(d)}"""
 
 
-def start_nginx(procs, d, conf, port, cpu, what):
+def start_nginx(procs, d, conf, port, cpu, what, workers=1):
     """Writes CONF to D/nginx.conf, starts one master (pinned to CPU, or not
-    when CPU is None) with one worker; returns (master Popen, worker pid)."""
+    when CPU is None) with WORKERS workers; returns (master Popen, worker pids)."""
     cfg = os.path.join(d, "nginx.conf")
     with open(cfg, "w") as f:
         f.write(conf)
@@ -209,14 +252,15 @@ def start_nginx(procs, d, conf, port, cpu, what):
     except RuntimeError as e:
         raise RuntimeError(f"{e}: {tail(os.path.join(d, 'error.log'), 300)}") from None
     deadline = time.monotonic() + 10
-    workers = []
-    while not workers and time.monotonic() < deadline:
-        workers = children(proc.pid)
+    found = []
+    while len(found) < workers and time.monotonic() < deadline:
+        found = children(proc.pid)
         time.sleep(0.05)
-    if len(workers) != 1:
-        raise RuntimeError(f"{what}: expected one worker process, found {workers}")
-    procs.add_pid(workers[0])
-    return proc, workers[0]
+    if len(found) != workers:
+        raise RuntimeError(f"{what}: expected {workers} worker process(es), found {found}")
+    for pid in found:
+        procs.add_pid(pid)
+    return proc, found
 
 
 def stop_nginx(procs, proc):
@@ -281,7 +325,7 @@ class Backend:
     }}
 }}
 """
-        self.proc, self.pid = start_nginx(self.procs, d, conf, self.port, self.cpu, "backend nginx")
+        self.proc, (self.pid,) = start_nginx(self.procs, d, conf, self.port, self.cpu, "backend nginx")
 
     def counters(self):
         """(TCP connections accepted, requests) so far, this request excluded."""
@@ -385,8 +429,10 @@ def run_bulk_client(port, megabytes, sni):
 class Server:
     name = "?"
 
-    def __init__(self, procs, work, certs, sink_port, backend):
+    def __init__(self, procs, work, certs, sink_port, backend, workers=1, pinned=True):
         self.procs = procs
+        self.workers = workers   # Gatehouse workers, nginx worker_processes, HAProxy nbthread
+        self.pinned = pinned     # on SERVER_CPU alone, or free to run on every CPU
         self.work = work
         self.certs = certs
         self.sink_port = sink_port
@@ -396,7 +442,11 @@ class Server:
         self.l7_port = None      # the reverse proxy to the backend
         self.proc = None
         self.pid = None
+        self.pids = []    # the processes whose CPU is the server's (nginx: its workers)
         self.skip = None  # reason this server cannot run
+
+    def taskset(self):
+        return ["taskset", "-c", SERVER_CPU] if self.pinned else []
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -418,7 +468,7 @@ class Gatehouse(Server):
         super().__init__(*a)
         self.binary = binary
         self.bulk_port = free_port()
-        self.stderr_path = os.path.join(self.work, "gatehouse.stderr")
+        self.stderr_path = os.path.join(self.work, f"gatehouse-{self.workers}.stderr")
 
     def start(self):
         ec, rsa = self.certs["ec"], self.certs["rsa"]
@@ -444,10 +494,10 @@ name = "mbx"
 servers = ["mbx01"]
 tls = "verify"
 """
-        cfg = os.path.join(self.work, "gatehouse.toml")
+        cfg = os.path.join(self.work, f"gatehouse-{self.workers}.toml")
         with open(cfg, "w") as f:
             f.write(f"""[global]
-workers = 1
+workers = {self.workers}
 admin = ""
 access_log = ""
 
@@ -482,11 +532,12 @@ servers = ["sink"]
 tls = "plain"
 {l7}""")
         self.stderr = open(self.stderr_path, "w")
-        self.proc = self.procs.start(["taskset", "-c", SERVER_CPU, self.binary, "run", "-c", cfg],
+        self.proc = self.procs.start(self.taskset() + [self.binary, "run", "-c", cfg],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr)
         wait_port(self.port, self.proc, "gatehouse")
         wait_port(self.bulk_port, self.proc, "gatehouse")
         self.pid = self.proc.pid  # taskset execs the server: same pid
+        self.pids = [self.pid]
 
     def diagnostics(self):
         return tail(self.stderr_path)
@@ -529,10 +580,10 @@ backend mbx
     http-reuse always
     server s1 127.0.0.1:{self.backend.port} ssl verify required ca-file {self.backend.cert}.crt verifyhost {BACKEND_NAME}
 """
-        cfg = os.path.join(self.work, "haproxy.cfg")
+        cfg = os.path.join(self.work, f"haproxy-{self.workers}.cfg")
         with open(cfg, "w") as f:
             f.write(f"""global
-    nbthread 1
+    nbthread {self.workers}
     maxconn 4000
     ssl-default-bind-options ssl-min-ver TLSv1.2
 
@@ -555,12 +606,13 @@ backend sink
     mode tcp
     server sink 127.0.0.1:{self.sink_port}
 {l7}""")
-        self.log_path = os.path.join(self.work, "haproxy.log")
+        self.log_path = os.path.join(self.work, f"haproxy-{self.workers}.log")
         self.log = open(self.log_path, "w")
-        self.proc = self.procs.start(["taskset", "-c", SERVER_CPU, exe, "-f", cfg, "-db"],
+        self.proc = self.procs.start(self.taskset() + [exe, "-f", cfg, "-db"],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc, "haproxy")
         self.pid = self.proc.pid
+        self.pids = [self.pid]
 
     def diagnostics(self):
         return tail(self.log_path)
@@ -579,7 +631,7 @@ class Nginx(Server):
         if not nginx_exe():
             self.skip = "nginx not installed"
             return
-        self.dir = d = os.path.join(self.work, "nginx")
+        self.dir = d = os.path.join(self.work, f"nginx-{self.workers}")
         os.makedirs(d, exist_ok=True)
         os.chmod(d, 0o755)
         ec, rsa = self.certs["ec"], self.certs["rsa"]
@@ -611,7 +663,7 @@ class Nginx(Server):
             proxy_ssl_name {BACKEND_NAME};
         }}
     }}"""
-        conf = f"""{nginx_head(d)}
+        conf = f"""{nginx_head(d, self.workers)}
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{self.port} ssl;
@@ -620,7 +672,9 @@ class Nginx(Server):
     }}{l7}
 }}
 """
-        self.proc, self.pid = start_nginx(self.procs, d, conf, self.port, SERVER_CPU, "nginx")
+        self.proc, self.pids = start_nginx(self.procs, d, conf, self.port, SERVER_CPU if self.pinned else None,
+                                           "nginx", self.workers)
+        self.pid = self.pids[0]
 
     def diagnostics(self):
         return tail(os.path.join(self.dir, "error.log"))
@@ -634,22 +688,57 @@ class Nginx(Server):
 
 # --- measurements ---------------------------------------------------------------
 
-def bench(binary, work, server, sig, resume, seconds, concurrency):
-    out = os.path.join(work, f"bench-{server.name}-{sig}-{resume}.json")
-    args = ["taskset", "-c", CLIENT_CPU, binary, "bench", "handshake", "--target", f"127.0.0.1:{server.port}",
-            "--sni", SNI, "--tls", "1.3", "--sig", sig, "--resume", resume, "--concurrency", str(concurrency),
-            "--duration", f"{seconds}s", "--server-pid", str(server.pid), "--json", out]
-    split0 = cpu_split(server.pid)
-    p = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 90)
-    split1 = cpu_split(server.pid) if server.alive() else None
+def client_args(client, binary, server, sig, resume, seconds, opts, pinned, out):
+    """The command line of one handshake case for CLIENT ("bssl" or "openssl")."""
+    pids = ",".join(map(str, server.pids))
+    target = f"127.0.0.1:{server.port}"
+    if client == "bssl":
+        args = [binary, "bench", "handshake", "--target", target, "--sni", SNI, "--tls", "1.3", "--sig", sig,
+                "--resume", resume, "--concurrency", str(opts.concurrency), "--duration", f"{seconds}s",
+                "--server-pid", pids, "--json", out]
+        return (["taskset", "-c", CLIENT_CPU] if pinned else []) + args
+    return [sys.executable, os.path.join(HERE, "ssl_client.py"), "--target", target, "--sni", SNI,
+            "--mode", "resumed" if resume == "always" else "full", "--sig", sig, "--processes", str(opts.processes),
+            "--cpu", CLIENT_CPU if pinned else "any", "--duration", str(seconds), "--server-pid", pids,
+            "--json", out]
+
+
+def bench(client, binary, work, server, sig, resume, seconds, opts, pinned=True):
+    """One handshake case: the client's JSON report, plus the server's kernel
+    share, how its threads shared the work (worker_split) and the CPU the rest
+    of the machine used meanwhile (other_load, in CPUs: neither the server nor
+    the client, i.e. noise)."""
+    out = os.path.join(work, f"hs-{client}-{server.name}-{server.workers}-{sig}-{resume}.json")
+    args = client_args(client, binary, server, sig, resume, seconds, opts, pinned, out)
+    split0, tasks0, busy0 = cpu_split(server.pids), task_cpu(server.pids), machine_busy()
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall0 = time.monotonic()
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 90)
+        code, stderr = p.returncode, p.stderr
+    except subprocess.TimeoutExpired:
+        code, stderr = "by timeout", ""
+    wall = time.monotonic() - wall0
+    alive = server.alive()
+    split1 = cpu_split(server.pids) if alive else None
+    tasks1, busy1 = task_cpu(server.pids), machine_busy()
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         with open(out) as f:
             result = json.load(f)
     except (OSError, ValueError):
-        result = {"ok": False, "problems": [f"no JSON (exit {p.returncode}): {p.stderr.strip()[-300:]}"]}
-    result["exit"] = p.returncode
-    result["stderr"] = p.stderr
+        result = {"ok": False, "problems": [f"no JSON (exit {code}): {stderr.strip()[-300:]}"]}
+    result["exit"] = code
+    result["stderr"] = stderr
     result["kernel_share"] = kernel_share(split0, split1) if split1 else None
+    result["worker_split"] = worker_split(tasks0, tasks1)
+    if split1:
+        tick = os.sysconf("SC_CLK_TCK")
+        machine = (busy1[0] - busy0[0]) / tick
+        client_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+        result["other_load"] = max(0.0, machine - sum(split1) + sum(split0) - client_cpu) / wall
+    dur, scpu = result.get("duration_seconds"), result.get("server_cpu_seconds")
+    result["server_busy"] = scpu / dur if dur and scpu is not None else None
     return result
 
 
@@ -810,7 +899,63 @@ def crypto_floor():
 
 # --- report ----------------------------------------------------------------------
 
+CLIENTS = {
+    "bssl": "BoringSSL client (`gatehouse bench handshake`)",
+    "openssl": "OpenSSL client (`bench/ssl_client.py`)",
+}
+SERVER_NAMES = {"gatehouse": "Gatehouse", "haproxy": "HAProxy", "nginx": "nginx"}
+CPU_FLAGS = ("aes", "vaes", "pclmulqdq", "vpclmulqdq", "avx2", "avx512f", "avx512ifma", "avx512vl", "adx", "bmi2",
+             "sha_ni")
+
+
+def first_line(args, pattern):
+    """The first line of ARGS' output (stdout and stderr) matching PATTERN, or None."""
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in (p.stdout + p.stderr).splitlines():
+        if re.search(pattern, line):
+            return line.strip()
+    return None
+
+
+def machine_info(binary):
+    """CPU model and the flags that decide crypto speed, and the TLS libraries in play."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    boring = first_line([binary, "--version"], r"^BoringSSL")
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "cpu_flags_absent": [f for f in CPU_FLAGS if f not in flags],
+        "gatehouse_boringssl": boring or "unknown",
+        "openssl_client": ssl.OPENSSL_VERSION,
+        "nginx": first_line([nginx_exe() or "nginx", "-V"], r"built with|nginx version") if nginx_exe() else None,
+        "haproxy": (first_line(["haproxy", "-vv"], r"Running on OpenSSL") if shutil.which("haproxy") else None),
+    }
+
+
+def print_machine(m):
+    print(f"- CPU: {m['cpu_model']}, {m['cpus']} CPUs; flags: {' '.join(m['cpu_flags']) or 'none of interest'}"
+          + (f" (absent: {' '.join(m['cpu_flags_absent'])})" if m["cpu_flags_absent"] else ""))
+    print(f"- Gatehouse's BoringSSL: {m['gatehouse_boringssl']}")
+    print(f"- OpenSSL client: {m['openssl_client']}; nginx: {m['nginx'] or 'not installed'}; "
+          f"HAProxy: {m['haproxy'] or 'not installed'}")
+
+
 def cell(result, case_sig, case_resume):
+    """(server µs per handshake or None, the table's text) for one case."""
     if result is None:
         return None, "—"
     us = result.get("server_cpu_us_per_handshake")
@@ -823,17 +968,49 @@ def cell(result, case_sig, case_resume):
         return None, f"NOT RESUMED ({result['full']} of {total} full)"
     keys = result.get("certificate_key_types", {})
     want = "ECDSA" if case_sig == "ecdsa" else "RSA"
-    if case_resume == "never" and any(not k.startswith(want) for k in keys):
+    if any(not k.startswith(want) for k in keys):
         return None, f"wrong certificate ({', '.join(keys)})"
-    return us, with_kernel(f"{us:.0f} µs", result.get("kernel_share")) + f" {rate:.0f}/s"
+    text = with_kernel(f"{us:.0f} µs", result.get("kernel_share")) + f" {rate:.0f}/s"
+    if result.get("server_busy") is not None:
+        text += f", busy {result['server_busy'] * 100:.0f}%"
+    if (result.get("other_load") or 0) >= NOISY:
+        text += f", ⚠ other load {result['other_load']:.1f} CPU"
+    return us, text
 
 
-def main():
+def ratio_to_best(values):
+    """(Gatehouse / best peer, best peer's name) or (None, None)."""
+    peers = {n: v for n, v in values.items() if n != "Gatehouse" and v}
+    if not values.get("Gatehouse") or not peers:
+        return None, None
+    best = min(peers, key=peers.get)
+    return values["Gatehouse"] / peers[best], best
+
+
+def parse_list(text, allowed, flag):
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        sys.exit(f"compare: {flag} {text!r}: choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gatehouse", default=os.environ.get("GATEHOUSE") or os.path.join(ROOT, "build", "proxy", "gatehouse"))
-    ap.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "6")),
-                    help="per case (default 6)")
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "5")),
+                    help="per handshake case and client (default 5)")
+    ap.add_argument("--concurrency", type=int, default=32, help="connections of the BoringSSL client (default 32)")
+    ap.add_argument("--processes", type=int, default=3,
+                    help="processes of the OpenSSL client, one connection each (default 3)")
+    ap.add_argument("--clients", default="bssl,openssl", help="handshake clients: bssl,openssl (default both)")
+    ap.add_argument("--servers", default="gatehouse,haproxy,nginx", help="default all three")
+    ap.add_argument("--workers", default="1",
+                    help="worker counts for the handshake cases, e.g. 1,2 (scaling; default 1)")
+    ap.add_argument("--scaling", action="store_true", help="same as --workers 1,2")
+    ap.add_argument("--skip-l7", action="store_true", help="no wrk/h2load runs")
+    ap.add_argument("--skip-bulk", action="store_true", help="no bulk run")
+    ap.add_argument("--json", help="summary file (default: gatehouse-compare-DATE.json in the temp directory)")
     ap.add_argument("--bulk-mib", type=int, default=1024)
     ap.add_argument("--l7-seconds", type=int, default=10, help="wrk run per proxy (default 10)")
     ap.add_argument("--h2-seconds", type=int, default=5, help="h2load run per proxy (default 5; 0 skips)")
@@ -843,6 +1020,49 @@ def main():
     ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bulk-client", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.client_list = parse_list(args.clients, CLIENTS, "--clients")
+    args.server_list = parse_list(args.servers, SERVER_NAMES, "--servers")
+    try:
+        args.worker_list = sorted({int(w) for w in ("1,2" if args.scaling else args.workers).split(",") if w})
+    except ValueError:
+        sys.exit(f"compare: --workers {args.workers!r}: numbers separated by commas")
+    if 1 not in args.worker_list or any(w < 1 for w in args.worker_list):
+        sys.exit("compare: --workers must include 1 (the comparison and the base of the growth factor)")
+    return args
+
+
+def make_servers(args, procs, work, certs, sink_port, backend, binary, workers=1, pinned=True):
+    made = {"gatehouse": lambda: Gatehouse(procs, work, certs, sink_port, backend, workers, pinned, binary=binary),
+            "haproxy": lambda: Haproxy(procs, work, certs, sink_port, backend, workers, pinned),
+            "nginx": lambda: Nginx(procs, work, certs, sink_port, backend, workers, pinned)}
+    return [made[n]() for n in args.server_list]
+
+
+def start_server(server):
+    try:
+        server.start()
+    except Exception as e:  # noqa: BLE001 - report and go on with the others
+        server.skip = str(e)
+        server.stop()
+    if server.skip:
+        log(f"{server.name}: skipped: {server.skip}")
+    return not server.skip
+
+
+def handshake_cases(args, binary, work, server, results, pinned=True):
+    """Every case with every client, the clients in turn per case."""
+    where = "" if pinned else f", {server.workers} workers on any CPU"
+    for key, label, sig, resume, _ in CASES:
+        for client in args.client_list:
+            log(f"{server.name}: {label}, {client} client ({args.seconds}s{where}) ...")
+            r = bench(client, binary, work, server, sig, resume, args.seconds, args, pinned)
+            results[(server.name, server.workers, client, key)] = r
+            if r.get("exit"):
+                log(f"  {client} exited {r['exit']}: " + " ".join(r.get("problems", []))[:300])
+
+
+def main():
+    args = parse_args()
     if args.sink:
         return run_sink(args.sink)
     if args.bulk_client:
@@ -855,6 +1075,10 @@ def main():
         sys.exit("compare: needs two CPUs and taskset (util-linux): servers on CPU 0, the client on CPU 1")
 
     started = time.monotonic()
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    json_path = args.json or os.path.join(tempfile.gettempdir(),
+                                          f"gatehouse-compare-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    machine = machine_info(binary)
     procs = Processes()
 
     def on_signal(signum, _frame):
@@ -863,8 +1087,13 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     work = tempfile.mkdtemp(prefix="gatehouse-compare-")
-    l7_skip = None
+    l7_skip = "--skip-l7" if args.skip_l7 else None
+    backend = None
     os.chmod(work, 0o755)  # nginx workers run unprivileged
+    results = {}  # (server name, workers, client, case key) -> bench() result
+    bulks = {}
+    l7s = {}      # (server name, tool) -> l7() results
+    tools = []
     try:
         log("crypto floor: bssl-tool speed on CPU 0 ...")
         floor, floor_text = crypto_floor()
@@ -882,41 +1111,28 @@ def main():
                             "--sink", str(sink_port)], stdin=subprocess.DEVNULL)
         wait_port(sink_port, sink, "sink")
 
-        backend = Backend(procs, work, CLIENT_CPU)
-        try:
-            backend.start(binary)
-        except Exception as e:  # noqa: BLE001 - the handshake and bulk runs still make sense
-            l7_skip = f"backend nginx did not start: {e}"
-            log(f"L7: skipped: {l7_skip}")
-            backend.stop()
-            backend = None
-
-        servers = [Gatehouse(procs, work, certs, sink_port, backend, binary=binary),
-                   Haproxy(procs, work, certs, sink_port, backend), Nginx(procs, work, certs, sink_port, backend)]
-        results = {}
-        bulks = {}
-        l7s = {}  # (server name, tool) -> l7() result
-        tools = [("wrk", args.l7_seconds)] + ([("h2load", args.h2_seconds)] if args.h2_seconds > 0 else [])
-        for tool, _ in tools:
-            if not shutil.which(tool):
-                log(f"L7: {tool} not installed, skipped")
-        tools = [(t, sec) for t, sec in tools if shutil.which(t)]
-        for server in servers:
+        if not args.skip_l7:
+            backend = Backend(procs, work, CLIENT_CPU)
             try:
-                server.start()
-            except Exception as e:  # noqa: BLE001 - report and go on with the others
-                server.skip = str(e)
-                server.stop()
-            if server.skip:
-                log(f"{server.name}: skipped: {server.skip}")
+                backend.start(binary)
+            except Exception as e:  # noqa: BLE001 - the handshake and bulk runs still make sense
+                l7_skip = f"backend nginx did not start: {e}"
+                log(f"L7: skipped: {l7_skip}")
+                backend.stop()
+                backend = None
+
+        servers = make_servers(args, procs, work, certs, sink_port, backend, binary)
+        if not args.skip_l7:
+            tools = [("wrk", args.l7_seconds)] + ([("h2load", args.h2_seconds)] if args.h2_seconds > 0 else [])
+            for tool, _ in tools:
+                if not shutil.which(tool):
+                    log(f"L7: {tool} not installed, skipped")
+            tools = [(t, sec) for t, sec in tools if shutil.which(t)]
+        for server in servers:
+            if not start_server(server):
                 continue
-            for key, label, sig, resume, _ in CASES:
-                log(f"{server.name}: {label} ({args.seconds}s) ...")
-                r = bench(binary, work, server, sig, resume, args.seconds, args.concurrency)
-                results[(server.name, key)] = r
-                if r.get("exit"):
-                    log(f"  bench exited {r['exit']}: " + " ".join(r.get("problems", []))[:300])
-            if server.bulk_port:
+            handshake_cases(args, binary, work, server, results)
+            if server.bulk_port and not args.skip_bulk:
                 log(f"{server.name}: bulk {args.bulk_mib} MiB through TLS termination ...")
                 bulks[server.name] = bulk(server, args.bulk_mib)
         # L7 in rounds, the three proxies in turn each round (all left running,
@@ -935,78 +1151,29 @@ def main():
                         log(f"*** {server.name} L7 {tool} FAILED: " + "; ".join(r["problems"]) + " ***")
         for server in servers:
             server.stop()
+        # Scaling: each server again with N workers, free to use every CPU.
+        for workers in args.worker_list[1:]:
+            for server in make_servers(args, procs, work, certs, sink_port, None, binary, workers, pinned=False):
+                if start_server(server):
+                    handshake_cases(args, binary, work, server, results, pinned=False)
+                server.stop()
     finally:
         if backend:
             backend.stop()
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
-    # --- the report
     names = [s.name for s in servers]
+    skipped = {s.name: s.skip for s in servers if s.skip}
     print()
-    print(f"## Server CPU per TLS 1.3 handshake (µs; lower is better) — {time.strftime('%Y-%m-%d %H:%M')}, "
-          f"{os.cpu_count()} CPUs, server on CPU {SERVER_CPU} (1 worker), client on CPU {CLIENT_CPU}, "
-          f"{args.concurrency} connections, {args.seconds}s per case")
+    print(f"# Gatehouse vs HAProxy vs nginx — {stamp}")
     print()
-    print("| case | " + " | ".join(names) + " | Gatehouse / best peer | target |")
-    print("|---|" + "---|" * len(names) + "---|---|")
-    for key, label, sig, resume, target in CASES:
-        values = {}
-        texts = []
-        for s in servers:
-            if s.skip:
-                texts.append(f"skipped ({s.skip[:40]})")
-                continue
-            v, t = cell(results.get((s.name, key)), sig, resume)
-            values[s.name] = v
-            texts.append(t)
-        peers = [v for n, v in values.items() if n != "Gatehouse" and v]
-        ratio = "—"
-        if values.get("Gatehouse") and peers:
-            r = values["Gatehouse"] / min(peers)
-            ratio = f"{r:.2f}" + (" ✔" if r <= target else " ✘")
-        print(f"| {label} | " + " | ".join(texts) + f" | {ratio} | ≤ {target:.2f} |")
-    print()
-    print("Cells: server CPU µs per handshake from /proc/PID/stat (utime+stime, all threads; 10 ms ticks), "
-          "and handshakes/s the single-threaded client reached. The client verifies every signature, so it, "
-          "not the server, usually limits handshakes/s; compare the CPU figures.")
-
-    if floor:
-        ecdsa_floor = floor["p256_sign"] + floor["x25519_base"] + floor["x25519_arb"]
-        rsa_floor = floor["rsa2048_sign"] + floor["x25519_base"] + floor["x25519_arb"]
-        print()
-        print("## Crypto floor (bssl-tool speed on CPU 0, this BoringSSL)")
-        print()
-        print(f"- ECDSA P-256 sign {floor['p256_sign']:.1f} µs, X25519 keygen {floor['x25519_base']:.1f} µs, "
-              f"X25519 shared secret {floor['x25519_arb']:.1f} µs, RSA-2048 sign {floor['rsa2048_sign']:.1f} µs")
-        print(f"- full ECDSA P-256 handshake floor = 1 signature + 2 X25519 operations = **{ecdsa_floor:.0f} µs**"
-              + (f"; Gatehouse is at {values_for(results, 'full_ecdsa') / ecdsa_floor:.2f}x the floor (target ≤ 1.4x)"
-                 if values_for(results, "full_ecdsa") else ""))
-        print(f"- full RSA-2048 handshake floor = **{rsa_floor:.0f} µs**"
-              + (f"; Gatehouse is at {values_for(results, 'full_rsa') / rsa_floor:.2f}x"
-                 if values_for(results, "full_rsa") else ""))
-    else:
-        print()
-        print(f"Crypto floor: unavailable: {floor_text[:300]}")
-
-    if bulks:
-        print()
-        print("## Bulk through TLS termination (1 connection, client → proxy → plain sink)")
-        print()
-        print("| server | MB/s | server CPU µs per MiB |")
-        print("|---|---|---|")
-        for name, b in bulks.items():
-            if b is None:
-                continue
-            if "error" in b:
-                print(f"| {name} | failed: {b['error'][:80]} | |")
-            else:
-                print(f"| {name} | {b['mb_per_s']:.0f} | {with_kernel(format(b['cpu_us_per_mib'], '.0f'), b.get('kernel_share'))} |")
-        print()
-        print("The client (Python ssl) and the sink share CPU 1, so MB/s is bounded by them as much as by the "
-              "proxy; the CPU per MiB is the proxy's own cost. nginx has no `stream` module here and is not run.")
-
+    print_machine(machine)
+    ratios = report_handshakes(args, names, skipped, results)
+    report_floor(floor, floor_text, results)
+    report_bulk(bulks)
     failed = report_l7(names, servers, l7s, tools, args, l7_skip)
+    scaling = report_scaling(args, names, results) if len(args.worker_list) > 1 else []
 
     print()
     print("## Caveats")
@@ -1017,14 +1184,212 @@ def main():
           "`mode tcp` frontend.")
     print("- In the L7 runs the load generator and the backend nginx share CPU 1, so requests/s is bounded by CPU 1 "
           "as much as by the proxy; the proxy's CPU per request is the figure to compare.")
-    print("- One run on a shared 2-CPU machine: other load on CPU 0 or 1 moves the figures; rerun to compare.")
-    print(f"- Whole run: {time.monotonic() - started:.0f} s.")
+    print(f"- One run on a shared {os.cpu_count()}-CPU machine: other load on CPU 0 or 1 moves the figures (cells "
+          f"flag ⚠ when processes other than the server and the client used ≥ {NOISY} CPU during a case); rerun "
+          "to compare, and compare only ratios taken in one run.")
+    print(f"- Whole run: {time.monotonic() - started:.0f} s. JSON summary: {json_path}")
+    write_summary(json_path, args, machine, stamp, results, ratios, scaling, bulks, l7s, floor,
+                  time.monotonic() - started)
     if failed:
         print()
         print("**L7 FAILED: " + "; ".join(failed) + "** (details above)")
         log("*** compare: L7 FAILED: " + "; ".join(failed) + " ***")
         return 1
     return 0
+
+
+def report_handshakes(args, names, skipped, results):
+    """The per-client tables at one worker and the side-by-side ratios; returns
+    {case key: {client: (ratio, best peer)}}."""
+    print()
+    print(f"## Server CPU per TLS 1.3 handshake (µs; lower is better) — server on CPU {SERVER_CPU} (1 worker), "
+          f"client on CPU {CLIENT_CPU}, {args.seconds}s per case and client")
+    print()
+    print("| case | client | " + " | ".join(names) + " | Gatehouse / best peer | target |")
+    print("|---|---|" + "---|" * len(names) + "---|---|")
+    ratios = {}
+    for key, label, sig, resume, target in CASES:
+        for client in args.client_list:
+            values, texts = {}, []
+            for n in names:
+                if n in skipped:
+                    texts.append(f"skipped ({skipped[n][:40]})")
+                    continue
+                v, t = cell(results.get((n, 1, client, key)), sig, resume)
+                values[n] = v
+                texts.append(t)
+            ratio, best = ratio_to_best(values)
+            ratios.setdefault(key, {})[client] = (ratio, best)
+            shown = "—" if ratio is None else f"{ratio:.2f} ({best})" + (" ✔" if ratio <= target else " ✘")
+            print(f"| {label} | {client} | " + " | ".join(texts) + f" | {shown} | ≤ {target:.2f} |")
+    print()
+    print("Cells: server CPU µs per handshake from /proc/PID/stat (utime+stime, all threads; 10 ms ticks), the "
+          "handshakes/s the client reached, and how busy the server was (its CPU seconds over the run's seconds: "
+          "well under 100% means the client, not the server, set the pace, and a server that is not saturated "
+          f"pays more wake-ups per handshake). bssl: one BoringSSL process, {args.concurrency} connections; "
+          f"openssl: {args.processes} Python/OpenSSL processes, one connection each. Both offer X25519 and only the "
+          "case's signature algorithms, verify no certificate chain (the handshake signature is checked), and "
+          "check every connection's key type and, for resumed, that it resumed.")
+    if len(args.client_list) > 1:
+        print()
+        print("### Gatehouse / best peer, by client (the verdict must not depend on the client)")
+        print()
+        print("| case | " + " | ".join(CLIENTS[c] for c in args.client_list) + " | target | verdicts |")
+        print("|---|" + "---|" * len(args.client_list) + "---|---|")
+        for key, label, _sig, _resume, target in CASES:
+            row = ratios.get(key, {})
+            shown = []
+            for c in args.client_list:
+                r, best = row.get(c, (None, None))
+                shown.append("—" if r is None else f"{r:.2f} vs {best}" + (" ✔" if r <= target else " ✘"))
+            got = [row[c][0] for c in args.client_list if row.get(c, (None,))[0] is not None]
+            if len(got) < len(args.client_list):
+                verdict = "—"
+            elif all(r <= target for r in got) or all(r > target for r in got):
+                spread = max(got) / min(got)
+                verdict = "agree" + (f" (ratios differ {spread:.2f}×)" if spread >= 1.15 else "")
+            else:
+                verdict = "**DISAGREE**"
+            print(f"| {label} | " + " | ".join(shown) + f" | ≤ {target:.2f} | {verdict} |")
+        print()
+        print("A ratio is taken within one client's runs only (same client, same minute, same machine). When the "
+              "clients disagree, the difference is in how the load is offered (connections in flight, the TLS "
+              "stack's ClientHello, how the client closes), not in the server: read the cells' busy % first.")
+    return ratios
+
+
+def report_floor(floor, floor_text, results):
+    def gatehouse(key):
+        """(Gatehouse's µs per handshake, the client that measured it) or (None, None)."""
+        for client in ("bssl", "openssl"):
+            r = results.get(("Gatehouse", 1, client, key))
+            if r and r.get("total") and r.get("server_cpu_us_per_handshake") is not None:
+                return r["server_cpu_us_per_handshake"], client
+        return None, None
+
+    print()
+    if not floor:
+        print(f"Crypto floor: unavailable: {floor_text[:300]}")
+        return
+    ecdsa_floor = floor["p256_sign"] + floor["x25519_base"] + floor["x25519_arb"]
+    rsa_floor = floor["rsa2048_sign"] + floor["x25519_base"] + floor["x25519_arb"]
+    print("## Crypto floor (bssl-tool speed on CPU 0, this BoringSSL)")
+    print()
+    print(f"- ECDSA P-256 sign {floor['p256_sign']:.1f} µs, X25519 keygen {floor['x25519_base']:.1f} µs, "
+          f"X25519 shared secret {floor['x25519_arb']:.1f} µs, RSA-2048 sign {floor['rsa2048_sign']:.1f} µs")
+    g, client = gatehouse("full_ecdsa")
+    print(f"- full ECDSA P-256 handshake floor = 1 signature + 2 X25519 operations = **{ecdsa_floor:.0f} µs**"
+          + (f"; Gatehouse ({client} client) is at {g / ecdsa_floor:.2f}x the floor (target ≤ 1.4x)" if g else ""))
+    g, client = gatehouse("full_rsa")
+    print(f"- full RSA-2048 handshake floor = **{rsa_floor:.0f} µs**"
+          + (f"; Gatehouse ({client} client) is at {g / rsa_floor:.2f}x" if g else ""))
+
+
+def report_bulk(bulks):
+    if not bulks:
+        return
+    print()
+    print("## Bulk through TLS termination (1 connection, client → proxy → plain sink)")
+    print()
+    print("| server | MB/s | server CPU µs per MiB |")
+    print("|---|---|---|")
+    for name, b in bulks.items():
+        if b is None:
+            continue
+        if "error" in b:
+            print(f"| {name} | failed: {b['error'][:80]} | |")
+        else:
+            print(f"| {name} | {b['mb_per_s']:.0f} | "
+                  f"{with_kernel(format(b['cpu_us_per_mib'], '.0f'), b.get('kernel_share'))} |")
+    print()
+    print("The client (Python ssl) and the sink share CPU 1, so MB/s is bounded by them as much as by the "
+          "proxy; the CPU per MiB is the proxy's own cost. nginx has no `stream` module here and is not run.")
+
+
+def scaling_row(one, many):
+    """The scaling figures of one case at 1 and at N workers, or None."""
+    def ok(r):
+        return r and r.get("total") and r.get("server_cpu_seconds") is not None
+
+    if not ok(one) or not ok(many):
+        return None
+
+    def per_cpu_second(r):
+        return r["total"] / (r["server_cpu_seconds"] + r["client_cpu_seconds"])
+
+    return {
+        "rate": (one["handshakes_per_second"], many["handshakes_per_second"]),
+        "growth": many["handshakes_per_second"] / one["handshakes_per_second"],
+        "server_us": (one["server_cpu_us_per_handshake"], many["server_cpu_us_per_handshake"]),
+        "client_us": (one["client_cpu_us_per_handshake"], many["client_cpu_us_per_handshake"]),
+        "per_cpu_second": (per_cpu_second(one), per_cpu_second(many)),
+        "server_cpus": many["server_cpu_seconds"] / many["duration_seconds"],
+        "client_cpus": many["client_cpu_seconds"] / many["duration_seconds"],
+        "split": many.get("worker_split", []),
+        "other_load": many.get("other_load"),
+    }
+
+
+def report_scaling(args, names, results):
+    rows = []
+    for workers in args.worker_list[1:]:
+        print()
+        print(f"## Scaling: 1 → {workers} workers (handshakes; 1 worker: server on CPU {SERVER_CPU}, client on CPU "
+              f"{CLIENT_CPU}; {workers} workers: server and client unpinned)")
+        print()
+        print("| server | case | client | handshakes/s | growth | server µs/handshake | client µs/handshake "
+              f"| handshakes per CPU-second (server+client) | CPUs used at {workers} (server + client) "
+              f"| thread/worker split at {workers} |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for n in names:
+            for key, label, *_ in CASES:
+                for client in args.client_list:
+                    row = scaling_row(results.get((n, 1, client, key)), results.get((n, workers, client, key)))
+                    if row is None:
+                        print(f"| {n} | {label} | {client} | failed or not run | | | | | | |")
+                        continue
+                    rows.append(dict(row, server=n, case=key, client=client, workers=workers))
+                    noisy = " ⚠" if (row["other_load"] or 0) >= NOISY else ""
+                    print(f"| {n} | {label} | {client} | {row['rate'][0]:.0f} → {row['rate'][1]:.0f}{noisy} "
+                          f"| {row['growth']:.2f}× | {row['server_us'][0]:.0f} → {row['server_us'][1]:.0f} "
+                          f"| {row['client_us'][0]:.0f} → {row['client_us'][1]:.0f} "
+                          f"| {row['per_cpu_second'][0]:.0f} → {row['per_cpu_second'][1]:.0f} "
+                          f"| {row['server_cpus']:.2f} + {row['client_cpus']:.2f} "
+                          f"| {'/'.join(str(x) for x in row['split']) or '—'} % |")
+    print()
+    print(f"On {os.cpu_count()} CPUs the client needs CPU too: with 1 worker the server has CPU {SERVER_CPU} and the "
+          f"client CPU {CLIENT_CPU}; with more workers all of them share every CPU, so handshakes/s can only grow "
+          "as far as the client leaves room, and a growth near 1× does not mean the server does not scale. What "
+          "this does show: whether the server's CPU per handshake stays flat with more workers (no locking or "
+          "cache-line cost), whether the work spreads over the workers (the split), and the handshakes per CPU-second "
+          "of server and client together. Linear scaling needs a machine with more CPUs than the server has workers "
+          "plus the client's; ⚠ marks runs where other processes used a noticeable share of the machine.")
+    return rows
+
+
+def summary_result(r):
+    return {k: v for k, v in r.items() if k not in ("stderr",)}
+
+
+def write_summary(path, args, machine, stamp, results, ratios, scaling, bulks, l7s, floor, seconds):
+    summary = {
+        "date": stamp, "seconds": seconds, "machine": machine,
+        "settings": {"seconds": args.seconds, "concurrency": args.concurrency, "processes": args.processes,
+                     "clients": args.client_list, "servers": args.server_list, "workers": args.worker_list,
+                     "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU},
+        "handshakes": [{**summary_result(r), "server": n, "workers": w, "client": c, "case": k}
+                       for (n, w, c, k), r in results.items()],
+        "ratios": {k: {c: {"ratio": r, "best_peer": b} for c, (r, b) in v.items()} for k, v in ratios.items()},
+        "targets": {key: target for key, *_rest, target in CASES},
+        "scaling": scaling,
+        "bulk": bulks,
+        "l7": {f"{n} {t}": [{k: v for k, v in r.items() if k not in ("output", "diagnostics")} for r in runs]
+               for (n, t), runs in l7s.items()},
+        "crypto_floor_us": floor,
+    }
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1, ensure_ascii=False)
+        f.write("\n")
 
 
 def report_l7(names, servers, l7s, tools, args, l7_skip):
@@ -1109,13 +1474,6 @@ def report_l7(names, servers, l7s, tools, args, l7_skip):
             print(r["diagnostics"].strip())
         print("```")
     return failed
-
-
-def values_for(results, key):
-    r = results.get(("Gatehouse", key))
-    if not r or not r.get("total"):
-        return None
-    return r.get("server_cpu_us_per_handshake")
 
 
 if __name__ == "__main__":
