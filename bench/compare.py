@@ -2,17 +2,24 @@
 """Gatehouse, HAProxy and nginx side by side on this machine, in one run.
 
 Each server is pinned to CPU 0 with one worker thread and serves the same two
-certificates (ECDSA P-256 and RSA-2048, made by `gatehouse cert new`); the
-load generator, `gatehouse bench handshake`, is pinned to CPU 1 and reads
-the server's CPU time from /proc/PID/stat. Printed: one markdown table of
-server CPU microseconds per TLS 1.3 handshake (full ECDSA, full RSA,
-resumed), the ratio of Gatehouse to the best peer, bulk MB/s through TLS
-termination, L7 keep-alive requests/s and proxy CPU per request with TLS on
-both sides (wrk for HTTP/1.1, h2load for HTTP/2, all three proxies in front of
-one nginx HTTPS backend on CPU 1), and the crypto floor from `bssl-tool speed`.
+certificates (ECDSA P-256 and RSA-2048, made by `gatehouse cert new`). Two
+independent handshake load generators, pinned to CPU 1, take turns per case:
+`gatehouse bench handshake` (BoringSSL, 32 connections in one process) and
+bench/ssl_client.py (OpenSSL via Python's ssl, N processes with one
+connection each); both read the server's CPU time from /proc/PID/stat.
+Printed: the CPU model and flags and the TLS libraries in play; server CPU
+microseconds per TLS 1.3 handshake (full ECDSA, full RSA, resumed) per
+client, the ratio of Gatehouse to the best peer per client side by side;
+bulk MB/s through TLS termination; L7 keep-alive requests/s and proxy CPU per
+request with TLS on both sides (wrk for HTTP/1.1, h2load for HTTP/2, all
+three proxies in front of one nginx HTTPS backend on CPU 1); the crypto floor
+from `bssl-tool speed`; with --workers 1,2 (or --scaling) the handshake cases
+again with 2 workers, unpinned, and the growth. A JSON summary is written too.
 
-Usage: bench/compare.sh [--gatehouse PATH] [--seconds N] [--concurrency N]
-                        [--l7-seconds N] [--h2-seconds N]
+Usage: bench/compare.sh [--gatehouse PATH] [--seconds N] [--concurrency N] [--processes N]
+                        [--clients bssl,openssl] [--servers gatehouse,haproxy,nginx]
+                        [--workers 1,2 | --scaling] [--skip-l7] [--skip-bulk] [--json FILE]
+                        [--l7-seconds N] [--h2-seconds N] [--l7-rounds N]
 Everything listens on 127.0.0.1; every process started is stopped at exit."""
 
 import argparse

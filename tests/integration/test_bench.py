@@ -4,12 +4,14 @@ pool with an EchoBackend), and the tool's claims about full and resumed
 handshakes and certificate types compared with gatehouse's own access log
 (one JSON line per connection with "resumed" and "certificate"). Also: the
 --json figures are consistent, and a server that will not resume makes the
-tool fail loudly."""
+tool fail loudly. The same checks, shorter, for bench/ssl_client.py, the
+OpenSSL client compare.sh runs beside it."""
 
 import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import unittest
 
@@ -17,6 +19,7 @@ import harness
 from harness import Cert, EchoBackend, Gatehouse, TempDir, certificate_section, config, free_port, server_section
 
 COUNT = 200
+SSL_CLIENT = os.path.join(harness.HERE, "..", "..", "bench", "ssl_client.py")
 CONCURRENCY = 8
 
 # Both certificates cover *.bench.test; each test sends its own SNI, so its
@@ -27,6 +30,17 @@ LISTENER = '[[listener]]\nname = "bench"\nbind = "127.0.0.1:0"\nmode = "l4"\npoo
 def echo_pool(echo):
     return (f'[[server]]\nname = "echo1"\naddress = "{echo.address}"\n'
             '[[pool]]\nname = "echo"\nservers = ["echo1"]\ntls = "plain"\n')
+
+
+def wait_listening(port):
+    """Until 127.0.0.1:PORT accepts connections (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 class BenchHandshake(unittest.TestCase):
@@ -62,6 +76,18 @@ class BenchHandshake(unittest.TestCase):
         p = harness.run(["bench", "handshake", *args, "--json", out], timeout=60, check=False)
         if expect_ok and p.returncode != 0:
             self.fail(f"bench handshake {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+        with open(out) as f:
+            return p, json.load(f)
+
+    def ssl_client(self, target, sni, mode, sig="ecdsa", expect=0):
+        """bench/ssl_client.py for about a second with two processes; returns
+        (CompletedProcess, parsed JSON)."""
+        out = self.dir.file(f"ssl-client-{time.monotonic_ns()}.json")
+        p = subprocess.run([sys.executable, SSL_CLIENT, "--target", target, "--sni", sni, "--mode", mode,
+                            "--sig", sig, "--processes", "2", "--cpu", "any", "--duration", "1",
+                            "--server-pid", str(self.gh.proc.pid), "--json", out],
+                           capture_output=True, text=True, timeout=60 * harness.SLOW)
+        self.assertEqual(p.returncode, expect, f"ssl_client {mode} {sig} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
         with open(out) as f:
             return p, json.load(f)
 
@@ -163,13 +189,7 @@ class BenchHandshake(unittest.TestCase):
              "-quiet", "-no_ticket", "-num_tickets", "0", "-no_cache"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_listening(port)
             for version in ("1.3", "1.2"):
                 with self.subTest(tls=version):
                     p, j = self.bench("--target", f"127.0.0.1:{port}", "--resume", "always", "--count", "20",
@@ -185,6 +205,52 @@ class BenchHandshake(unittest.TestCase):
             p, j = self.bench("--target", f"127.0.0.1:{port}", "--resume", "never", "--count", "10",
                               "--concurrency", "2")
             self.assertEqual(j["full"], 10)
+        finally:
+            server.kill()
+            server.wait()
+            server.stdin.close()
+
+    def test_openssl_client_full_and_resumed_as_the_server_saw_them(self):
+        for mode, sig, cert, key_type in (("full", "ecdsa", "ec", "ECDSA P-256"), ("full", "rsa", "rsa", "RSA-2048"),
+                                          ("resumed", "ecdsa", "ec", "ECDSA P-256")):
+            with self.subTest(mode=mode, sig=sig):
+                sni = f"openssl-{mode}-{sig}.bench.test"
+                _, j = self.ssl_client(self.target, sni, mode, sig)
+                total = j["total"]
+                self.assertGreater(total, 0)
+                self.assertEqual(j["errors_total"], 0, j["errors"])
+                self.assertTrue(j["ok"], j["problems"])
+                self.assertEqual(j["certificate_key_types"], {key_type: total})
+                self.assertEqual(j["tls_versions"], {"TLSv1.3": total})
+                self.assertIsInstance(j["server_cpu_us_per_handshake"], (int, float))
+                warmup = j.get("warmup", {}).get("handshakes", 0)
+                if mode == "resumed":
+                    self.assertEqual((j["full"], j["resumed"]), (0, total))
+                    self.assertEqual(warmup, 2, "one warm-up handshake per process")
+                else:
+                    self.assertEqual((j["full"], j["resumed"]), (total, 0))
+                # Server side: what the client claimed, connection by connection.
+                lines = self.server_lines(sni, total + warmup)
+                self.assertEqual({o["certificate"] for o in lines}, {cert})
+                self.assertEqual(sum(1 for o in lines if o["resumed"] is True), total if mode == "resumed" else 0)
+
+    def test_openssl_client_fails_loudly_without_resumption_or_with_another_key_type(self):
+        port = free_port()
+        server = subprocess.Popen(
+            ["openssl", "s_server", "-accept", str(port), "-cert", self.ec.cert, "-key", self.ec.key, "-www",
+             "-quiet", "-no_ticket", "-num_tickets", "0", "-no_cache"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(port)
+            p, j = self.ssl_client(f"127.0.0.1:{port}", "bench.test", "resumed", expect=3)
+            self.assertIn("FAILED", p.stderr)
+            self.assertFalse(j["ok"])
+            self.assertEqual(j["resumed"], 0)
+            self.assertGreater(j["full"], 0)
+            # An ECDSA-only server cannot serve a client that accepts only RSA.
+            p, j = self.ssl_client(f"127.0.0.1:{port}", "bench.test", "full", "rsa", expect=1)
+            self.assertEqual(j["total"], 0)
+            self.assertGreater(j["errors_total"], 0)
         finally:
             server.kill()
             server.wait()
