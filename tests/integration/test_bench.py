@@ -87,7 +87,8 @@ class BenchHandshake(unittest.TestCase):
                             "--sig", sig, "--processes", "2", "--cpu", "any", "--duration", "1",
                             "--server-pid", str(self.gh.proc.pid), "--json", out],
                            capture_output=True, text=True, timeout=60 * harness.SLOW)
-        self.assertEqual(p.returncode, expect, f"ssl_client {mode} {sig} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+        self.assertEqual(p.returncode, expect,
+                         f"ssl_client {mode} {sig} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
         with open(out) as f:
             return p, json.load(f)
 
