@@ -56,6 +56,7 @@ bssl::UniquePtr<SSL> PoolTls::new_connection(BackendCheck* check) const {
   if (!ssl) return ssl;
   SSL_set_ex_data(ssl.get(), check_index(), check);
   SSL_set_connect_state(ssl.get());
+  SSL_set_shed_handshake_config(ssl.get(), 1);  // as for client connections: not needed after the handshake
   const std::string& name = check->server->server_name;
   // SNI only for DNS names: RFC 6066 forbids IP literals in server_name.
   if (!name.empty() && name.find_first_not_of("0123456789.:") != std::string::npos)

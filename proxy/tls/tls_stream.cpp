@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -33,31 +34,102 @@ const boost::system::error_category& tls_category() {
   return category;
 }
 
-// The read-ahead: bytes Asio read from the socket and BoringSSL (or, for
-// plain TCP, the caller) has not taken yet, plus an end or error still to
-// report. It lives on the heap so that the BIO's pointer survives moves.
-struct TlsStream::ReadAhead {
-  // Enough for a request head or a small response while waiting; a read
-  // that fills it is followed by reads into a record-sized buffer.
-  static constexpr std::size_t small_size = 2048;
-  static constexpr std::size_t large_size = 17 * 1024;  // a full TLS record and then some
+// A record-sized receive buffer from a per-thread free list. A stream holds
+// one only while it has bytes nobody has taken yet, so an idle stream (an
+// l4 pair waiting, a kept-alive client between requests) holds none.
+class PooledBuffer {
+ public:
+  static constexpr std::size_t size = 17 * 1024;  // a full TLS record and then some
 
+  PooledBuffer() = default;
+  PooledBuffer(const PooledBuffer&) = delete;
+  PooledBuffer& operator=(const PooledBuffer&) = delete;
+  ~PooledBuffer() { release(); }
+
+  char* get() {
+    if (data_ == nullptr) data_ = acquire();
+    return data_;
+  }
+  void release() {
+    if (data_ == nullptr) return;
+    auto& free = free_list().buffers;
+    if (free.size() < kMaxFree) free.push_back(data_);
+    else delete[] data_;
+    data_ = nullptr;
+  }
+
+ private:
+  // Freed with the thread, so nothing is left behind when a worker ends.
+  struct FreeList {
+    std::vector<char*> buffers;
+    ~FreeList() {
+      for (char* b : buffers) delete[] b;
+    }
+  };
+  static constexpr std::size_t kMaxFree = 64;
+  static FreeList& free_list() {
+    thread_local FreeList list;
+    return list;
+  }
+  static char* acquire() {
+    auto& free = free_list().buffers;
+    if (free.empty()) return new char[size];
+    char* b = free.back();
+    free.pop_back();
+    return b;
+  }
+
+  char* data_ = nullptr;
+};
+
+// The read-ahead: bytes read from the socket that BoringSSL (or, for plain
+// TCP, the caller) has not taken yet, plus an end or error still to report.
+// It lives on the heap so that the BIO's pointer survives moves.
+struct TlsStream::ReadAhead {
   int fd = -1;
-  char small[small_size];
-  std::unique_ptr<char[]> large;
+  PooledBuffer buffer;
   const char* begin = nullptr;
   std::size_t size = 0;
-  bool last_read_large = false;  // filled the small buffer, or read into the large one
-  bool filling = false;          // an Asio read into it is pending
   bool eof = false;
   int error = 0;  // errno of a failed read, reported once the bytes before it are taken
+
+  bool has_news() const { return size > 0 || eof || error != 0; }
 
   std::size_t take(void* out, std::size_t max) {
     const std::size_t n = std::min(max, size);
     std::memcpy(out, begin, n);
     begin += n;
     size -= n;
+    if (size == 0) buffer.release();
     return n;
+  }
+
+  void drop() {
+    size = 0;
+    buffer.release();
+  }
+
+  // One non-blocking read of what the socket has; false when it has
+  // nothing yet (EAGAIN), true when there are bytes, an end or an error.
+  bool read_now() {
+    for (;;) {
+      const ssize_t n = ::recv(fd, buffer.get(), PooledBuffer::size, 0);
+      if (n > 0) {
+        begin = buffer.get();
+        size = static_cast<std::size_t>(n);
+        return true;
+      }
+      if (n == 0) {
+        buffer.release();
+        eof = true;
+        return true;
+      }
+      if (errno == EINTR) continue;
+      buffer.release();
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+      error = errno;
+      return true;
+    }
   }
 };
 
@@ -127,7 +199,7 @@ TlsStream::TlsStream(TlsStream&&) noexcept = default;
 std::size_t TlsStream::start_tls(bssl::UniquePtr<SSL> ssl) {
   ReadAhead& ahead = *read_;
   const std::size_t dropped = ahead.size;
-  ahead.size = 0;
+  ahead.drop();
   ssl_ = std::move(ssl);
   BIO* bio = BIO_new(read_ahead_method());
   BIO_set_data(bio, read_.get());
@@ -232,79 +304,29 @@ asio::awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(void* d
 }
 
 asio::awaitable<error_code> TlsStream::wait_readable() {
-  if (aborted_ || reads_cancelled_) co_return asio::error::operation_aborted;
   ReadAhead& ahead = *read_;
-  if (ahead.size > 0 || ahead.eof || ahead.error != 0) co_return error_code{};
-  if (ahead.filling) {
-    // Another wait (the reader, while a write wants to read) fills the
-    // buffer: only wait for the socket beside it.
+  for (;;) {
+    if (aborted_ || reads_cancelled_) co_return asio::error::operation_aborted;
+    if (ahead.has_news() || ahead.read_now()) co_return error_code{};
+    // Nothing yet: wait for the socket holding no buffer. (Two waits at
+    // once, a reader and a write that wants to read, both wake; the first
+    // to read takes the bytes, the other finds them.)
     auto [ec] = co_await socket_.async_wait(tcp::socket::wait_read, use_tuple);
-    if (aborted_ || reads_cancelled_) ec = asio::error::operation_aborted;
-    co_return ec;
-  }
-  // Streaming: a record-sized read straight away while data keeps coming
-  // (the last read was not small), keeping the large buffer for the next.
-  if (ahead.last_read_large) {
-    if (!ahead.large) ahead.large = std::make_unique_for_overwrite<char[]>(ReadAhead::large_size);
-    error_code ec;
-    const std::size_t n = socket_.read_some(asio::buffer(ahead.large.get(), ReadAhead::large_size), ec);
-    if (!ec) {
-      ahead.begin = ahead.large.get();
-      ahead.size = n;
-      co_return error_code{};
-    }
-    if (ec == asio::error::eof) {
-      ahead.eof = true;
-      co_return error_code{};
-    }
-    if (ec != asio::error::would_block && ec != asio::error::try_again) {
-      ahead.error = ec.value();
+    if (aborted_ || reads_cancelled_ || ec == asio::error::operation_aborted) co_return asio::error::operation_aborted;
+    if (ec) {
+      ahead.error = ec.category() == boost::system::system_category() ? ec.value() : EIO;
       co_return error_code{};
     }
   }
-  // Waiting: Asio reads into the small buffer when the socket is readable
-  // (speculatively first, unless its own last read found it drained); a
-  // read that fills it is followed by record-sized ones.
-  ahead.large.reset();
-  ahead.last_read_large = false;
-  char* buffer = ahead.small;
-  std::size_t capacity = ReadAhead::small_size;
-  ahead.filling = true;
-  auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer, capacity), use_tuple);
-  ahead.filling = false;
-  if (aborted_ || reads_cancelled_ || ec == asio::error::operation_aborted) co_return asio::error::operation_aborted;
-  if (ec == asio::error::eof) {
-    ahead.eof = true;
-  } else if (ec) {
-    ahead.error = ec.category() == boost::system::system_category() ? ec.value() : EIO;
-  } else {
-    ahead.begin = buffer;
-    ahead.size = n;
-    ahead.last_read_large = n == capacity;
-  }
-  co_return error_code{};
 }
 
-bool TlsStream::release_read_ahead() {
-  ReadAhead& ahead = *read_;
-  if (ahead.size > 0) return false;
-  ahead.large.reset();
-  ahead.last_read_large = false;
-  return true;
-}
+bool TlsStream::release_read_ahead() { return read_->size == 0; }
 
 bool TlsStream::quiet() {
   if (aborted_ || (ssl_ && SSL_pending(ssl_.get()) > 0)) return false;
   ReadAhead& ahead = *read_;
-  if (ahead.size == 0 && !ahead.eof && ahead.error == 0) {
-    error_code ec;
-    const std::size_t n = socket_.read_some(asio::buffer(ahead.small, ReadAhead::small_size), ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) return true;
-    if (ec) return false;
-    ahead.begin = ahead.small;
-    ahead.size = n;
-  }
-  if (!ssl_) return false;
+  if (!ahead.has_news() && !ahead.read_now()) return true;
+  if (ahead.size == 0 || !ssl_) return false;
   // Bytes on a TLS connection may be only a late post-handshake message (a
   // NewSessionTicket), which BoringSSL takes without returning anything.
   char probe;

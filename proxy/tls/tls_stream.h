@@ -1,9 +1,10 @@
 #pragma once
 // A TCP connection with optional TLS. BoringSSL reads through a read-ahead
-// buffer that Asio fills, so an incoming TLS record costs one recv()
-// (BoringSSL on a socket reads its 5-byte header and its body separately),
-// and waiting for the socket costs no epoll_ctl() (an Asio read, not an
-// async_wait). Writes go straight to the socket. One read and one write may be
+// buffer, so incoming TLS records cost one recv() for as many as have
+// arrived (BoringSSL on a socket reads each 5-byte header and body
+// separately). The buffer is record-sized, taken from a per-thread free list
+// for a read and handed back as soon as its bytes are taken: a stream that
+// waits holds no buffer. Writes go straight to the socket. One read and one write may be
 // outstanding at once (the L4 pump's two directions). Errors are error codes,
 // never exceptions.
 
@@ -55,14 +56,14 @@ class TlsStream {
   // idle: call wait_readable() next.
   std::pair<error_code, std::size_t> try_read_some(void* data, std::size_t size);
   // Until something (bytes, an end, an error) has been read ahead for the
-  // next try_read_some(). Idle, a stream holds only a small buffer.
+  // next try_read_some(). Idle, a stream holds no buffer.
   asio::awaitable<error_code> wait_readable();
   // Nothing read ahead and nothing on the socket (one non-blocking read,
   // kept if it finds something). A kept-alive backend connection that is not
   // quiet was closed or is confused.
   bool quiet();
-  // Back to the small buffer before the stream goes idle in a pool; false
-  // (and nothing changed) when read-ahead bytes are still untaken.
+  // Before the stream goes idle in a pool: true when no read-ahead bytes are
+  // untaken (the stream then holds no receive buffer).
   bool release_read_ahead();
   // Sends what BoringSSL holds back until the first write: a TLS 1.3 server
   // sends its NewSessionTickets then, so a client that only handshakes (or
