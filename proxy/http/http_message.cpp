@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 
 namespace gatehouse::proxy::http {
 
@@ -95,9 +96,9 @@ void append_fields(std::string& out, const Fields& fields) {
 
 void append_content_length(std::string& out, std::uint64_t length) {
   char digits[24];
-  const int n = std::snprintf(digits, sizeof digits, "%llu", static_cast<unsigned long long>(length));
+  const auto end = std::to_chars(digits, digits + sizeof digits, length).ptr;
   out += "Content-Length: ";
-  out.append(digits, static_cast<std::size_t>(n));
+  out.append(digits, end);
   out += "\r\n";
 }
 
@@ -386,8 +387,9 @@ std::string error_response(int status, std::string_view detail, bool close, bool
 void append_chunk(std::string& out, std::string_view data) {
   if (data.empty()) return;
   char size[20];
-  const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-  out.append(size, static_cast<std::size_t>(n));
+  const auto end = std::to_chars(size, size + sizeof size, data.size(), 16).ptr;
+  out.append(size, end);
+  out += "\r\n";
   out += data;
   out += "\r\n";
 }

@@ -29,6 +29,7 @@
 #include <boost/beast/core/string.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <map>
 
@@ -323,8 +324,8 @@ thread_local std::string NvList::names_;
 
 // A number as decimal digits in `buffer`.
 std::string_view decimal(char (&buffer)[24], std::uint64_t n) {
-  const int size = std::snprintf(buffer, sizeof buffer, "%llu", static_cast<unsigned long long>(n));
-  return std::string_view(buffer, static_cast<std::size_t>(size));
+  const auto end = std::to_chars(buffer, buffer + sizeof buffer, n).ptr;
+  return std::string_view(buffer, static_cast<std::size_t>(end - buffer));
 }
 
 }  // namespace
