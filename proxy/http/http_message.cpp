@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 
 namespace gatehouse::proxy::http {
 
@@ -59,19 +60,29 @@ std::string describe(const error_code& ec) {
   return ec.message();
 }
 
-// Quoted when it is not a token (RFC 7239 section 4).
-std::string forwarded_value(std::string_view value) {
+// Appended as is when it is a token, else quoted (RFC 7239 section 4).
+void append_forwarded_value(std::string& out, std::string_view value) {
   const bool token = !value.empty() && std::all_of(value.begin(), value.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) ||
            std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
   });
-  if (token) return std::string(value);
-  std::string out = "\"";
+  if (token) {
+    out += value;
+    return;
+  }
+  out += '"';
   for (char c : value) {
     if (c == '"' || c == '\\') out += '\\';
     out += c;
   }
-  return out + "\"";
+  out += '"';
+}
+
+// The bytes append_fields() writes.
+std::size_t fields_size(const Fields& fields) {
+  std::size_t n = 0;
+  for (const auto& f : fields) n += f.name.size() + f.value.size() + 4;
+  return n;
 }
 
 void append_fields(std::string& out, const Fields& fields) {
@@ -81,6 +92,14 @@ void append_fields(std::string& out, const Fields& fields) {
     out += f.value;
     out += "\r\n";
   }
+}
+
+void append_content_length(std::string& out, std::uint64_t length) {
+  char digits[24];
+  const auto end = std::to_chars(digits, digits + sizeof digits, length).ptr;
+  out += "Content-Length: ";
+  out.append(digits, end);
+  out += "\r\n";
 }
 
 }  // namespace
@@ -188,6 +207,7 @@ void Parser<isRequest>::on_field_impl(beast_http::field, boost::beast::string_vi
     if (forwards_request_field(f.name)) trailers_.push_back(std::move(f));
     return;
   }
+  if (raw_.empty()) raw_.reserve(16);  // one allocation for a typical head, not five
   if constexpr (isRequest) {
     if (iequals(f.name, "host")) {
       if (find_field(raw_, "host") != nullptr) return fail(ec, "more than one Host field");
@@ -213,6 +233,7 @@ void Parser<isRequest>::on_header_impl(error_code& ec) {
     head_.close_delimited = this->need_eof() && !this->chunked() && !this->content_length();
   }
   const auto listed = connection_tokens(raw_);
+  head_.fields.reserve(head_.fields.size() + raw_.size());
   for (auto& f : raw_) {
     if constexpr (isRequest) {
       if (!forwards_request_field(f.name, listed)) continue;
@@ -251,7 +272,8 @@ template class Parser<false>;
 
 std::string serialize_request(const RequestHead& head, const ForwardedFor& forwarded, bool has_body) {
   std::string out;
-  out.reserve(256 + head.target.size() + head.fields.size() * 48);
+  out.reserve(256 + head.target.size() + head.host.size() + fields_size(head.fields) + forwarded.host.size() * 2 +
+              forwarded.client_address.size() * 2 + forwarded.client_cert.size());
   out += head.method;
   out += ' ';
   out += head.target;
@@ -263,13 +285,23 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
   out += head.host;
   out += "\r\n";
   append_fields(out, head.fields);
-  out += "X-Forwarded-For: " + forwarded.client_address + "\r\n";
-  out += "X-Forwarded-Proto: " + forwarded.proto + "\r\n";
-  if (!forwarded.host.empty()) out += "X-Forwarded-Host: " + forwarded.host + "\r\n";
-  const bool v6 = forwarded.client_address.find(':') != std::string::npos;
-  out += "Forwarded: for=" + (v6 ? "\"[" + forwarded.client_address + "]\"" : forwarded.client_address) +
-         ";proto=" + forwarded.proto;
-  if (!forwarded.host.empty()) out += ";host=" + forwarded_value(forwarded.host);
+  // Appended piece by piece: no temporary strings per request.
+  out += "X-Forwarded-For: ";
+  out += forwarded.client_address;
+  out += "\r\nX-Forwarded-Proto: ";
+  out += forwarded.proto;
+  out += "\r\n";
+  if (!forwarded.host.empty()) {
+    out += "X-Forwarded-Host: ";
+    out += forwarded.host;
+    out += "\r\n";
+  }
+  const bool v6 = forwarded.client_address.find(':') != std::string_view::npos;
+  out += v6 ? "Forwarded: for=\"[" : "Forwarded: for=";
+  out += forwarded.client_address;
+  out += v6 ? "]\";proto=" : ";proto=";
+  out += forwarded.proto;
+  if (!forwarded.host.empty()) append_forwarded_value(out.append(";host="), forwarded.host);
   out += "\r\n";
   if (!forwarded.client_cert.empty()) {
     out += "X-Forwarded-Client-Cert: ";
@@ -277,7 +309,7 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
     out += "\r\n";
   }
   if (head.content_length) {
-    out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
+    append_content_length(out, *head.content_length);
   } else if (has_body) {
     out += "Transfer-Encoding: chunked\r\n";
   }
@@ -287,14 +319,15 @@ std::string serialize_request(const RequestHead& head, const ForwardedFor& forwa
 
 std::string serialize_response(const ResponseHead& head, bool chunked, bool close) {
   std::string out;
-  out.reserve(128 + head.fields.size() * 48);
+  out.reserve(128 + head.reason.size() + fields_size(head.fields));
   out += "HTTP/1.1 ";
   out += std::to_string(head.status);
   out += ' ';
-  out += head.reason.empty() ? std::string(reason_phrase(head.status)) : head.reason;
+  if (head.reason.empty()) out += reason_phrase(head.status);
+  else out += head.reason;
   out += "\r\n";
   append_fields(out, head.fields);
-  if (head.content_length) out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
+  if (head.content_length) append_content_length(out, *head.content_length);
   else if (chunked) out += "Transfer-Encoding: chunked\r\n";
   if (close) out += "Connection: close\r\n";
   out += "\r\n";
@@ -354,8 +387,9 @@ std::string error_response(int status, std::string_view detail, bool close, bool
 void append_chunk(std::string& out, std::string_view data) {
   if (data.empty()) return;
   char size[20];
-  const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-  out.append(size, static_cast<std::size_t>(n));
+  const auto end = std::to_chars(size, size + sizeof size, data.size(), 16).ptr;
+  out.append(size, end);
+  out += "\r\n";
   out += data;
   out += "\r\n";
 }

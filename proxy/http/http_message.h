@@ -113,10 +113,11 @@ using RequestParser = Parser<true>;
 using ResponseParser = Parser<false>;
 
 // What the proxy adds to a request it forwards: the client as it really is.
+// Views: the caller's strings outlive the serialize_request() call.
 struct ForwardedFor {
-  std::string client_address;  // "192.0.2.1" or "2001:db8::1"
-  std::string host;            // the Host the client asked for
-  std::string proto = "https";
+  std::string_view client_address;  // "192.0.2.1" or "2001:db8::1"
+  std::string_view host;            // the Host the client asked for
+  std::string_view proto = "https";
   // X-Forwarded-Client-Cert (Envoy's format) of the client's verified
   // certificate; "" when it presented none.
   std::string_view client_cert;

@@ -96,7 +96,41 @@ std::string decode(std::string_view path, std::string& error) {
 
 }  // namespace
 
+namespace {
+
+// Whether `raw` (a path, no query) reads the same whatever the general
+// rules do but lower-casing: printable ASCII without "%", "\\", ";",
+// "//" or a "." or ".." segment. Most requests' paths are.
+bool plain_path(std::string_view raw) {
+  if (raw.empty() || raw.front() != '/') return false;
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    const char c = raw[i];
+    if (c <= ' ' || c >= 0x7f || c == '%' || c == '\\' || c == ';') return false;
+    if (c != '/') continue;
+    // The segment after this "/": not empty unless it ends the path ("/a/"),
+    // and not "." or "..".
+    const std::string_view next = raw.substr(i + 1, 3);
+    if (next.starts_with('/')) return false;
+    if (next == "." || next.starts_with("./") || next == ".." || next.starts_with("../")) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 NormalizedPath normalize_path(std::string_view target) {
+  const std::string_view raw = target.substr(0, target.find('?'));
+  if (!plain_path(raw)) return normalize_path_general(target);
+  NormalizedPath out;
+  out.path.resize(raw.size());
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    const char c = raw[i];
+    out.path[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+  }
+  return out;
+}
+
+NormalizedPath normalize_path_general(std::string_view target) {
   NormalizedPath out;
   if (target == "*") {
     out.path = "/";

@@ -21,6 +21,9 @@ struct NormalizedPath {
 // `target` is an origin-form target ("/owa/x?y=1"; the query is left off) or
 // "*" (read as "/").
 NormalizedPath normalize_path(std::string_view target);
+// The same without the fast path for plain paths (ASCII, nothing to decode
+// or resolve), which must give exactly what this gives; for tests.
+NormalizedPath normalize_path_general(std::string_view target);
 
 // The value of a hex digit, or -1.
 int hex_digit(char c);

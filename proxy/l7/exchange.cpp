@@ -444,8 +444,7 @@ class Forwarder {
       return false;
     }
     request_head_ = serialize_request(
-        head_, ForwardedFor{std::string(context_.client_address), head_.host, "https", context_.client_cert},
-        head_.has_body());
+        head_, ForwardedFor{context_.client_address, head_.host, "https", context_.client_cert}, head_.has_body());
     return true;
   }
   bool bound() const { return binding_ != nullptr && binding_->bound(); }

@@ -29,6 +29,7 @@
 #include <boost/beast/core/string.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <map>
 
@@ -280,37 +281,63 @@ void Stream::interim(const ResponseHead& head) {
 
 namespace {
 
-std::vector<nghttp2_nv> make_nv(std::vector<std::pair<std::string, std::string>>& storage) {
-  std::vector<nghttp2_nv> nva;
-  nva.reserve(storage.size());
-  for (auto& [name, value] : storage)
-    nva.push_back({reinterpret_cast<std::uint8_t*>(name.data()), reinterpret_cast<std::uint8_t*>(value.data()),
-                   name.size(), value.size(), NGHTTP2_NV_FLAG_NONE});
-  return nva;
-}
+// A header list for nghttp2: names lower-cased into one buffer, values
+// pointing at the fields themselves (nghttp2 copies both before its submit
+// call returns). The buffers are the worker thread's, reused: one list is
+// built and submitted at a time, and nothing allocates per response.
+class NvList {
+ public:
+  NvList() {
+    nva_.clear();
+    names_.clear();
+  }
+  NvList(const NvList&) = delete;
+  NvList& operator=(const NvList&) = delete;
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
+  void add(std::string_view name, std::string_view value) {
+    nva_.push_back({reinterpret_cast<std::uint8_t*>(const_cast<char*>(name.data())),
+                    reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+                    NGHTTP2_NV_FLAG_NONE});
+  }
+  // Once per list: the names buffer must not move after it is pointed at.
+  void add_fields(const Fields& fields) {
+    std::size_t bytes = 0;
+    for (const auto& f : fields) bytes += f.name.size();
+    names_.resize(bytes);
+    char* at = names_.data();
+    for (const auto& f : fields) {
+      char* name = at;
+      for (char c : f.name) *at++ = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+      add(std::string_view(name, f.name.size()), f.value);
+    }
+  }
+  const nghttp2_nv* data() const { return nva_.data(); }
+  std::size_t size() const { return nva_.size(); }
 
-std::vector<std::pair<std::string, std::string>> h2_fields(const Fields& fields) {
-  std::vector<std::pair<std::string, std::string>> out;
-  out.reserve(fields.size() + 2);
-  for (const auto& f : fields) out.emplace_back(lower(f.name), f.value);
-  return out;
+ private:
+  static thread_local std::vector<nghttp2_nv> nva_;
+  static thread_local std::string names_;
+};
+
+thread_local std::vector<nghttp2_nv> NvList::nva_;
+thread_local std::string NvList::names_;
+
+// A number as decimal digits in `buffer`.
+std::string_view decimal(char (&buffer)[24], std::uint64_t n) {
+  const auto end = std::to_chars(buffer, buffer + sizeof buffer, n).ptr;
+  return std::string_view(buffer, static_cast<std::size_t>(end - buffer));
 }
 
 }  // namespace
 
 void Stream::head(const ResponseHead& head, bool has_body) {
   if (closed_) return;
-  std::vector<std::pair<std::string, std::string>> storage;
-  storage.emplace_back(":status", std::to_string(head.status));
-  for (auto& f : h2_fields(head.fields)) storage.push_back(std::move(f));
-  if (head.content_length) storage.emplace_back("content-length", std::to_string(*head.content_length));
-  auto nva = make_nv(storage);
+  char status[24];
+  char length[24];
+  NvList nva;
+  nva.add(":status", decimal(status, static_cast<std::uint64_t>(head.status)));
+  nva.add_fields(head.fields);
+  if (head.content_length) nva.add("content-length", decimal(length, *head.content_length));
   response_started_ = true;
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
@@ -376,8 +403,8 @@ ssize_t Stream::read_data(nghttp2_session* session, std::int32_t id, std::uint8_
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     if (!self->out_trailers_.empty()) {
       *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      auto storage = h2_fields(self->out_trailers_);
-      auto nva = make_nv(storage);
+      NvList nva;
+      nva.add_fields(self->out_trailers_);
       nghttp2_submit_trailer(session, id, nva.data(), nva.size());
     }
     return static_cast<ssize_t>(n);

@@ -67,5 +67,62 @@ TEST(RequestPath, RefusesWhatCouldBeReadTwoWays) {
   }
 }
 
+// The fast path for plain paths gives exactly what the general rules give,
+// for every target, plain or not.
+TEST(RequestPath, FastPathAgreesWithTheGeneralOne) {
+  const char* targets[] = {"/",
+                           "/owa",
+                           "/owa/",
+                           "/OWA/Default.aspx?a=B",
+                           "/.well-known/x",
+                           "/a/..b/",
+                           "/a/b..",
+                           "/a/.b",
+                           "/a/.",
+                           "/a/./",
+                           "/a/..",
+                           "/a/../",
+                           "//",
+                           "/a//b",
+                           "/a/",
+                           "/a?x=//../",
+                           "/a;b",
+                           "/a%41",
+                           "/a\\b",
+                           "*",
+                           "",
+                           "owa",
+                           "/a b",
+                           "/\x7f",
+                           "/\xc3\xa9",
+                           "/..",
+                           "/.",
+                           "/?",
+                           "/a/b/c/d/",
+                           "/~user/",
+                           "/Ecp/?x=%2f"};
+  for (const char* target : targets) {
+    const NormalizedPath fast = normalize_path(target);
+    const NormalizedPath general = normalize_path_general(target);
+    EXPECT_EQ(fast.path, general.path) << target;
+    EXPECT_EQ(fast.error, general.error) << target;
+  }
+  // And every short target over the characters that matter.
+  const std::string alphabet = "/aZ.;%2f?\\\xc3";
+  std::string target;
+  for (int n = 0; n < 200000; ++n) {
+    target.clear();
+    for (int k = n; k > 0; k /= static_cast<int>(alphabet.size() + 1)) {
+      const auto digit = static_cast<std::size_t>(k % static_cast<int>(alphabet.size() + 1));
+      if (digit > 0) target += alphabet[digit - 1];
+    }
+    target.insert(0, "/");
+    const NormalizedPath fast = normalize_path(target);
+    const NormalizedPath general = normalize_path_general(target);
+    ASSERT_EQ(fast.path, general.path) << target;
+    ASSERT_EQ(fast.error, general.error) << target;
+  }
+}
+
 }  // namespace
 }  // namespace gatehouse::proxy::http
