@@ -13,7 +13,7 @@ client, the ratio of Gatehouse to the best peer per client side by side;
 bulk MB/s through TLS termination; L7 keep-alive requests/s and proxy CPU per
 request with TLS on both sides (wrk for HTTP/1.1, h2load for HTTP/2, all
 three proxies in front of one nginx HTTPS backend on CPU 1); the crypto floor
-from `bssl-tool speed`; with --workers 1,2 (or --scaling) the handshake cases
+from `bssl speed` of the BoringSSL that Gatehouse links; with --workers 1,2 (or --scaling) the handshake cases
 again with 2 workers, unpinned, and the growth. A JSON summary is written too.
 
 Usage: bench/compare.sh [--gatehouse PATH] [--seconds N] [--concurrency N] [--processes N]
@@ -878,9 +878,19 @@ def l7(server, backend, tool, seconds, connections):
     return result
 
 
-def crypto_floor():
-    """µs per operation from `bssl-tool speed`, pinned to the server's CPU."""
-    exe = shutil.which("bssl-tool")
+def bssl_tool(binary):
+    """The `bssl` of the BoringSSL that binary links (`--version` says which): the
+    fast build's own (.ci/boringssl), else Debian's bssl-tool."""
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    fast = os.path.join(ROOT, ".deps", "boringssl", "bin", "bssl")
+    if "without OPENSSL_SMALL" in version and os.access(fast, os.X_OK):
+        return fast
+    return shutil.which("bssl-tool")
+
+
+def crypto_floor(binary):
+    """µs per operation from `bssl speed` of binary's BoringSSL, pinned to the server's CPU."""
+    exe = bssl_tool(binary)
     if not exe:
         return None, "bssl-tool not installed (package android-boringssl)"
     ops = {}
@@ -900,7 +910,7 @@ def crypto_floor():
         if m:
             ops[key] = 1e6 / float(m.group(2))
     if len(ops) != len(patterns):
-        return None, "could not parse bssl-tool speed output:\n" + text
+        return None, f"could not parse {exe} speed output:\n" + text
     return ops, text
 
 
@@ -1102,8 +1112,8 @@ def main():
     l7s = {}      # (server name, tool) -> l7() results
     tools = []
     try:
-        log("crypto floor: bssl-tool speed on CPU 0 ...")
-        floor, floor_text = crypto_floor()
+        log(f"crypto floor: {bssl_tool(binary)} speed on CPU 0 ...")
+        floor, floor_text = crypto_floor(binary)
 
         certs = {}
         for key, kind in (("ec", "ec256"), ("rsa", "rsa2048")):
@@ -1280,7 +1290,7 @@ def report_floor(floor, floor_text, results):
         return
     ecdsa_floor = floor["p256_sign"] + floor["x25519_base"] + floor["x25519_arb"]
     rsa_floor = floor["rsa2048_sign"] + floor["x25519_base"] + floor["x25519_arb"]
-    print("## Crypto floor (bssl-tool speed on CPU 0, this BoringSSL)")
+    print("## Crypto floor (bssl speed on CPU 0, the BoringSSL Gatehouse links)")
     print()
     print(f"- ECDSA P-256 sign {floor['p256_sign']:.1f} µs, X25519 keygen {floor['x25519_base']:.1f} µs, "
           f"X25519 shared secret {floor['x25519_arb']:.1f} µs, RSA-2048 sign {floor['rsa2048_sign']:.1f} µs")

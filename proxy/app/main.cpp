@@ -296,7 +296,8 @@ int main(int argc, char** argv) {
   CLI::App app{
       "Gatehouse: TLS-terminating reverse proxy and load balancer for "
       "mail namespaces"};
-  app.set_version_flag("--version", std::string("gatehouse ") + GATEHOUSE_VERSION);
+  app.set_version_flag(
+      "--version", std::string("gatehouse ") + GATEHOUSE_VERSION + "\nBoringSSL: " + GATEHOUSE_BORINGSSL_DESCRIPTION);
   app.require_subcommand(0, 1);
   Commands commands;
   add_commands(app, commands);
