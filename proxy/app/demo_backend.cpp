@@ -59,6 +59,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor, std::
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(use_tuple);
     if (ec) co_return;
+    error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
     asio::co_spawn(acceptor->get_executor(), serve_one(ctx, name, std::move(socket)), asio::detached);
   }
 }

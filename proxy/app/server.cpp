@@ -7,10 +7,18 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
+#include <optional>
 #include <set>
 #include <stdexcept>
+#include <system_error>
+#include <utility>
 
+#include "conf/assert.h"
 #include "proxy/admin/admin.h"
 #include "proxy/health/health_checker.h"
 #include "proxy/l4/l4_session.h"
@@ -54,8 +62,26 @@ tcp::endpoint resolve_bind(const conf::Listener& listener) {
   return {address, listener.bind.port};
 }
 
+// The listener's kind of session, not started yet. A plain function, not a
+// coroutine: serve_connection's frame then holds one awaitable instead of
+// one per mode for the connection's whole life.
+asio::awaitable<void> session(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
+                              tcp::socket socket, tcp::endpoint client) {
+  switch (listener.config->mode) {
+    case conf::ListenerMode::l4: return serve_l4(worker, std::move(generation), listener, std::move(socket), client);
+    case conf::ListenerMode::l7: return serve_l7(worker, std::move(generation), listener, std::move(socket), client);
+    case conf::ListenerMode::tcp: return serve_tcp(worker, std::move(generation), listener, std::move(socket), client);
+    case conf::ListenerMode::passthrough:
+      return serve_passthrough(worker, std::move(generation), listener, std::move(socket), client);
+    case conf::ListenerMode::redirect:
+      return l7::serve_redirect(worker, std::move(generation), listener, std::move(socket), client);
+  }
+  GH_ASSERT(false);
+  return serve_tcp(worker, std::move(generation), listener, std::move(socket), client);
+}
+
 asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generation> generation,
-                                       const ListenerRuntime* listener, tcp::socket socket) {
+                                       const ListenerRuntime* listener, tcp::socket socket, tcp::endpoint client) {
   struct Count {
     explicit Count(std::shared_ptr<std::atomic<std::uint64_t>> open) : open(std::move(open)) {
       this->open->fetch_add(1, std::memory_order_relaxed);
@@ -64,19 +90,7 @@ asio::awaitable<void> serve_connection(Worker& worker, std::shared_ptr<Generatio
     std::shared_ptr<std::atomic<std::uint64_t>> open;
   } count(listener->open);
   worker.metrics().connection_accepted();
-  switch (listener->config->mode) {
-    case conf::ListenerMode::l4: co_await serve_l4(worker, std::move(generation), *listener, std::move(socket)); break;
-    case conf::ListenerMode::l7: co_await serve_l7(worker, std::move(generation), *listener, std::move(socket)); break;
-    case conf::ListenerMode::tcp:
-      co_await serve_tcp(worker, std::move(generation), *listener, std::move(socket));
-      break;
-    case conf::ListenerMode::passthrough:
-      co_await serve_passthrough(worker, std::move(generation), *listener, std::move(socket));
-      break;
-    case conf::ListenerMode::redirect:
-      co_await l7::serve_redirect(worker, std::move(generation), *listener, std::move(socket));
-      break;
-  }
+  co_await session(worker, std::move(generation), *listener, std::move(socket), client);
 }
 
 // An event that may repeat many times a second (every refused accept): logged
@@ -102,46 +116,102 @@ class OncePerSecond {
   std::uint64_t suppressed_ = 0;
 };
 
+// A socket accept4() made non-blocking, handed to Asio as one: Asio would
+// otherwise make it so itself (one more system call per connection) at its
+// first wait. Only the socket's state flags are touched.
+class AcceptedSocket : public tcp::socket {
+ public:
+  AcceptedSocket(const asio::any_io_executor& executor, const tcp& protocol, int fd, error_code& ec)
+      : tcp::socket(executor) {
+    assign(protocol, fd, ec);
+    if (!ec)
+      impl_.get_implementation().state_ |=
+          asio::detail::socket_ops::user_set_non_blocking | asio::detail::socket_ops::internal_non_blocking;
+  }
+};
+
+// One accept4(): the client's socket (non-blocking, TCP_NODELAY inherited
+// from the listening socket) and address, without the getpeername(),
+// ioctl() and setsockopt() an Asio accept is followed by. errno set when
+// there is none.
+std::optional<std::pair<tcp::socket, tcp::endpoint>> accept_one(tcp::acceptor& acceptor,
+                                                                const asio::any_io_executor& executor) {
+  tcp::endpoint peer;
+  socklen_t length = static_cast<socklen_t>(peer.capacity());
+  const int fd = ::accept4(acceptor.native_handle(), peer.data(), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  peer.resize(length);
+  error_code ec;
+  AcceptedSocket socket(executor, peer.protocol(), fd, ec);
+  if (ec) {
+    ::close(fd);
+    errno = ec.value();
+    return std::nullopt;
+  }
+  return std::pair<tcp::socket, tcp::endpoint>(std::move(socket), peer);
+}
+
+// Whether an accepted connection may be served; counted and logged (once a
+// second) when a connection limit refuses it.
+bool admit(const Server& server, Worker& worker, const std::string& name, const ListenerRuntime& listener,
+           const Generation& generation, OncePerSecond& refused) {
+  const std::uint64_t server_limit = generation.config().server.max_connections;
+  const std::uint64_t listener_limit = listener.config->max_connections;
+  const bool over_server = server.active_connections() >= server_limit;
+  if (!over_server && (listener_limit == 0 || listener.open->load(std::memory_order_relaxed) < listener_limit))
+    return true;
+  // Closed before a byte is read: the client sees a clean end.
+  const char* reason = over_server ? "max_connections" : "listener_max_connections";
+  worker.metrics().refused(listener.metric_id,
+                           over_server ? Refusal::max_connections : Refusal::listener_max_connections);
+  refused([&](std::uint64_t suppressed) {
+    log::warning("max_connections", {{"listener", name},
+                                     {"reason", reason},
+                                     {"limit", over_server ? server_limit : listener_limit},
+                                     {"suppressed", suppressed}});
+  });
+  return false;
+}
+
 asio::awaitable<void> accept_loop(const Server& server, Worker& worker, std::string name, tcp::acceptor& acceptor) {
   auto executor = co_await asio::this_coro::executor;
   OncePerSecond accept_failed, refused;
+  int accepted_in_a_row = 0;
   for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-    if (ec) {
+    if (!acceptor.is_open()) co_return;
+    auto accepted = accept_one(acceptor, executor);
+    if (!accepted) {
+      const int error = errno;
+      if (error == EAGAIN || error == EWOULDBLOCK) {
+        accepted_in_a_row = 0;
+        auto [ec] = co_await acceptor.async_wait(tcp::acceptor::wait_read, use_tuple);
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+        continue;
+      }
+      if (error == EINTR) continue;
       accept_failed([&](std::uint64_t suppressed) {
-        log::error(
-            "accept_failed",
-            {{"listener", name}, {"error", ec.message()}, {"worker", worker.index()}, {"suppressed", suppressed}});
+        log::error("accept_failed", {{"listener", name},
+                                     {"error", std::generic_category().message(error)},
+                                     {"worker", worker.index()},
+                                     {"suppressed", suppressed}});
       });
-      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space || ec == asio::error::no_memory) {
+      if (error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM) {
         // Out of descriptors or memory: the connection waits in the backlog
         // until some are freed. Back off instead of spinning on the error.
         asio::steady_timer pause(executor, std::chrono::milliseconds(100));
         co_await pause.async_wait(use_tuple);
       }
-      continue;
+      continue;  // (a connection that failed before accept, ECONNABORTED and the like: the next)
     }
+    // A burst is accepted in turns with the connections already being served.
+    if (++accepted_in_a_row % 16 == 0) co_await asio::post(executor, asio::use_awaitable);
     const auto& generation = worker.generation();
     const ListenerRuntime* listener = generation ? generation->listener(name) : nullptr;
     if (listener == nullptr) continue;  // closes the socket
-    const std::uint64_t server_limit = generation->config().server.max_connections;
-    const std::uint64_t listener_limit = listener->config->max_connections;
-    const bool over_server = server.active_connections() >= server_limit;
-    if (over_server || (listener_limit > 0 && listener->open->load(std::memory_order_relaxed) >= listener_limit)) {
-      // Closed before a byte is read: the client sees a clean end.
-      const char* reason = over_server ? "max_connections" : "listener_max_connections";
-      worker.metrics().refused(listener->metric_id,
-                               over_server ? Refusal::max_connections : Refusal::listener_max_connections);
-      refused([&](std::uint64_t suppressed) {
-        log::warning("max_connections", {{"listener", name},
-                                         {"reason", reason},
-                                         {"limit", over_server ? server_limit : listener_limit},
-                                         {"suppressed", suppressed}});
-      });
-      continue;
-    }
-    asio::co_spawn(executor, serve_connection(worker, generation, listener, std::move(socket)), asio::detached);
+    if (!admit(server, worker, name, *listener, *generation, refused)) continue;
+    asio::co_spawn(executor,
+                   serve_connection(worker, generation, listener, std::move(accepted->first), accepted->second),
+                   asio::detached);
   }
 }
 
@@ -205,6 +275,10 @@ void Server::open_listeners(const Generation& generation) {
       if (!ec && endpoint.address().is_v6()) acceptor->set_option(asio::ip::v6_only(true), ec);
       if (!ec) acceptor->bind(endpoint, ec);
       if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+      // Accepted sockets inherit TCP_NODELAY; accept_loop() calls accept4()
+      // itself, which must not block.
+      if (!ec) acceptor->set_option(tcp::no_delay(true), ec);
+      if (!ec) acceptor->non_blocking(true, ec);
       if (ec)
         throw std::runtime_error(generation.config().file.string() + ":" + std::to_string(config.line) +
                                  ": listener \"" + config.name + "\".bind: cannot listen on " + to_string(endpoint) +

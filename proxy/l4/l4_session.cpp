@@ -1,6 +1,5 @@
 #include "proxy/l4/l4_session.h"
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 
 #include "balancer/balancer.h"
@@ -11,8 +10,6 @@
 #include "proxy/runtime/metrics.h"
 
 namespace gatehouse::proxy {
-
-using namespace asio::experimental::awaitable_operators;
 
 asio::awaitable<void> pump(TlsStream& from, TlsStream& to, Clock::time_point& last_activity, std::uint64_t& bytes) {
   int reads_since_yield = 0;
@@ -73,25 +70,61 @@ struct StreamExpiry final : IdleExpiry {
 class StreamConnection {
  public:
   StreamConnection(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                   const tcp::socket& socket, asio::steady_timer& watchdog)
+                   const tcp::socket& socket, tcp::endpoint client_endpoint, asio::steady_timer& watchdog)
       : worker(worker),
         generation(std::move(generation)),
         listener(listener),
         config(*listener.config),
         tracked(worker, this->generation.get(), &watchdog),
-        watchdog(watchdog) {
-    error_code ignored;
-    client_endpoint = socket.remote_endpoint(ignored);
-    local_endpoint = socket.local_endpoint(ignored);
-    client = to_string(client_endpoint);
-    access = {{"client", client}, {"listener", config.name}, {"mode", conf::to_string(config.mode)}};
+        watchdog(watchdog),
+        client_endpoint(client_endpoint),
+        client(to_string(client_endpoint)) {
+    // Only a PROXY header needs the address the client connected to.
+    if (config.proxy_protocol != conf::ProxyProtocol::none) {
+      error_code ignored;
+      local_endpoint = socket.local_endpoint(ignored);
+    }
   }
+
+  // The access line's fields beyond the connection's own, kept as views of
+  // what the connection holds anyway and written out once, at finish(): a
+  // JSON object built at the start would be carried through the whole relay.
+  struct Access {
+    std::optional<conf::StartTls> protocol;  // starttls listeners
+    bool starttls = false;
+    std::optional<std::string_view> sni;
+    const HandshakeInfo* tls = nullptr;  // terminated TLS
+    const char* tls_version = nullptr;
+    bool resumed = false;
+    const std::string* pool = nullptr;
+    const std::string* server = nullptr;
+    std::optional<bool> backend_resumed;
+    std::optional<std::uint64_t> bytes_in, bytes_out;
+  };
 
   // Writes the access line (with `error` when the connection failed).
   void finish(std::string_view error = {}) {
-    if (!error.empty()) access["error"] = error;
-    access["duration_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
-    log::access(std::move(access));
+    boost::json::object line{{"client", client}, {"listener", config.name}, {"mode", conf::to_string(config.mode)}};
+    if (access.protocol) {
+      line["protocol"] = conf::to_string(*access.protocol);
+      line["starttls"] = access.starttls;
+    }
+    if (access.sni) line["sni"] = *access.sni;
+    if (const HandshakeInfo* tls = access.tls) {
+      line["certificate"] = tls->certificate ? tls->certificate->name : "";
+      line["tls_version"] = access.tls_version;
+      line["resumed"] = access.resumed;
+      line["client_subject"] = tls->client_subject;
+      line["client_verify"] = tls->client_verify;
+    }
+    if (access.pool) line["pool"] = *access.pool;
+    if (access.server) line["server"] = *access.server;
+    if (access.backend_resumed) line["backend_resumed"] = *access.backend_resumed;
+    if (access.bytes_in) line["bytes_in"] = *access.bytes_in;
+    if (access.bytes_out) line["bytes_out"] = *access.bytes_out;
+    if (!error.empty()) line["error"] = error;
+    line["duration_ms"] = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+    log::access(std::move(line));
   }
 
   Worker& worker;
@@ -104,7 +137,7 @@ class StreamConnection {
   tcp::endpoint client_endpoint;
   tcp::endpoint local_endpoint;
   std::string client;
-  boost::json::object access;
+  Access access;
 };
 
 // Where a relay goes and what the backend gets before the client's bytes.
@@ -116,25 +149,10 @@ struct RelayPlan {
   std::span<const std::uint8_t> first_bytes;  // passthrough: the ClientHello, as it came
 };
 
-// Routes, connects and copies both ways until both directions end, an
-// error, or the idle timeout; then writes the access line.
-asio::awaitable<void> relay(StreamConnection& c, TlsStream& front, const RelayPlan& plan) {
-  const auto [route, pool] = c.generation->route_by_sni(c.listener, plan.sni);
-  if (pool == nullptr) {
-    log::warning("no_route", {{"listener", c.config.name}, {"client", c.client}, {"sni", plan.sni}});
-    c.finish("no route");
-    co_return;
-  }
-  c.access["pool"] = pool->config->name;
-  if (route != nullptr && !admits(*route, c.client_endpoint.address())) {
-    log::warning("access_denied", {{"listener", c.config.name},
-                                   {"client", c.client},
-                                   {"sni", plan.sni},
-                                   {"reason", "the client is not allowed on the route"}});
-    c.finish("access denied");
-    co_return;
-  }
-
+// The server connection for a relay (the connect target lives only while
+// connecting, not in the relay's frame for the stream's whole life).
+asio::awaitable<std::optional<BackendConnection>> connect_for(StreamConnection& c, const RelayPlan& plan,
+                                                              const conf::Route* route, const PoolRuntime* pool) {
   ConnectTarget target;
   target.pool = pool;
   target.hash_key = balancer::hash_key(c.client_endpoint.address().to_string());
@@ -146,14 +164,36 @@ asio::awaitable<void> relay(StreamConnection& c, TlsStream& front, const RelayPl
   target.tls_info = plan.tls_info;
   target.tls_version = plan.tls_version;
   target.opening = plan.opening;
-  auto backend = co_await connect_backend(*c.generation, c.worker.index(), target);
+  co_return co_await connect_backend(*c.generation, c.worker.index(), target);
+}
+
+// Routes, connects and copies both ways until both directions end, an
+// error, or the idle timeout; then writes the access line.
+asio::awaitable<void> relay(StreamConnection& c, TlsStream& front, const RelayPlan& plan) {
+  const auto [route, pool] = c.generation->route_by_sni(c.listener, plan.sni);
+  if (pool == nullptr) {
+    log::warning("no_route", {{"listener", c.config.name}, {"client", c.client}, {"sni", plan.sni}});
+    c.finish("no route");
+    co_return;
+  }
+  c.access.pool = &pool->config->name;
+  if (route != nullptr && !admits(*route, c.client_endpoint.address())) {
+    log::warning("access_denied", {{"listener", c.config.name},
+                                   {"client", c.client},
+                                   {"sni", plan.sni},
+                                   {"reason", "the client is not allowed on the route"}});
+    c.finish("access denied");
+    co_return;
+  }
+
+  auto backend = co_await connect_for(c, plan, route, pool);
   if (!backend) {
     log::warning("no_backend", {{"listener", c.config.name}, {"client", c.client}, {"pool", pool->config->name}});
     c.finish("no server reachable");
     co_return;
   }
-  c.access["server"] = backend->server->config->name;
-  if (backend->stream->is_tls()) c.access["backend_resumed"] = SSL_session_reused(backend->stream->ssl()) == 1;
+  c.access.server = &backend->server->config->name;
+  if (backend->stream->is_tls()) c.access.backend_resumed = SSL_session_reused(backend->stream->ssl()) == 1;
 
   const Clock::duration idle_timeout = route != nullptr && route->idle_timeout ? Clock::duration(*route->idle_timeout)
                                                                                : Clock::duration(c.config.idle_timeout);
@@ -167,13 +207,12 @@ asio::awaitable<void> relay(StreamConnection& c, TlsStream& front, const RelayPl
     StreamExpiry expiry{front, *backend->stream};
     IdleGuard guard(c.watchdog, c.tracked.handle());
     guard.arm(&last_activity, idle_timeout, OnDrain::finish, &expiry);
-    co_await ((pump(front, *backend->stream, last_activity, bytes_in) &&
-               pump(*backend->stream, front, last_activity, bytes_out)) ||
-              guard.watch());
+    co_await both_with_guard(pump(front, *backend->stream, last_activity, bytes_in),
+                             pump(*backend->stream, front, last_activity, bytes_out), guard);
   }
   release_backend(*c.generation, c.worker.index(), *backend, pool);
-  c.access["bytes_in"] = bytes_in;
-  c.access["bytes_out"] = bytes_out;
+  c.access.bytes_in = bytes_in;
+  c.access.bytes_out = bytes_out;
   c.finish(replayed ? "the server closed before the ClientHello was relayed: " + replayed.message() : "");
 }
 
@@ -181,8 +220,7 @@ asio::awaitable<void> relay(StreamConnection& c, TlsStream& front, const RelayPl
 // written) when the client did not get to TLS.
 asio::awaitable<bool> open_starttls(StreamConnection& c, TlsStream& front, HandshakeInfo& info) {
   const conf::StartTls protocol = c.config.starttls;
-  c.access["protocol"] = conf::to_string(protocol);
-  c.access["starttls"] = false;
+  c.access.protocol = protocol;
   const mail::ClientOpening opened =
       co_await mail::open_client(front, protocol, c.listener.greeting_name, c.started + c.config.handshake_timeout);
   if (!opened.start_tls) {
@@ -215,9 +253,9 @@ asio::awaitable<error_code> read_client_hello(TlsStream& front, ClientHelloPeek&
 }  // namespace
 
 asio::awaitable<void> serve_passthrough(Worker& worker, std::shared_ptr<Generation> generation,
-                                        const ListenerRuntime& listener, tcp::socket socket) {
+                                        const ListenerRuntime& listener, tcp::socket socket, tcp::endpoint client) {
   asio::steady_timer watchdog_timer(co_await asio::this_coro::executor);
-  StreamConnection c(worker, std::move(generation), listener, socket, watchdog_timer);
+  StreamConnection c(worker, std::move(generation), listener, socket, client, watchdog_timer);
   TlsStream front(std::move(socket), nullptr);
   ClientHelloPeek peek;
   const auto read = co_await with_timeout(read_client_hello(front, peek), c.config.handshake_timeout);
@@ -230,15 +268,15 @@ asio::awaitable<void> serve_passthrough(Worker& worker, std::shared_ptr<Generati
     c.finish(error);
     co_return;
   }
-  c.access["sni"] = peek.sni();
+  c.access.sni = peek.sni();
   const RelayPlan plan{.sni = peek.sni(), .first_bytes = peek.bytes()};
   co_await relay(c, front, plan);
 }
 
 asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                               tcp::socket socket) {
+                               tcp::socket socket, tcp::endpoint client) {
   asio::steady_timer watchdog_timer(co_await asio::this_coro::executor);
-  StreamConnection c(worker, std::move(generation), listener, socket, watchdog_timer);
+  StreamConnection c(worker, std::move(generation), listener, socket, client, watchdog_timer);
   const conf::Listener& config = c.config;
   const bool starttls = config.starttls != conf::StartTls::none;
 
@@ -252,13 +290,11 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
     if (starttls) c.finish("TLS handshake failed after STARTTLS");
     co_return;
   }
-  if (starttls) c.access["starttls"] = true;
-  c.access["sni"] = info.sni;
-  c.access["certificate"] = info.certificate ? info.certificate->name : "";
-  c.access["tls_version"] = SSL_get_version(front.ssl());
-  c.access["resumed"] = SSL_session_reused(front.ssl()) == 1;
-  c.access["client_subject"] = info.client_subject;
-  c.access["client_verify"] = info.client_verify;
+  c.access.starttls = starttls;
+  c.access.sni = info.sni;
+  c.access.tls = &info;
+  c.access.tls_version = SSL_get_version(front.ssl());
+  c.access.resumed = SSL_session_reused(front.ssl()) == 1;
 
   std::optional<mail::ServerOpening> opening;
   if (starttls) opening.emplace(config.starttls, listener.greeting_name);
@@ -270,9 +306,9 @@ asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> gener
 }
 
 asio::awaitable<void> serve_tcp(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                                tcp::socket socket) {
+                                tcp::socket socket, tcp::endpoint client) {
   asio::steady_timer watchdog_timer(co_await asio::this_coro::executor);
-  StreamConnection c(worker, std::move(generation), listener, socket, watchdog_timer);
+  StreamConnection c(worker, std::move(generation), listener, socket, client, watchdog_timer);
   TlsStream front(std::move(socket), nullptr);
   const RelayPlan plan;
   co_await relay(c, front, plan);

@@ -16,18 +16,20 @@
 
 namespace gatehouse::proxy {
 
+// Each serve_* takes the accepted socket and the client's address as
+// accept() returned it.
 asio::awaitable<void> serve_l4(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                               tcp::socket socket);
+                               tcp::socket socket, tcp::endpoint client);
 // A passthrough connection: the ClientHello is read (within the listener's
 // handshake_timeout) without terminating TLS, its SNI picks the route, and
 // every byte is relayed as it came, so the client sees the server's own
 // certificate.
 asio::awaitable<void> serve_passthrough(Worker& worker, std::shared_ptr<Generation> generation,
-                                        const ListenerRuntime& listener, tcp::socket socket);
+                                        const ListenerRuntime& listener, tcp::socket socket, tcp::endpoint client);
 // A plain TCP relay (mode = "tcp"): no TLS here, the pool's server is picked
 // (routes on a tcp listener have no hosts) and bytes are copied both ways.
 asio::awaitable<void> serve_tcp(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                                tcp::socket socket);
+                                tcp::socket socket, tcp::endpoint client);
 
 // Copies `from` to `to` until end of stream (then half-closes `to`) or an
 // error (then aborts both). Holds no buffer while `from` is idle.

@@ -163,7 +163,9 @@ class Http1Connection {
       }
       if (!co_await serve_one()) break;
     }
-    co_await connection_.stream.shutdown_send();
+    // A client that closed (or broke) its side gets nothing more: a
+    // close_notify would only meet a closed socket.
+    if (!client_gone_) co_await connection_.stream.shutdown_send();
   }
 
  private:
@@ -191,6 +193,7 @@ class Http1Connection {
                  &wait_expiry_);
       const error_code read_ec = co_await read_or_lose_binding();
       guard_.disarm();
+      if (read_ec && read_ec != asio::error::shut_down && !wait_expiry_.fired) client_gone_ = true;
       if (read_ec || wait_expiry_.fired) co_return HeadRead::closed;
       last_activity_ = Clock::now();
     }
@@ -209,7 +212,7 @@ class Http1Connection {
                                        {"client", connection_.client_text},
                                        {"server", binding_.connection().server->config->name}});
     binding_.lose();
-    co_return asio::error::connection_reset;
+    co_return asio::error::shut_down;  // ours, not the client's: see client_gone_
   }
 
   // 400 and close: the proxy and a backend might read the bytes two ways.
@@ -252,6 +255,7 @@ class Http1Connection {
   WaitExpiry wait_expiry_;
   std::optional<RequestParser> parser_;
   error_code parse_error_;
+  bool client_gone_ = false;  // the client's side ended or failed while a head was awaited
   // Declared after `in_` and before anything of a request: it outlives every
   // exchange on it, and closes its backend connection with the client's.
   BackendBinding binding_;

@@ -6,15 +6,13 @@
 namespace gatehouse::proxy {
 
 asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                               tcp::socket socket) {
+                               tcp::socket socket, tcp::endpoint client) {
   const conf::Listener& config = *listener.config;
   auto executor = co_await asio::this_coro::executor;
   asio::steady_timer watchdog(executor);
   TrackedConnection tracked(worker, generation.get(), &watchdog);
   ConnectionHandle& handle = tracked.handle();
 
-  error_code ignored;
-  const tcp::endpoint client = socket.remote_endpoint(ignored);
   HandshakeInfo info;
   TlsStream front(std::move(socket), listener.tls->new_connection(&info));
   l7::ClientConnection connection{.worker = worker,

@@ -19,7 +19,7 @@
 namespace gatehouse::proxy {
 
 asio::awaitable<void> serve_l7(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                               tcp::socket socket);
+                               tcp::socket socket, tcp::endpoint client);
 
 namespace l7 {
 

@@ -48,13 +48,13 @@ struct Decision {
 class RedirectSession {
  public:
   RedirectSession(Worker& worker, std::shared_ptr<Generation> generation, const ListenerRuntime& listener,
-                  tcp::socket socket, asio::steady_timer& watchdog)
+                  tcp::socket socket, tcp::endpoint client, asio::steady_timer& watchdog)
       : worker_(worker),
         generation_(std::move(generation)),
         listener_(listener),
         tracked_(worker, generation_.get(), &watchdog),
         guard_(watchdog, tracked_.handle()),
-        client_(socket.remote_endpoint(ignored_)),
+        client_(client),
         stream_(std::move(socket)),
         expiry_(stream_) {}
 
@@ -153,9 +153,9 @@ class RedirectSession {
 }  // namespace
 
 asio::awaitable<void> serve_redirect(Worker& worker, std::shared_ptr<Generation> generation,
-                                     const ListenerRuntime& listener, tcp::socket socket) {
+                                     const ListenerRuntime& listener, tcp::socket socket, tcp::endpoint client) {
   asio::steady_timer watchdog(co_await asio::this_coro::executor);
-  RedirectSession session(worker, std::move(generation), listener, std::move(socket), watchdog);
+  RedirectSession session(worker, std::move(generation), listener, std::move(socket), client, watchdog);
   co_await session.run();
 }
 

@@ -16,6 +16,6 @@
 namespace gatehouse::proxy::l7 {
 
 asio::awaitable<void> serve_redirect(Worker& worker, std::shared_ptr<Generation> generation,
-                                     const ListenerRuntime& listener, tcp::socket socket);
+                                     const ListenerRuntime& listener, tcp::socket socket, tcp::endpoint client);
 
 }  // namespace gatehouse::proxy::l7

@@ -1,6 +1,9 @@
 #include "proxy/runtime/connection.h"
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/write.hpp>
 
 #include <utility>
@@ -136,6 +139,28 @@ asio::awaitable<void> IdleGuard::watch() {
   }
 }
 
+asio::awaitable<void> both_with_guard(asio::awaitable<void> first, asio::awaitable<void> second, IdleGuard& guard) {
+  auto executor = co_await asio::this_coro::executor;
+  bool ended = false;
+  std::exception_ptr first_error, second_error;
+  // The two run as one group; the watcher runs here, in this coroutine, and
+  // the group's end stops it.
+  asio::experimental::make_parallel_group(asio::co_spawn(executor, std::move(first), asio::deferred),
+                                          asio::co_spawn(executor, std::move(second), asio::deferred))
+      .async_wait(asio::experimental::wait_for_all(),
+                  [&](std::array<std::size_t, 2>, std::exception_ptr e1, std::exception_ptr e2) {
+                    first_error = e1;
+                    second_error = e2;
+                    ended = true;
+                    guard.stop();
+                  });
+  // The watcher returns at stop() (or if this coroutine were cancelled,
+  // which nothing does: then it waits again, for the group's end).
+  while (!ended) co_await guard.watch();
+  if (first_error) std::rethrow_exception(first_error);
+  if (second_error) std::rethrow_exception(second_error);
+}
+
 asio::awaitable<bool> accept_handshake(WorkerMetrics& counts, TlsStream& front, const HandshakeInfo& info,
                                        const conf::Listener& config, const std::string& client) {
   auto handshake = co_await with_timeout(front.handshake(), config.handshake_timeout);
@@ -168,6 +193,9 @@ asio::awaitable<bool> accept_handshake(WorkerMetrics& counts, TlsStream& front, 
               {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
     co_return false;
   }
+  // The client's first bytes may have come with its Finished: they wait
+  // (for the server connection) in a buffer of their size.
+  front.shrink_read_ahead();
   counts.handshake_done(SSL_session_reused(front.ssl()) == 1);
   counts.sni(info.match);
   co_return true;
@@ -207,6 +235,8 @@ asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool,
                         connected ? std::get<0>(*connected).message() : "connect timed out");
     co_return std::nullopt;
   }
+  error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
   if (target.proxy_protocol != conf::ProxyProtocol::none) {
     const std::string header =
         target.proxy_protocol == conf::ProxyProtocol::v1
@@ -266,6 +296,9 @@ asio::awaitable<std::optional<BackendConnection>> secure(const PoolRuntime& pool
     if (target.opening != nullptr && !starttls &&
         !co_await open_mail(pool, index, *target.opening, *backend.stream, false, target.timeout))
       co_return std::nullopt;
+    // What the server presented was only needed to explain a refusal.
+    std::string().swap(backend.check->presented_thumbprint);
+    std::string().swap(backend.check->presented_subject);
     co_return std::optional<BackendConnection>(std::move(backend));
   }
   const std::string error = handshake ? handshake->message() : "TLS handshake timed out";

@@ -14,7 +14,6 @@
 #include <memory>
 #include <string>
 #include <thread>
-#include <unordered_set>
 #include <vector>
 
 #include "conf/assert.h"
@@ -36,6 +35,10 @@ struct ConnectionHandle {
   boost::asio::steady_timer* watchdog = nullptr;  // the connection's IdleGuard timer
   bool force_close = false;
   bool draining = false;
+  // Links in the worker's list of live connections (Worker::track): no
+  // allocation per connection.
+  ConnectionHandle* prev = nullptr;
+  ConnectionHandle* next = nullptr;
 
   // Marks the drain and wakes the connection's IdleGuard to act on it.
   void poke(Drain drain) {
@@ -52,12 +55,17 @@ class Worker {
   const std::shared_ptr<Generation>& generation() const { return generation_; }
 
   void track(ConnectionHandle* c) {
-    connections_.insert(c);
+    c->prev = nullptr;
+    c->next = connections_;
+    if (connections_ != nullptr) connections_->prev = c;
+    connections_ = c;
     ++active_;
   }
   void untrack(ConnectionHandle* c) {
-    GH_ASSERT(connections_.count(c) == 1 && active_ > 0);
-    connections_.erase(c);
+    GH_ASSERT(active_ > 0 && (c->prev != nullptr || connections_ == c));
+    (c->prev != nullptr ? c->prev->next : connections_) = c->next;
+    if (c->next != nullptr) c->next->prev = c->prev;
+    c->prev = c->next = nullptr;
     if (--active_ == 0 && on_empty_) on_empty_();
   }
   std::size_t active() const { return active_.load(std::memory_order_relaxed); }
@@ -68,7 +76,7 @@ class Worker {
   // Pokes every connection accepted under `generation` (every connection
   // when null). On the worker's thread.
   void poke(const Generation* generation, Drain drain) {
-    for (ConnectionHandle* c : connections_)
+    for (ConnectionHandle* c = connections_; c != nullptr; c = c->next)
       if (generation == nullptr || c->generation == generation) c->poke(drain);
   }
   // Runs (on the worker's thread) each time its last connection ends, so a
@@ -84,7 +92,7 @@ class Worker {
   std::size_t index_;
   WorkerMetrics metrics_;
   std::atomic<std::size_t> active_{0};
-  std::unordered_set<ConnectionHandle*> connections_;
+  ConnectionHandle* connections_ = nullptr;  // the most recent first
   std::function<void()> on_empty_;
   std::shared_ptr<Generation> generation_;  // touched only on this worker's thread
   std::thread thread_;

@@ -21,6 +21,14 @@ int pool_index() {
   return index;
 }
 
+// Process-wide and never freed: cached sessions and idle connections may
+// outlive the pool (and its context) they came from, and a buffer must not
+// outlive its CRYPTO_BUFFER_POOL.
+CRYPTO_BUFFER_POOL* certificate_buffers() {
+  static CRYPTO_BUFFER_POOL* const pool = CRYPTO_BUFFER_POOL_new();
+  return pool;
+}
+
 bssl::UniquePtr<X509> parse(const CRYPTO_BUFFER* buffer) {
   return bssl::UniquePtr<X509>(X509_parse_from_buffer(const_cast<CRYPTO_BUFFER*>(buffer)));
 }
@@ -29,8 +37,12 @@ bssl::UniquePtr<X509> parse(const CRYPTO_BUFFER* buffer) {
 
 PoolTls::PoolTls(const conf::Pool& pool) : pool_name_(pool.name), mode_(pool.tls) {
   if (mode_ == conf::BackendTls::plain) return;
-  ctx_.reset(SSL_CTX_new(TLS_method()));
+  // Certificates stay CRYPTO_BUFFERs (verify() parses what it checks), so a
+  // connection keeps no parsed X509 copies of the server's chain, and all
+  // connections share one buffer per distinct certificate.
+  ctx_.reset(SSL_CTX_new(TLS_with_buffers_method()));
   if (!ctx_) throw std::runtime_error("pool \"" + pool.name + "\": cannot create a TLS context");
+  SSL_CTX_set0_buffer_pool(ctx_.get(), certificate_buffers());
   SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
   SSL_CTX_set_max_proto_version(ctx_.get(), TLS1_3_VERSION);
   SSL_CTX_set_ex_data(ctx_.get(), pool_index(), this);

@@ -88,6 +88,7 @@ class PooledBuffer {
 struct TlsStream::ReadAhead {
   int fd = -1;
   PooledBuffer buffer;
+  std::unique_ptr<char[]> kept;  // untaken bytes moved out of `buffer` by keep_small()
   const char* begin = nullptr;
   std::size_t size = 0;
   bool eof = false;
@@ -100,13 +101,28 @@ struct TlsStream::ReadAhead {
     std::memcpy(out, begin, n);
     begin += n;
     size -= n;
-    if (size == 0) buffer.release();
+    if (size == 0) release();
     return n;
   }
 
   void drop() {
     size = 0;
+    release();
+  }
+
+  void release() {
     buffer.release();
+    kept.reset();
+  }
+
+  // Untaken bytes move from the record-sized buffer to one of their size.
+  void keep_small() {
+    if (size == 0 || kept) return;
+    auto copy = std::make_unique_for_overwrite<char[]>(size);
+    std::memcpy(copy.get(), begin, size);
+    buffer.release();
+    kept = std::move(copy);
+    begin = kept.get();
   }
 
   // One non-blocking read of what the socket has; false when it has
@@ -187,9 +203,10 @@ const BIO_METHOD* read_ahead_method() {
 
 TlsStream::TlsStream(tcp::socket socket, bssl::UniquePtr<SSL> ssl)
     : socket_(std::move(socket)), read_(std::make_unique<ReadAhead>()), ssl_(std::move(ssl)) {
+  // Accepted sockets come non-blocking and with TCP_NODELAY (inherited from
+  // the listening socket); connect_backend() sets TCP_NODELAY on its own.
   error_code ignored;
-  socket_.non_blocking(true, ignored);
-  socket_.set_option(tcp::no_delay(true), ignored);
+  if (!socket_.non_blocking()) socket_.non_blocking(true, ignored);
   read_->fd = socket_.native_handle();
   if (ssl_) start_tls(std::move(ssl_));
 }
@@ -321,6 +338,8 @@ asio::awaitable<error_code> TlsStream::wait_readable() {
 }
 
 bool TlsStream::release_read_ahead() { return read_->size == 0; }
+
+void TlsStream::shrink_read_ahead() { read_->keep_small(); }
 
 bool TlsStream::quiet() {
   if (aborted_ || (ssl_ && SSL_pending(ssl_.get()) > 0)) return false;
