@@ -1,13 +1,14 @@
 // HTTP/2 front end on nghttp2: one coroutine reads frames, one writes what
 // nghttp2 has queued, and each request stream is its own coroutine that
-// forwards over an HTTP/1.1 backend connection. A stream costs little:
-// its object is recycled within the connection, its coroutine is cancelled
-// through a signal bound to it rather than raced against a watcher, and the
-// watcher of its idle guard is started only once the stream has lived as
-// long as the shortest idle timeout its exchange could have. Flow control is manual: a
+// forwards over an HTTP/1.1 backend connection. Flow control is manual: a
 // request body's window is given back only once the backend has taken the
 // bytes, and a response's data waits in a small per-stream buffer that the
 // writer drains as the client's window allows.
+//
+// A stream costs little: its object is recycled within the connection, its
+// coroutine is cancelled through a signal bound to it rather than raced
+// against a watcher, and its idle guard gets a watcher only once the stream
+// has lived as long as the shortest idle timeout its exchange could have.
 //
 // Debian's nghttp2 1.52 predates the upstream fixes for Rapid Reset
 // (CVE-2023-44487) and the CONTINUATION flood (CVE-2024-28182), so both are
@@ -107,7 +108,7 @@ constexpr std::size_t kYieldHeaderBytes = 256 * 1024;
 constexpr std::size_t kYieldStreams = 32;
 // Finished streams a connection keeps for its next ones, and the buffer
 // capacity a kept stream may hold on to.
-constexpr std::size_t kSpareStreams = 32;
+constexpr std::size_t kSpareStreams = 16;
 constexpr std::size_t kSpareBuffer = 4096;
 
 void wait_forever(asio::steady_timer& timer) { timer.expires_at(Clock::time_point::max()); }
