@@ -48,4 +48,14 @@ http::RequestHead& Http2RequestHead::finish(bool end_stream) {
   return head_;
 }
 
+void Http2RequestHead::clear() {
+  http::Fields fields = std::move(head_.fields);
+  fields.clear();
+  head_ = http::RequestHead{};
+  head_.fields = std::move(fields);
+  authority_.clear();
+  path_.clear();
+  trailers_.clear();
+}
+
 }  // namespace gatehouse::proxy::l7

@@ -22,6 +22,8 @@ class Http2RequestHead {
   // The head as the request path takes it, once the header block has
   // ended; `end_stream`: the HEADERS frame ended the stream (no body).
   http::RequestHead& finish(bool end_stream);
+  // Empty again for the next stream, keeping the field list's storage.
+  void clear();
 
   http::RequestHead& head() { return head_; }
   const http::Fields& trailers() const { return trailers_; }

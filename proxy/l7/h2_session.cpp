@@ -5,6 +5,11 @@
 // bytes, and a response's data waits in a small per-stream buffer that the
 // writer drains as the client's window allows.
 //
+// A stream costs little: its object is recycled within the connection, its
+// coroutine is cancelled through a signal bound to it rather than raced
+// against a watcher, and its idle guard gets a watcher only once the stream
+// has lived as long as the shortest idle timeout its exchange could have.
+//
 // Debian's nghttp2 1.52 predates the upstream fixes for Rapid Reset
 // (CVE-2023-44487) and the CONTINUATION flood (CVE-2024-28182), so both are
 // bounded here: client stream resets draw from a token bucket, and a header
@@ -21,8 +26,9 @@
 #include <nghttp2/nghttp2.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -31,7 +37,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
-#include <map>
+#include <exception>
+#include <vector>
 
 #include "proxy/l7/h2_request.h"
 #include "proxy/l7/l7_session.h"
@@ -99,6 +106,10 @@ constexpr std::size_t kSliceBytes = 4096;  // fed to nghttp2 at a time
 constexpr std::size_t kYieldFrames = 256;
 constexpr std::size_t kYieldHeaderBytes = 256 * 1024;
 constexpr std::size_t kYieldStreams = 32;
+// Finished streams a connection keeps for its next ones, and the buffer
+// capacity a kept stream may hold on to.
+constexpr std::size_t kSpareStreams = 16;
+constexpr std::size_t kSpareBuffer = 4096;
 
 void wait_forever(asio::steady_timer& timer) { timer.expires_at(Clock::time_point::max()); }
 
@@ -106,8 +117,11 @@ class Http2Session;
 
 class Stream final : public Downstream {
  public:
-  Stream(Http2Session& session, std::int32_t id, asio::any_io_executor executor, const ConnectionHandle& handle)
-      : session_(session), id_(id), signal_(executor), watchdog_(executor), guard_(watchdog_, handle) {}
+  Stream(Http2Session& session, const asio::any_io_executor& executor)
+      : session_(session), signal_(executor), watchdog_(executor) {}
+
+  // Makes a new or recycled stream the fresh stream `id`.
+  void open(std::int32_t id, const ConnectionHandle& handle);
 
   asio::awaitable<error_code> read_body(std::string& out, bool& done) override;
   const Fields& request_trailers() const override { return request_.trailers(); }
@@ -122,10 +136,13 @@ class Stream final : public Downstream {
     signal_.cancel();
   }
 
+  // The client reset the stream, nghttp2 closed it, or the connection
+  // ends: the exchange is cancelled at once, backend request included.
   void close() {
     closed_ = true;
     signal_.cancel();
-    guard_.stop();  // which ends the stream's exchange (run_stream)
+    if (serving_) stop_serving_.emit(asio::cancellation_type::terminal);
+    if (watching_) guard_->stop();
   }
   void wake() { signal_.cancel(); }
 
@@ -133,10 +150,25 @@ class Stream final : public Downstream {
                            nghttp2_data_source* source, void*);
 
   Http2Session& session_;
-  std::int32_t id_;
+  std::int32_t id_ = 0;
   asio::steady_timer signal_;    // body arrived, window drained, or closed
   asio::steady_timer watchdog_;  // the exchange's idle timer, which guard_ runs
-  IdleGuard guard_;              // watches the exchange for the route's idle_timeout until close()
+  // Watches the exchange for the route's idle_timeout; new for each stream
+  // (a stopped guard stays stopped). Its watch() runs from watch_at_ on.
+  std::optional<IdleGuard> guard_;
+  asio::cancellation_signal stop_serving_;  // bound to serve_stream's co_spawn
+
+  // Who still needs the object: the table of open streams, serve_stream and
+  // the guard's watch(). At none, it goes back to the connection's spares.
+  int holders_ = 0;
+  bool serving_ = false;
+  bool watching_ = false;
+  // The connection's queue of served streams whose guard is not watched yet,
+  // in the order (and so by the time) they started.
+  Clock::time_point watch_at_;
+  Stream* queue_prev_ = nullptr;
+  Stream* queue_next_ = nullptr;
+  bool queued_ = false;
 
   Http2RequestHead request_;
   std::size_t header_bytes_ = 0;
@@ -162,9 +194,12 @@ class Http2Session final : IdleExpiry {
  public:
   explicit Http2Session(ClientConnection& connection)
       : connection_(connection),
-        write_signal_(connection.stream.socket().get_executor()),
-        done_signal_(connection.stream.socket().get_executor()),
-        guard_(connection.watchdog, connection.handle) {}
+        executor_(connection.stream.socket().get_executor()),
+        write_signal_(executor_),
+        done_signal_(executor_),
+        watch_timer_(executor_),
+        guard_(connection.watchdog, connection.handle),
+        watch_delay_(shortest_idle(connection)) {}
   ~Http2Session() {
     if (session_ != nullptr) nghttp2_session_del(session_);
   }
@@ -174,6 +209,9 @@ class Http2Session final : IdleExpiry {
   nghttp2_session* session() const { return session_; }
   void want_write() { write_signal_.cancel(); }
   void touch() { last_activity_ = Clock::now(); }
+  // Completions of a stream's exchange and of its guard's watcher.
+  void served(Stream& s);
+  void watched(Stream& s);
 
  private:
   friend class Stream;
@@ -191,13 +229,28 @@ class Http2Session final : IdleExpiry {
     connection_.stream.abort();
     want_write();
   }
-  asio::awaitable<void> serve_stream(std::shared_ptr<Stream> stream);
-  asio::awaitable<void> run_stream(std::shared_ptr<Stream> stream);
-  void abuse(std::string reason);
-  Stream* find(std::int32_t id) {
-    auto it = streams_.find(id);
-    return it == streams_.end() ? nullptr : it->second.get();
+  // The shortest idle timeout an exchange of this connection can have: no
+  // stream's guard can expire sooner after the stream starts.
+  static Clock::duration shortest_idle(const ClientConnection& connection);
+
+  // Streams: the table of open ones (by id), and the recycling of objects.
+  Stream& add_stream(std::int32_t id);
+  void remove_stream(std::int32_t id);
+  Stream* find(std::int32_t id);
+  void release(Stream& s);
+  // A stream's exchange: spawned once its header block has ended.
+  void spawn(Stream& s);
+  asio::awaitable<void> serve_stream(Stream& s);
+  void finished_one() {
+    if (--outstanding_ == 0) done_signal_.cancel();
   }
+  // The guards of long-lived streams, watched from watch_at_ on.
+  void queue_watch(Stream& s);
+  void unqueue_watch(Stream& s);
+  void arm_watch_timer();
+  void on_watch_timer();
+
+  void abuse(std::string reason);
 
   static int on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* user);
   static int on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* user);
@@ -215,13 +268,23 @@ class Http2Session final : IdleExpiry {
   bool within(Budget& budget, const char* pattern, const char* what);
 
   ClientConnection& connection_;
+  asio::any_io_executor executor_;
   nghttp2_session* session_ = nullptr;
-  std::map<std::int32_t, std::shared_ptr<Stream>> streams_;
+  std::vector<std::pair<std::int32_t, Stream*>> streams_;  // open, by id
+  std::vector<std::unique_ptr<Stream>> owned_;             // every stream object of the connection
+  std::vector<Stream*> spare_;                             // owned, free for the next stream
   asio::steady_timer write_signal_;
   asio::steady_timer done_signal_;
-  IdleGuard guard_;  // on the connection's watchdog timer, which a drain pokes
+  asio::steady_timer watch_timer_;  // when the first queued stream's guard is due a watcher
+  IdleGuard guard_;                 // on the connection's watchdog timer, which a drain pokes
+  const Clock::duration watch_delay_;
+  Stream* watch_head_ = nullptr;
+  Stream* watch_tail_ = nullptr;
+  bool watch_timer_armed_ = false;
+  bool stopping_ = false;  // run() is ending: no more watchers
   Clock::time_point last_activity_ = Clock::now();
-  std::size_t running_ = 0;
+  std::size_t running_ = 0;      // streams being served
+  std::size_t outstanding_ = 0;  // completions still to come: exchanges, watchers, watch_timer_
   bool reading_done_ = false;
   bool terminated_ = false;
   bool closing_ = false;      // the writer ends
@@ -245,6 +308,37 @@ class Http2Session final : IdleExpiry {
 };
 
 // --- Stream -------------------------------------------------------------
+
+namespace {
+
+// Empty for reuse; a big buffer is let go rather than kept by an idle stream.
+void reuse(std::string& buffer) {
+  if (buffer.capacity() > kSpareBuffer) std::string().swap(buffer);
+  else buffer.clear();
+}
+
+}  // namespace
+
+void Stream::open(std::int32_t id, const ConnectionHandle& handle) {
+  id_ = id;
+  guard_.emplace(watchdog_, handle);
+  request_.clear();
+  header_bytes_ = 0;
+  field_count_ = 0;
+  headers_done_ = false;
+  bad_ = false;
+  reuse(body_in_);
+  body_end_ = false;
+  reuse(out_);
+  out_offset_ = 0;
+  out_end_ = false;
+  out_trailers_.clear();
+  deferred_ = false;
+  unflushed_ = false;
+  response_started_ = false;
+  closed_ = false;
+  cancelled_ = false;
+}
 
 asio::awaitable<error_code> Stream::read_body(std::string& out, bool& done) {
   for (;;) {
@@ -513,9 +607,7 @@ int Http2Session::on_begin_headers(nghttp2_session*, const nghttp2_frame* frame,
   auto* self = static_cast<Http2Session*>(user);
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   ++self->streams_since_yield_;
-  auto stream = std::make_shared<Stream>(*self, frame->hd.stream_id, self->connection_.stream.socket().get_executor(),
-                                         self->connection_.handle);
-  self->streams_[frame->hd.stream_id] = std::move(stream);
+  self->add_stream(frame->hd.stream_id);
   return 0;
 }
 
@@ -555,9 +647,9 @@ int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, vo
   self->touch();
   switch (frame->hd.type) {
     case NGHTTP2_HEADERS: {
-      auto it = self->streams_.find(frame->hd.stream_id);
-      if (it == self->streams_.end()) break;
-      Stream& s = *it->second;
+      Stream* found = self->find(frame->hd.stream_id);
+      if (found == nullptr) break;
+      Stream& s = *found;
       const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
       if (s.bad_) {
         // Over the header list limits: refused; the backend never sees it.
@@ -568,7 +660,7 @@ int Http2Session::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, vo
       if (!s.headers_done_) {
         s.headers_done_ = true;
         s.body_end_ = end_stream;
-        asio::co_spawn(self->connection_.stream.socket().get_executor(), self->run_stream(it->second), asio::detached);
+        self->spawn(s);
       } else if (end_stream) {
         s.body_end_ = true;
         s.wake();
@@ -635,18 +727,155 @@ int Http2Session::on_frame_send(nghttp2_session*, const nghttp2_frame* frame, vo
 }
 
 int Http2Session::on_stream_close(nghttp2_session*, std::int32_t stream_id, std::uint32_t, void* user) {
-  auto* self = static_cast<Http2Session*>(user);
-  auto it = self->streams_.find(stream_id);
-  if (it == self->streams_.end()) return 0;
-  it->second->close();
-  self->streams_.erase(it);
+  static_cast<Http2Session*>(user)->remove_stream(stream_id);
   return 0;
 }
 
-asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream) {
-  Stream& s = *stream;
+// --- Stream bookkeeping -------------------------------------------------
+
+Clock::duration Http2Session::shortest_idle(const ClientConnection& connection) {
+  auto shortest = Clock::duration(connection.listener.config->idle_timeout);
+  for (const conf::Route& route : connection.generation.config().routes) {
+    if (route.idle_timeout) shortest = std::min(shortest, Clock::duration(*route.idle_timeout));
+  }
+  return shortest;
+}
+
+Stream& Http2Session::add_stream(std::int32_t id) {
+  remove_stream(id);  // (nghttp2 never opens an id twice)
+  Stream* s = nullptr;
+  if (!spare_.empty()) {
+    s = spare_.back();
+    spare_.pop_back();
+  } else {
+    owned_.push_back(std::make_unique<Stream>(*this, executor_));
+    s = owned_.back().get();
+  }
+  s->open(id, connection_.handle);
+  s->holders_ = 1;  // the table
+  // Client stream ids only grow: the new one almost always goes last.
+  auto at = streams_.end();
+  if (!streams_.empty() && streams_.back().first > id)
+    at = std::lower_bound(streams_.begin(), streams_.end(), id,
+                          [](const auto& e, std::int32_t v) { return e.first < v; });
+  streams_.insert(at, {id, s});
+  return *s;
+}
+
+Stream* Http2Session::find(std::int32_t id) {
+  auto it =
+      std::lower_bound(streams_.begin(), streams_.end(), id, [](const auto& e, std::int32_t v) { return e.first < v; });
+  return it == streams_.end() || it->first != id ? nullptr : it->second;
+}
+
+void Http2Session::remove_stream(std::int32_t id) {
+  auto it =
+      std::lower_bound(streams_.begin(), streams_.end(), id, [](const auto& e, std::int32_t v) { return e.first < v; });
+  if (it == streams_.end() || it->first != id) return;
+  Stream& s = *it->second;
+  streams_.erase(it);
+  s.close();
+  release(s);
+}
+
+void Http2Session::release(Stream& s) {
+  if (--s.holders_ > 0) return;
+  if (spare_.size() < kSpareStreams) {
+    spare_.push_back(&s);
+    return;
+  }
+  auto it = std::find_if(owned_.begin(), owned_.end(), [&](const auto& p) { return p.get() == &s; });
+  std::swap(*it, owned_.back());
+  owned_.pop_back();
+}
+
+// Ends serve_stream's co_spawn: not a coroutine, and no frame of its own.
+struct Served {
+  Http2Session* session;
+  Stream* stream;
+  void operator()(std::exception_ptr) const;
+};
+
+struct Watched {
+  Http2Session* session;
+  Stream* stream;
+  void operator()(std::exception_ptr) const;
+};
+
+void Http2Session::spawn(Stream& s) {
+  ++s.holders_;
+  s.serving_ = true;
+  ++running_;
+  ++outstanding_;
+  queue_watch(s);
+  asio::co_spawn(executor_, serve_stream(s), asio::bind_cancellation_slot(s.stop_serving_.slot(), Served{this, &s}));
+}
+
+void Http2Session::served(Stream& s) {
+  s.serving_ = false;  // (its slot's handler stays, for the next stream to reuse the memory)
+  unqueue_watch(s);
+  if (s.watching_) s.guard_->stop();
+  --running_;
+  release(s);
+  finished_one();
+}
+
+void Http2Session::watched(Stream& s) {
+  s.watching_ = false;
+  release(s);
+  finished_one();
+}
+
+void Served::operator()(std::exception_ptr) const { session->served(*stream); }
+void Watched::operator()(std::exception_ptr) const { session->watched(*stream); }
+
+void Http2Session::queue_watch(Stream& s) {
+  s.watch_at_ = Clock::now() + watch_delay_;
+  s.queued_ = true;
+  s.queue_next_ = nullptr;
+  s.queue_prev_ = watch_tail_;
+  if (watch_tail_ != nullptr) watch_tail_->queue_next_ = &s;
+  else watch_head_ = &s;
+  watch_tail_ = &s;
+  if (!watch_timer_armed_) arm_watch_timer();
+}
+
+void Http2Session::unqueue_watch(Stream& s) {
+  if (!std::exchange(s.queued_, false)) return;
+  if (s.queue_prev_ != nullptr) s.queue_prev_->queue_next_ = s.queue_next_;
+  else watch_head_ = s.queue_next_;
+  if (s.queue_next_ != nullptr) s.queue_next_->queue_prev_ = s.queue_prev_;
+  else watch_tail_ = s.queue_prev_;
+  s.queue_prev_ = s.queue_next_ = nullptr;
+}
+
+void Http2Session::arm_watch_timer() {
+  watch_timer_armed_ = true;
+  ++outstanding_;
+  watch_timer_.expires_at(watch_head_->watch_at_);
+  watch_timer_.async_wait([this](error_code) { on_watch_timer(); });
+}
+
+void Http2Session::on_watch_timer() {
+  watch_timer_armed_ = false;
+  const auto now = Clock::now();
+  while (!stopping_ && watch_head_ != nullptr && watch_head_->watch_at_ <= now) {
+    // The stream has lived as long as the shortest idle timeout: from now
+    // on its guard is watched as the exchange armed it.
+    Stream& s = *watch_head_;
+    unqueue_watch(s);
+    ++s.holders_;
+    s.watching_ = true;
+    ++outstanding_;
+    asio::co_spawn(executor_, s.guard_->watch(), Watched{this, &s});
+  }
+  if (!stopping_ && watch_head_ != nullptr) arm_watch_timer();
+  finished_one();
+}
+
+asio::awaitable<void> Http2Session::serve_stream(Stream& s) {
   const RequestHead& head = s.request_.finish(s.body_end_);
-  const RequestIo io{.down = s, .guard = s.guard_, .executor = s.watchdog_.get_executor()};
+  const RequestIo io{.down = s, .guard = *s.guard_, .executor = executor_};
   const ExchangeResult result = co_await handle_request(connection_, head, io);
   if (s.closed_) co_return;
   if (result.http11_required) {
@@ -660,14 +889,6 @@ asio::awaitable<void> Http2Session::serve_stream(std::shared_ptr<Stream> stream)
     nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_NO_ERROR);
     want_write();
   }
-}
-
-asio::awaitable<void> Http2Session::run_stream(std::shared_ptr<Stream> stream) {
-  ++running_;
-  // A stream the client resets (or a connection that ends) cancels its
-  // exchange at once, backend request included.
-  co_await (serve_stream(stream) || stream->guard_.watch());
-  if (--running_ == 0) done_signal_.cancel();
 }
 
 asio::awaitable<void> Http2Session::reader() {
@@ -781,9 +1002,10 @@ asio::awaitable<void> Http2Session::run() {
   arm_idle();
   co_await ((reader() && writer()) || guard_.watch());
   guard_.disarm();
-  for (auto& [id, stream] : streams_) stream->close();
-  streams_.clear();
-  while (running_ > 0) {
+  stopping_ = true;
+  watch_timer_.cancel();
+  while (!streams_.empty()) remove_stream(streams_.back().first);
+  while (outstanding_ > 0) {
     wait_forever(done_signal_);
     co_await done_signal_.async_wait(use_tuple);
   }
