@@ -1000,7 +1000,7 @@ void Http2Session::expire(bool drained) {
 asio::awaitable<void> Http2Session::run() {
   if (!start()) co_return;
   arm_idle();
-  co_await ((reader() && writer()) || guard_.watch());
+  co_await both_with_guard(reader(), writer(), guard_);
   guard_.disarm();
   stopping_ = true;
   watch_timer_.cancel();
