@@ -1,7 +1,9 @@
 """Memory per idle L4 connection: 10,000 established, idle client connections
 through an l4 listener, TLS on the client side (ECDSA P-256 front certificate)
 and on the backend side (a backend pinned by thumbprint, tls = "verify"), must
-keep Gatehouse's RSS under 300 MiB, about 30 KiB per proxied pair.
+keep Gatehouse's RSS under 200 MiB, about 20 KiB per proxied pair (measured:
+about 16 KiB; a stream that waits holds no receive buffer, BoringSSL sheds its
+handshake configuration, and the relay's coroutines are few and small).
 
 The backend and the clients are separate Python processes (so that their
 sockets count against their own open-files limit, not the test's) driven by
@@ -32,7 +34,7 @@ import harness as h
 
 MAIL = "mail.contoso.test"
 N = 1_000 if h.SANITIZED else 10_000
-LIMIT_MIB = 300
+LIMIT_MIB = 200
 WORKERS = 2
 CLIENT_PROCESSES = 2
 CONCURRENCY = 200  # handshakes in flight, over all client processes
@@ -387,7 +389,7 @@ class L4Memory(h.GatehouseTestCase):
         self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
         return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
-    def test_10000_idle_tls_pairs_under_300_mib(self):
+    def test_10000_idle_tls_pairs_under_200_mib(self):
         t0 = time.monotonic()
         limit = self.raise_nofile()
 
