@@ -7,6 +7,7 @@ handshakes and certificate types compared with gatehouse's own access log
 tool fail loudly. The same checks, shorter, for bench/ssl_client.py, the
 OpenSSL client compare.sh runs beside it."""
 
+import contextlib
 import json
 import os
 import socket
@@ -41,6 +42,24 @@ def wait_listening(port):
             return
         except OSError:
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def never_resuming_server(cert):
+    """openssl s_server with no tickets and no session cache: it never resumes.
+    Yields its port."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-cert", cert.cert, "-key", cert.key, "-www",
+         "-quiet", "-no_ticket", "-num_tickets", "0", "-no_cache"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        yield port
+    finally:
+        server.kill()
+        server.wait()
+        server.stdin.close()
 
 
 class BenchHandshake(unittest.TestCase):
@@ -183,14 +202,7 @@ class BenchHandshake(unittest.TestCase):
             self.server_lines(name, 10)
 
     def test_refused_resumption_fails_loudly(self):
-        # openssl s_server with no tickets and no session cache never resumes.
-        port = free_port()
-        server = subprocess.Popen(
-            ["openssl", "s_server", "-accept", str(port), "-cert", self.ec.cert, "-key", self.ec.key, "-www",
-             "-quiet", "-no_ticket", "-num_tickets", "0", "-no_cache"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_listening(port)
+        with never_resuming_server(self.ec) as port:
             for version in ("1.3", "1.2"):
                 with self.subTest(tls=version):
                     p, j = self.bench("--target", f"127.0.0.1:{port}", "--resume", "always", "--count", "20",
@@ -206,10 +218,6 @@ class BenchHandshake(unittest.TestCase):
             p, j = self.bench("--target", f"127.0.0.1:{port}", "--resume", "never", "--count", "10",
                               "--concurrency", "2")
             self.assertEqual(j["full"], 10)
-        finally:
-            server.kill()
-            server.wait()
-            server.stdin.close()
 
     def test_openssl_client_full_and_resumed_as_the_server_saw_them(self):
         for mode, sig, cert, key_type in (("full", "ecdsa", "ec", "ECDSA P-256"), ("full", "rsa", "rsa", "RSA-2048"),
@@ -236,13 +244,7 @@ class BenchHandshake(unittest.TestCase):
                 self.assertEqual(sum(1 for o in lines if o["resumed"] is True), total if mode == "resumed" else 0)
 
     def test_openssl_client_fails_loudly_without_resumption_or_with_another_key_type(self):
-        port = free_port()
-        server = subprocess.Popen(
-            ["openssl", "s_server", "-accept", str(port), "-cert", self.ec.cert, "-key", self.ec.key, "-www",
-             "-quiet", "-no_ticket", "-num_tickets", "0", "-no_cache"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_listening(port)
+        with never_resuming_server(self.ec) as port:
             p, j = self.ssl_client(f"127.0.0.1:{port}", "bench.test", "resumed", expect=3)
             self.assertIn("FAILED", p.stderr)
             self.assertFalse(j["ok"])
@@ -252,10 +254,6 @@ class BenchHandshake(unittest.TestCase):
             p, j = self.ssl_client(f"127.0.0.1:{port}", "bench.test", "full", "rsa", expect=1)
             self.assertEqual(j["total"], 0)
             self.assertGreater(j["errors_total"], 0)
-        finally:
-            server.kill()
-            server.wait()
-            server.stdin.close()
 
     def test_bad_flags_are_refused(self):
         for args, word in ((["--target", "nonsense"], "--target"),
