@@ -20,16 +20,6 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-// Freed with the thread, so nothing is left behind when a worker ends.
-struct FreeBuffers {
-  std::vector<char*> buffers;
-  ~FreeBuffers() {
-    for (char* b : buffers) delete[] b;
-  }
-};
-thread_local FreeBuffers free_list;
-constexpr std::size_t kMaxFreeBuffers = 64;
-
 // Keep-alive connections older than this are closed rather than reused: a
 // backend (IIS 120 s, nginx 75 s) may be closing them just then.
 constexpr auto kIdleReuseLimit = std::chrono::seconds(30);
@@ -75,22 +65,6 @@ void passive_failure(const PoolRuntime& pool, std::size_t index, const std::stri
 }
 
 }  // namespace
-
-IoBuffer::IoBuffer() {
-  auto& free_buffers = free_list.buffers;
-  if (!free_buffers.empty()) {
-    data_ = free_buffers.back();
-    free_buffers.pop_back();
-  } else {
-    data_ = new char[size];
-  }
-}
-
-IoBuffer::~IoBuffer() {
-  auto& free_buffers = free_list.buffers;
-  if (free_buffers.size() < kMaxFreeBuffers) free_buffers.push_back(data_);
-  else delete[] data_;
-}
 
 std::string to_string(const tcp::endpoint& endpoint) {
   if (endpoint.address().is_v6()) return "[" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port());
@@ -193,9 +167,6 @@ asio::awaitable<bool> accept_handshake(WorkerMetrics& counts, TlsStream& front, 
               {{"listener", config.name}, {"client", client}, {"sni", info.sni}, {"error", ec.message()}});
     co_return false;
   }
-  // The client's first bytes may have come with its Finished: they wait
-  // (for the server connection) in a buffer of their size.
-  front.shrink_read_ahead();
   counts.handshake_done(SSL_session_reused(front.ssl()) == 1);
   counts.sni(info.match);
   co_return true;

@@ -16,6 +16,7 @@
 
 #include "proxy/runtime/generation.h"
 #include "proxy/runtime/worker.h"
+#include "proxy/tls/pooled_buffer.h"
 #include "proxy/tls/tls_stream.h"
 
 namespace gatehouse::proxy {
@@ -157,19 +158,17 @@ void release_backend(const Generation& generation, std::size_t worker, const Bac
 void keep_backend(const Generation& generation, std::size_t worker, BackendConnection backend, const PoolRuntime* pool,
                   bool current);
 
-// 16 KiB I/O buffers recycled per thread, so idle connections hold none.
+// A 16 KiB I/O buffer for one read and its write, from the thread's free list
+// of record-sized buffers (shared with TLS read-ahead): idle connections hold none.
 class IoBuffer {
  public:
   static constexpr std::size_t size = 16 * 1024;
-  IoBuffer();
-  ~IoBuffer();
-  IoBuffer(const IoBuffer&) = delete;
-  IoBuffer& operator=(const IoBuffer&) = delete;
-  char* data() { return data_; }
+  char* data() { return buffer_.get(); }
 
  private:
-  char* data_;
+  PooledBuffer buffer_;
 };
+static_assert(IoBuffer::size <= PooledBuffer::size);
 
 std::string to_string(const tcp::endpoint& endpoint);
 

@@ -6,11 +6,12 @@
 
 #include <cerrno>
 #include <cstring>
-#include <vector>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+
+#include "proxy/tls/pooled_buffer.h"
 
 namespace gatehouse::proxy {
 
@@ -34,61 +35,12 @@ const boost::system::error_category& tls_category() {
   return category;
 }
 
-// A record-sized receive buffer from a per-thread free list. A stream holds
-// one only while it has bytes nobody has taken yet, so an idle stream (an
-// l4 pair waiting, a kept-alive client between requests) holds none.
-class PooledBuffer {
- public:
-  static constexpr std::size_t size = 17 * 1024;  // a full TLS record and then some
-
-  PooledBuffer() = default;
-  PooledBuffer(const PooledBuffer&) = delete;
-  PooledBuffer& operator=(const PooledBuffer&) = delete;
-  ~PooledBuffer() { release(); }
-
-  char* get() {
-    if (data_ == nullptr) data_ = acquire();
-    return data_;
-  }
-  void release() {
-    if (data_ == nullptr) return;
-    auto& free = free_list().buffers;
-    if (free.size() < kMaxFree) free.push_back(data_);
-    else delete[] data_;
-    data_ = nullptr;
-  }
-
- private:
-  // Freed with the thread, so nothing is left behind when a worker ends.
-  struct FreeList {
-    std::vector<char*> buffers;
-    ~FreeList() {
-      for (char* b : buffers) delete[] b;
-    }
-  };
-  static constexpr std::size_t kMaxFree = 64;
-  static FreeList& free_list() {
-    thread_local FreeList list;
-    return list;
-  }
-  static char* acquire() {
-    auto& free = free_list().buffers;
-    if (free.empty()) return new char[size];
-    char* b = free.back();
-    free.pop_back();
-    return b;
-  }
-
-  char* data_ = nullptr;
-};
-
 // The read-ahead: bytes read from the socket that BoringSSL (or, for plain
 // TCP, the caller) has not taken yet, plus an end or error still to report.
 // It lives on the heap so that the BIO's pointer survives moves.
 struct TlsStream::ReadAhead {
   int fd = -1;
   PooledBuffer buffer;
-  std::unique_ptr<char[]> kept;  // untaken bytes moved out of `buffer` by keep_small()
   const char* begin = nullptr;
   std::size_t size = 0;
   bool eof = false;
@@ -110,20 +62,7 @@ struct TlsStream::ReadAhead {
     release();
   }
 
-  void release() {
-    buffer.release();
-    kept.reset();
-  }
-
-  // Untaken bytes move from the record-sized buffer to one of their size.
-  void keep_small() {
-    if (size == 0 || kept) return;
-    auto copy = std::make_unique_for_overwrite<char[]>(size);
-    std::memcpy(copy.get(), begin, size);
-    buffer.release();
-    kept = std::move(copy);
-    begin = kept.get();
-  }
+  void release() { buffer.release(); }
 
   // One non-blocking read of what the socket has; false when it has
   // nothing yet (EAGAIN), true when there are bytes, an end or an error.
@@ -338,8 +277,6 @@ asio::awaitable<error_code> TlsStream::wait_readable() {
 }
 
 bool TlsStream::release_read_ahead() { return read_->size == 0; }
-
-void TlsStream::shrink_read_ahead() { read_->keep_small(); }
 
 bool TlsStream::quiet() {
   if (aborted_ || (ssl_ && SSL_pending(ssl_.get()) > 0)) return false;

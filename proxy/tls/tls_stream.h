@@ -65,10 +65,6 @@ class TlsStream {
   // Before the stream goes idle in a pool: true when no read-ahead bytes are
   // untaken (the stream then holds no receive buffer).
   bool release_read_ahead();
-  // Before a wait for something else (the server, after the client's
-  // handshake): untaken bytes move to a buffer of their size, so the stream
-  // does not hold a record-sized one meanwhile.
-  void shrink_read_ahead();
   // Sends what BoringSSL holds back until the first write: a TLS 1.3 server
   // sends its NewSessionTickets then, so a client that only handshakes (or
   // speaks first, as IMAP/SMTP clients do not) would otherwise never get one.
