@@ -15,6 +15,7 @@ import socket
 import socketserver
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -420,8 +421,21 @@ class GatehouseTestCase(unittest.TestCase):
             self.fail(f"gatehouse binary not found at {GATEHOUSE}: build first (bash .ci/test)")
         self.dir = TempDir()
         self._stops = []
+        self._started = []
+
+    def _failed(self):
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        if result is None:
+            return False
+        return any(test is self for test, _ in result.failures + result.errors)
 
     def tearDown(self):
+        if self._failed():
+            # What each Gatehouse said, so a failure seen only in CI can be read.
+            for g in self._started:
+                tail = g.raw_stderr[-60:]
+                print(f"\n--- {self.id()}: gatehouse {g.config_path} stderr (last {len(tail)} lines)", file=sys.stderr)
+                print("\n".join(tail), file=sys.stderr)
         for fn in reversed(self._stops):
             try:
                 fn()
@@ -433,6 +447,7 @@ class GatehouseTestCase(unittest.TestCase):
         path = self.dir.write(name, text)
         g = Gatehouse(path, **kw)
         self._stops.append(g.stop)
+        self._started.append(g)
         return g
 
     def backend(self, obj):
