@@ -197,8 +197,8 @@ constexpr std::string_view route_keys[] = {"listener", "hosts", "paths", "pool",
 constexpr std::string_view deny_keys[] = {"listener", "hosts", "paths", "url", "header", "status"};
 constexpr std::string_view deny_header_keys[] = {"name", "match"};
 constexpr std::string_view server_keys[] = {"name", "address", "site", "weight", "server_name", "pin"};
-constexpr std::string_view pool_keys[] = {"name",     "servers", "balance",  "hash_key", "local_site",
-                                          "fallback", "tls",     "starttls", "ca",       "health"};
+constexpr std::string_view pool_keys[] = {"name", "servers",  "balance", "hash_key",        "local_site", "fallback",
+                                          "tls",  "starttls", "ca",      "connect_timeout", "health"};
 constexpr std::string_view health_keys[] = {"kind", "path", "expect", "interval", "timeout", "rise", "fall"};
 
 std::string unknown_key_message(std::string_view key, std::string_view section,
@@ -689,6 +689,7 @@ void Loader::read(const toml::table& table, Origin& origin, Pool& out) {
   r.choice("tls", backend_tls_choices, out.tls);
   r.boolean("starttls", out.starttls);
   r.file("ca", out.ca);
+  r.duration("connect_timeout", out.connect_timeout, true);
 
   const toml::node* health = r.node("health");
   if (!health) return;

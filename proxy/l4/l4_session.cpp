@@ -157,7 +157,6 @@ asio::awaitable<std::optional<BackendConnection>> connect_for(StreamConnection& 
   target.pool = pool;
   target.hash_key = balancer::hash_key(c.client_endpoint.address().to_string());
   target.affinity = route != nullptr && route->affinity == conf::Affinity::source_ip;
-  target.timeout = c.config.handshake_timeout;
   target.proxy_protocol = c.config.proxy_protocol;
   target.client = c.client_endpoint;
   target.local = c.local_endpoint;

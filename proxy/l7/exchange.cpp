@@ -559,7 +559,6 @@ class Forwarder {
       target.preferred = cookie_server_;
     }
     target.affinity = route_.affinity == conf::Affinity::source_ip;
-    target.timeout = context_.listener.config->handshake_timeout;
     target.reuse = true;
     return target;
   }

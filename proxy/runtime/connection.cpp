@@ -6,6 +6,7 @@
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -194,13 +195,16 @@ void connect_step_failed(const PoolRuntime& pool, std::size_t index, const char*
                        {"error", error}});
 }
 
+// What is left of one server attempt's pool connect_timeout.
+Clock::duration left(Clock::time_point deadline) { return std::max(deadline - Clock::now(), Clock::duration::zero()); }
+
 // TCP to the server, then the PROXY header if the target asks for one;
 // nullopt (logged, and counted against the server) when that fails.
 asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool, std::size_t index,
-                                                        const ConnectTarget& target) {
+                                                        const ConnectTarget& target, Clock::time_point deadline) {
   const ServerRuntime& server = *pool.servers[index];
   tcp::socket socket(co_await asio::this_coro::executor);
-  auto connected = co_await with_timeout(asio::async_connect(socket, server.endpoints, use_tuple), target.timeout);
+  auto connected = co_await with_timeout(asio::async_connect(socket, server.endpoints, use_tuple), left(deadline));
   if (!connected || std::get<0>(*connected)) {
     connect_step_failed(pool, index, "backend_connect_failed",
                         connected ? std::get<0>(*connected).message() : "connect timed out");
@@ -224,14 +228,14 @@ asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool,
   co_return std::optional<tcp::socket>(std::move(socket));
 }
 
-// A starttls listener's plaintext opening with the server, within `timeout`;
-// false (logged and counted) when it failed.
+// A starttls listener's plaintext opening with the server, before
+// `deadline`; false (logged and counted) when it failed.
 asio::awaitable<bool> open_mail(const PoolRuntime& pool, std::size_t index, const BackendOpening& opening,
-                                TlsStream& stream, bool before_tls, Clock::duration timeout) {
+                                TlsStream& stream, bool before_tls, Clock::time_point deadline) {
   // (Two statements: GCC 12 destroys a coroutine temporary of a ?: twice.)
   std::optional<std::string> done;
-  if (before_tls) done = co_await with_timeout(opening.before_tls(stream), timeout);
-  else done = co_await with_timeout(opening.after_tls(stream), timeout);
+  if (before_tls) done = co_await with_timeout(opening.before_tls(stream), left(deadline));
+  else done = co_await with_timeout(opening.after_tls(stream), left(deadline));
   const std::string error = !done ? std::string("the server's greeting or STARTTLS reply timed out") : *done;
   if (error.empty()) co_return true;
   connect_step_failed(pool, index, before_tls ? "backend_starttls_failed" : "backend_greeting_failed", error);
@@ -240,10 +244,11 @@ asio::awaitable<bool> open_mail(const PoolRuntime& pool, std::size_t index, cons
 
 // The server's TLS (or none, for tls = "plain") on a connected socket,
 // verified as the pool says, with a starttls listener's opening before or
-// after it; nullopt (logged, with what the server presented when it was
-// refused) when that fails.
+// after it, before `deadline`; nullopt (logged, with what the server
+// presented when it was refused) when that fails.
 asio::awaitable<std::optional<BackendConnection>> secure(const PoolRuntime& pool, WorkerPool& wp, std::size_t index,
-                                                         tcp::socket socket, const ConnectTarget& target) {
+                                                         tcp::socket socket, const ConnectTarget& target,
+                                                         Clock::time_point deadline) {
   const ServerRuntime& server = *pool.servers[index];
   BackendConnection backend;
   backend.server_index = index;
@@ -256,16 +261,15 @@ asio::awaitable<std::optional<BackendConnection>> secure(const PoolRuntime& pool
   const bool starttls = target.opening != nullptr && pool.config->starttls;
   if (starttls) {
     backend.stream.emplace(std::move(socket), nullptr);
-    if (!co_await open_mail(pool, index, *target.opening, *backend.stream, true, target.timeout))
-      co_return std::nullopt;
+    if (!co_await open_mail(pool, index, *target.opening, *backend.stream, true, deadline)) co_return std::nullopt;
     backend.stream->start_tls(std::move(ssl));
   } else {
     backend.stream.emplace(std::move(socket), std::move(ssl));
   }
-  auto handshake = co_await with_timeout(backend.stream->handshake(), target.timeout);
+  auto handshake = co_await with_timeout(backend.stream->handshake(), left(deadline));
   if (handshake && !*handshake) {
     if (target.opening != nullptr && !starttls &&
-        !co_await open_mail(pool, index, *target.opening, *backend.stream, false, target.timeout))
+        !co_await open_mail(pool, index, *target.opening, *backend.stream, false, deadline))
       co_return std::nullopt;
     // What the server presented was only needed to explain a refusal.
     std::string().swap(backend.check->presented_thumbprint);
@@ -306,9 +310,10 @@ asio::awaitable<std::optional<BackendConnection>> connect_backend(const Generati
     std::optional<BackendConnection> backend;
     if (target.reuse) backend = take_idle(wp, *picked);
     if (!backend) {
-      auto socket = co_await open_socket(pool, *picked, target);
+      const Clock::time_point deadline = Clock::now() + pool.config->connect_timeout;
+      auto socket = co_await open_socket(pool, *picked, target, deadline);
       if (!socket) continue;
-      backend = co_await secure(pool, wp, *picked, std::move(*socket), target);
+      backend = co_await secure(pool, wp, *picked, std::move(*socket), target, deadline);
       if (!backend) continue;
       backend->pool = &pool;
       ++member.connections;

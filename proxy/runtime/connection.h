@@ -123,7 +123,6 @@ struct ConnectTarget {
   const PoolRuntime* pool = nullptr;
   std::uint64_t hash_key = 0;
   bool affinity = false;  // pick by hash_key (consistent hashing) whatever the pool's balance
-  Clock::duration timeout = std::chrono::seconds(10);
   conf::ProxyProtocol proxy_protocol = conf::ProxyProtocol::none;
   tcp::endpoint client;  // for the PROXY header
   tcp::endpoint local;

@@ -248,6 +248,9 @@ const ErrorCase error_cases[] = {
      "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\n"
      "health = { kind = \"tcp\", interval = \"0s\" }\n",
      "health.interval", "longer than zero", 4},
+    {"duration_zero_connect_timeout", true,
+     "[[pool]]\nname = \"p2\"\nservers = [\"mbx01\"]\nconnect_timeout = \"0s\"\n", "connect_timeout",
+     "longer than zero", 4},
 
     // Addresses.
     {"address_missing_port", true, "[[listener]]\nname = \"b\"\nbind = \"0.0.0.0\"\n", "listener \"b\".bind",
@@ -703,6 +706,7 @@ TEST(Load, DefaultsAreResolved) {
   EXPECT_EQ(pool->health.expect, 200);
   EXPECT_EQ(pool->health.interval, seconds(5));
   EXPECT_EQ(pool->health.timeout, seconds(2));
+  EXPECT_EQ(pool->connect_timeout, seconds(5));
   EXPECT_EQ(pool->health.rise, 2);
   EXPECT_EQ(pool->health.fall, 3);
 
@@ -854,6 +858,7 @@ local_site = "dc1"
 fallback = "owa-dr"
 tls = "verify"
 ca = "backend-ca.pem"
+connect_timeout = "750ms"
 health = { kind = "http", path = "/owa/healthcheck.htm", expect = 204, interval = "3s", timeout = "1500ms", rise = 4, fall = 5 }
 
 [[pool]]
@@ -976,6 +981,7 @@ health = { kind = "tcp" }
   EXPECT_EQ(pool.health.expect, 204);
   EXPECT_EQ(pool.health.interval, seconds(3));
   EXPECT_EQ(pool.health.timeout, std::chrono::milliseconds(1500));
+  EXPECT_EQ(pool.connect_timeout, std::chrono::milliseconds(750));
   EXPECT_EQ(pool.health.rise, 4);
   EXPECT_EQ(pool.health.fall, 5);
   EXPECT_EQ(c.pools[1].balance, Balance::least_conn);

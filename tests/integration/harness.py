@@ -341,13 +341,15 @@ class EchoBackend(LoopbackServer):
     the client half-closes back after the echo. Stopping it leaves open
     connections be."""
 
-    def __init__(self, cert=None, greeting=b""):
+    def __init__(self, cert=None, greeting=b"", handshake_delay=0.0):
         self.greeting = greeting
+        self.handshake_delay = handshake_delay  # seconds between accept and the TLS handshake
         super().__init__(cert, backlog=1024, close_connections=False)
 
     def _serve(self, conn):
         try:
             conn.settimeout(30)
+            time.sleep(self.handshake_delay)
             if self.ctx:
                 conn = self.ctx.wrap_socket(conn, server_side=True)
             if self.greeting:

@@ -598,9 +598,9 @@ class Retry(L4TestCase):
         self.addCleanup(silent.close)
         silent_address = "127.0.0.1:%d" % silent.getsockname()[1]
         live = self.backend(h.EchoBackend(self.mbx01, greeting=GREETING))
-        g = self.gatehouse(listener(pool="p", extra='handshake_timeout = "1s"'),
+        g = self.gatehouse(listener(pool="p"),
                            server("mbx-silent", silent_address), server("mbx-live", live.address),
-                           pool("p", ["mbx-silent", "mbx-live"], tls="insecure"))
+                           pool("p", ["mbx-silent", "mbx-live"], tls="insecure") + 'connect_timeout = "1s"\n')
         port = g.port("l4")
         for i in range(2):  # round robin: one of the two starts with the silent server
             started = time.monotonic()
@@ -856,6 +856,17 @@ class Timeouts(L4TestCase):
         self.assertEqual(echo.connections, 0)
         with self.connect(port) as s:
             self.echo_roundtrip(s, b"still serving\n")
+
+    def test_slow_server_is_bounded_by_the_pools_connect_timeout_not_the_clients_handshake_timeout(self):
+        # The listener's handshake_timeout is for clients; a server that takes
+        # 1.5 s to start its TLS handshake is within the pool's connect_timeout.
+        echo = self.backend(h.EchoBackend(self.mbx01, handshake_delay=1.5))
+        g = self.gatehouse(listener(pool="p", extra='handshake_timeout = "1s"'),
+                           server("mbx01", echo.address, pin=self.mbx01.thumbprint),
+                           pool("p", ["mbx01"]) + 'connect_timeout = "8s"\n')
+        with self.connect(g.port("l4")) as s:
+            self.echo_roundtrip(s, b"slow server, served\n")
+        self.assertFalse([e for e in g.events if e.get("event", "").startswith("backend_")], g.events)
 
     def test_handshake_timeout_does_not_cut_slow_but_complete_handshakes(self):
         # A handshake that finishes in time is not affected by the timeout afterwards.
