@@ -140,7 +140,9 @@ void Loader::check_unterminated_listener(Listener& listener, const Origin& origi
     if (set && origin.valid(key))
       error(origin, key,
             "a " + mode + " listener does not terminate TLS, so " + std::string(key) +
-                " has no effect; remove it, or use mode = \"l4\" to terminate TLS here");
+                " has no effect; remove it, or use mode = " +
+                (listener.mode == ListenerMode::redirect ? "\"l7\" to serve HTTPS" : "\"l4\" to terminate TLS") +
+                " here");
   // It serves no certificate: these stay empty.
   listener.certificates.clear();
   listener.default_certificate.clear();

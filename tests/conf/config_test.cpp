@@ -391,6 +391,10 @@ const ErrorCase error_cases[] = {
      "bind = \"127.0.0.1:0\"\nmode = \"l4\"\nstarttls = \"imap\"\npool = \"p2\"\n[[listener]]\nname = \"c\"\n"
      "bind = \"127.0.0.1:0\"\nmode = \"l4\"\nstarttls = \"pop3\"\npool = \"p2\"\n",
      "pool \"p2\".starttls", "different protocols (imap and pop3)", 4},
+    {"redirect_certificates", true,
+     "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"redirect\"\n"
+     "idle_timeout = \"5s\"\ncertificates = [\"main\"]\n",
+     "listener \"b\".certificates", "use mode = \"l7\" to serve HTTPS here", 6},
     {"passthrough_certificates", true,
      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nmode = \"passthrough\"\n"
      "pool = \"relay\"\ncertificates = [\"main\"]\n",
