@@ -276,8 +276,7 @@ asio::awaitable<ClientOpening> open_client(TlsStream& plain, conf::StartTls prot
     co_return opening;
   }
   while (opening.ended.empty()) {
-    const auto left = std::max(deadline - Clock::now(), Clock::duration::zero());
-    auto line = co_await with_timeout(reader.read_line(plain, ClientDialogue::kMaxLine), left);
+    auto line = co_await with_deadline(reader.read_line(plain, ClientDialogue::kMaxLine), deadline);
     std::string reply;
     if (!line) {
       reply = dialogue.timed_out();

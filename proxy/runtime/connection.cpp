@@ -6,7 +6,6 @@
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/write.hpp>
 
-#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -195,16 +194,13 @@ void connect_step_failed(const PoolRuntime& pool, std::size_t index, const char*
                        {"error", error}});
 }
 
-// What is left of one server attempt's pool connect_timeout.
-Clock::duration left(Clock::time_point deadline) { return std::max(deadline - Clock::now(), Clock::duration::zero()); }
-
 // TCP to the server, then the PROXY header if the target asks for one;
 // nullopt (logged, and counted against the server) when that fails.
 asio::awaitable<std::optional<tcp::socket>> open_socket(const PoolRuntime& pool, std::size_t index,
                                                         const ConnectTarget& target, Clock::time_point deadline) {
   const ServerRuntime& server = *pool.servers[index];
   tcp::socket socket(co_await asio::this_coro::executor);
-  auto connected = co_await with_timeout(asio::async_connect(socket, server.endpoints, use_tuple), left(deadline));
+  auto connected = co_await with_deadline(asio::async_connect(socket, server.endpoints, use_tuple), deadline);
   if (!connected || std::get<0>(*connected)) {
     connect_step_failed(pool, index, "backend_connect_failed",
                         connected ? std::get<0>(*connected).message() : "connect timed out");
@@ -234,8 +230,8 @@ asio::awaitable<bool> open_mail(const PoolRuntime& pool, std::size_t index, cons
                                 TlsStream& stream, bool before_tls, Clock::time_point deadline) {
   // (Two statements: GCC 12 destroys a coroutine temporary of a ?: twice.)
   std::optional<std::string> done;
-  if (before_tls) done = co_await with_timeout(opening.before_tls(stream), left(deadline));
-  else done = co_await with_timeout(opening.after_tls(stream), left(deadline));
+  if (before_tls) done = co_await with_deadline(opening.before_tls(stream), deadline);
+  else done = co_await with_deadline(opening.after_tls(stream), deadline);
   const std::string error = !done ? std::string("the server's greeting or STARTTLS reply timed out") : *done;
   if (error.empty()) co_return true;
   connect_step_failed(pool, index, before_tls ? "backend_starttls_failed" : "backend_greeting_failed", error);
@@ -266,7 +262,7 @@ asio::awaitable<std::optional<BackendConnection>> secure(const PoolRuntime& pool
   } else {
     backend.stream.emplace(std::move(socket), std::move(ssl));
   }
-  auto handshake = co_await with_timeout(backend.stream->handshake(), left(deadline));
+  auto handshake = co_await with_deadline(backend.stream->handshake(), deadline);
   if (handshake && !*handshake) {
     if (target.opening != nullptr && !starttls &&
         !co_await open_mail(pool, index, *target.opening, *backend.stream, false, deadline))

@@ -88,14 +88,21 @@ class IdleGuard {
 // rethrown once both have ended.
 asio::awaitable<void> both_with_guard(asio::awaitable<void> first, asio::awaitable<void> second, IdleGuard& guard);
 
-// Runs `op` against a deadline; nullopt on timeout (op is then cancelled).
+// Runs `op` against a deadline; nullopt when it passes first (op is then
+// cancelled). A deadline already past gives `op` no time.
 template <typename T>
-asio::awaitable<std::optional<T>> with_timeout(asio::awaitable<T> op, Clock::duration timeout) {
+asio::awaitable<std::optional<T>> with_deadline(asio::awaitable<T> op, Clock::time_point deadline) {
   using namespace asio::experimental::awaitable_operators;
-  asio::steady_timer timer(co_await asio::this_coro::executor, timeout);
+  asio::steady_timer timer(co_await asio::this_coro::executor, deadline);
   auto result = co_await (std::move(op) || timer.async_wait(asio::as_tuple(asio::use_awaitable)));
   if (result.index() == 0) co_return std::optional<T>(std::move(std::get<0>(result)));
   co_return std::nullopt;
+}
+
+// The same with a deadline `timeout` from now (not a coroutine of its own).
+template <typename T>
+asio::awaitable<std::optional<T>> with_timeout(asio::awaitable<T> op, Clock::duration timeout) {
+  return with_deadline(std::move(op), Clock::now() + timeout);
 }
 
 // Completes a client's TLS handshake within the listener's
