@@ -254,10 +254,14 @@ class LoopbackServer:
     `connections` counts accepts. Subclasses set their own fields before
     calling this __init__, since connections may arrive as soon as it returns.
 
-    stop() ends the accept thread BEFORE closing the listening socket:
-    closing first frees the descriptor number while that thread may still be
-    about to call accept() with it, and it then accepts (and serves, TLS or
-    not) connections meant for the next server that reuses the number. With
+    stop() ends the accept thread BEFORE closing the listening socket.
+    Closing first frees the descriptor number while that thread is blocked in
+    accept() on it, or about to call it. A blocked accept() is not woken by the
+    close, and when the process is stopped and continued (a VM or cgroup
+    freezer, a debugger) the kernel restarts it with the same number: it then
+    accepts, and serves with its own certificate, the connections meant for
+    the next listening socket that got the number. Every test backend that
+    accepts in a thread is a LoopbackServer for that reason. With
     `close_connections` it also shuts down every open connection (a stopped
     mailbox server); with `join_connections` it then waits for their threads."""
 

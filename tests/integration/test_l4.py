@@ -192,28 +192,14 @@ class HalfCloseClient:
         self.sock.close()
 
 
-class CollectThenReplyBackend:
+class CollectThenReplyBackend(h.LoopbackServer):
     """A TLS backend that answers only after the client's half-close: it reads
     to EOF, then sends b"GOT <n>:" + everything reversed, then closes. A proxy
     that tears a connection down on the first EOF loses the reply."""
 
     def __init__(self, cert):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert.cert, cert.key)
         self.eofs = []  # how each connection's client side ended
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(cert, backlog=64, close_connections=False)
 
     def _serve(self, raw):
         conn = raw
@@ -237,34 +223,18 @@ class CollectThenReplyBackend:
             self.eofs.append(f"error: {e}")
         finally:
             conn.close()
-            raw.close()
-
-    def stop(self):
-        self.sock.close()
 
 
-class SpeakFirstThenListenBackend:
+class SpeakFirstThenListenBackend(h.LoopbackServer):
     """A plain TCP backend that sends `banner`, half-closes (FIN) at once,
     then still reads what the client sends until its EOF. The other
     direction of half-close: the server is done talking, the client is not."""
 
     def __init__(self, banner):
         self.banner = banner
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.received = []  # per connection: (bytes read after the half-close, how it ended)
         self.done = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(None, backlog=64, close_connections=False)
 
     def _serve(self, conn):
         data, how = b"", "eof"
@@ -283,9 +253,6 @@ class SpeakFirstThenListenBackend:
             conn.close()
             self.received.append((data, how))
             self.done.set()
-
-    def stop(self):
-        self.sock.close()
 
 
 # --- tests -------------------------------------------------------------------

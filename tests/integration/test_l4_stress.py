@@ -11,7 +11,6 @@ import select
 import socket
 import ssl
 import struct
-import threading
 import time
 import unittest
 
@@ -50,33 +49,21 @@ def pattern_at(offset, n):
     return out
 
 
-class FirehoseBackend:
+class FirehoseBackend(h.LoopbackServer):
     """A plain TCP backend that writes the pattern as fast as the connection
     takes it, and counts what the kernel accepted."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.sent = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(None, backlog=16)
 
-    def _accept(self):
+    def _serve(self, conn):
         try:
-            conn, _ = self.sock.accept()
+            while True:
+                chunk = pattern_at(self.sent, 65536)
+                self.sent += conn.send(chunk)
         except OSError:
-            return
-        with conn:
-            try:
-                while True:
-                    chunk = pattern_at(self.sent, 65536)
-                    self.sent += conn.send(chunk)
-            except OSError:
-                pass
-
-    def stop(self):
-        self.sock.close()
+            pass
 
 
 def rss_bytes(pid):
