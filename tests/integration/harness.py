@@ -172,9 +172,24 @@ class Gatehouse:
 
 def free_port():
     """A port nobody listens on (for 'connection refused' backends)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """`n` different ports free on 127.0.0.1, for a server that binds them
+    itself. All are held until the last is chosen: a port given back at once
+    may be the next one the kernel picks, the more so while other tests hold
+    most of the range."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

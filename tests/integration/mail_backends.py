@@ -22,15 +22,11 @@ import subprocess
 import sys
 import time
 
+from harness import free_ports
+
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-aiosmtpd lives in its site-packages
 DOVECOT = "/usr/sbin/dovecot"
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _accepts(port, timeout=0.2):
@@ -87,7 +83,8 @@ class Dovecot:
         self._write_mailbox()
         last = ""
         for _attempt in range(3):  # a free port may be taken again before dovecot binds it
-            self.ports = {n: _free_port() for n in ("imap", "imaps", "pop3", "pop3s", "imap_haproxy")}
+            names = ("imap", "imaps", "pop3", "pop3s", "imap_haproxy")
+            self.ports = dict(zip(names, free_ports(len(names))))
             conf = os.path.join(self.dir, "dovecot.conf")
             with open(conf, "w") as f:
                 f.write(self._config(cert))

@@ -67,7 +67,7 @@ class NginxBackend:
         self._workers = set()
         last = ""
         for _attempt in range(3):  # a free port may be taken again before nginx binds it
-            self.ports = {n: h.free_port() for n in self.names}
+            self.ports = dict(zip(self.names, h.free_ports(len(self.names))))
             conf = os.path.join(self.dir, "nginx.conf")
             with open(conf, "w") as f:
                 f.write(self._config(cert))
