@@ -265,7 +265,7 @@ class HttpsBackend:
 class LoopbackServer:
     """A threaded TCP server on 127.0.0.1 for the test backends: one thread
     accepts, one thread per connection runs the subclass's `_serve(raw)` with
-    the accepted socket (TLS: wrap it with `self.ctx`, made from `cert`).
+    the accepted socket (TLS: `self.tls(raw)`, with `self.ctx` made from `cert`).
     `connections` counts accepts. Subclasses set their own fields before
     calling this __init__, since connections may arrive as soon as it returns.
 
@@ -295,7 +295,7 @@ class LoopbackServer:
         self.lock = threading.Lock()
         self._close_connections = close_connections
         self._join_connections = join_connections
-        self._open = set()
+        self._open = {}  # accepted socket -> the socket that now owns its descriptor
         self._threads = []
         self._stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -312,7 +312,7 @@ class LoopbackServer:
                 return
             with self.lock:
                 self.connections += 1
-                self._open.add(raw)
+                self._open[raw] = raw
             t = threading.Thread(target=self._run, args=(raw,), daemon=True)
             self._threads.append(t)
             t.start()
@@ -322,11 +322,26 @@ class LoopbackServer:
             self._serve(raw)
         finally:
             with self.lock:
-                self._open.discard(raw)
+                self._open.pop(raw, None)
             raw.close()
 
     def _serve(self, raw):
         raise NotImplementedError
+
+    def tls(self, raw):
+        """The server side of TLS on an accepted socket. Wrapping detaches
+        `raw`, so stop() is told to shut the TLS socket down instead; the
+        handshake runs after that, so stop() also ends one that stalls."""
+        conn = self.ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        with self.lock:
+            if raw in self._open:
+                self._open[raw] = conn
+        try:
+            conn.do_handshake()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def stop(self):
         if self._stopped.is_set():
@@ -342,7 +357,7 @@ class LoopbackServer:
         if not self._close_connections:
             return
         with self.lock:
-            conns = list(self._open)
+            conns = list(self._open.values())
         for c in conns:
             try:
                 c.shutdown(socket.SHUT_RDWR)
@@ -370,7 +385,7 @@ class EchoBackend(LoopbackServer):
             conn.settimeout(30)
             time.sleep(self.handshake_delay)
             if self.ctx:
-                conn = self.ctx.wrap_socket(conn, server_side=True)
+                conn = self.tls(conn)
             if self.greeting:
                 conn.sendall(self.greeting)
             while True:

@@ -201,7 +201,7 @@ class NtlmBackend(LoopbackServer):
         conn = raw
         try:
             raw.settimeout(60)
-            conn = self.ctx.wrap_socket(raw, server_side=True)
+            conn = self.tls(raw)
             with self.lock:
                 self.open_connections += 1
             self._session(conn, number)

@@ -58,7 +58,7 @@ class MailboxBackend(h.LoopbackServer):
         conn = raw
         try:
             raw.settimeout(30 * h.SLOW)
-            conn = self.ctx.wrap_socket(raw, server_side=True)
+            conn = self.tls(raw)
             buf = b""
             while True:
                 while b"\r\n\r\n" not in buf:

@@ -140,7 +140,7 @@ class HeadEchoBackend(h.LoopbackServer):
         conn = raw
         try:
             raw.settimeout(30 * h.SLOW)
-            conn = self.ctx.wrap_socket(raw, server_side=True)
+            conn = self.tls(raw)
             buf = b""
             while True:
                 while b"\r\n\r\n" not in buf:

@@ -205,7 +205,7 @@ class CollectThenReplyBackend(h.LoopbackServer):
         conn = raw
         try:
             raw.settimeout(20)
-            conn = self.ctx.wrap_socket(raw, server_side=True)
+            conn = self.tls(raw)
             data = b""
             while True:
                 chunk = conn.recv(65536)

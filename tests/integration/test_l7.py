@@ -287,7 +287,7 @@ class PyBackend(h.LoopbackServer):
         try:
             raw.settimeout(60 * h.SLOW)
             if self.ctx is not None:
-                conn = self.ctx.wrap_socket(raw, server_side=True)
+                conn = self.tls(raw)
             hc = HttpConn(conn)
             while True:
                 try:

@@ -23,7 +23,7 @@ class DiesOnRequest(h.LoopbackServer):
         conn = raw
         try:
             raw.settimeout(10)
-            conn = self.ctx.wrap_socket(raw, server_side=True)
+            conn = self.tls(raw)
             data = b""
             while b"\r\n\r\n" not in data:
                 chunk = conn.recv(65536)

@@ -73,7 +73,7 @@ class RecordingBackend(h.LoopbackServer):
         conn = raw
         try:
             raw.settimeout(30 * h.SLOW)
-            conn = self.ctx.wrap_socket(raw, server_side=True)
+            conn = self.tls(raw)
             reader = _Reader(conn, self)
             while not self._stopped.is_set():
                 head = reader.until(b"\r\n\r\n")
