@@ -166,8 +166,8 @@ struct Pool {
   BackendTls tls = BackendTls::verify;
   bool starttls = false;  // for starttls listeners: plain connect, the protocol's STARTTLS, then TLS as `tls` says
   std::filesystem::path ca;
-  // One server attempt: TCP connect, PROXY header, STARTTLS opening and TLS
-  // handshake; past it the attempt fails and another server is tried.
+  // One server attempt: TCP connect, STARTTLS opening and TLS handshake;
+  // past it the attempt fails and another server is tried.
   Duration connect_timeout = std::chrono::seconds(5);
   Health health;
   int line = 0;
